@@ -1,0 +1,89 @@
+"""The one object that fixes every size of the model; saved with each checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Sizes, bucket counts and ablation switches of a DUPN model.
+
+    Ids are hashed into ``*_buckets`` rows (bucket 0 = absent), so an id never
+    seen in training still maps somewhere instead of failing.
+    """
+
+    # hash buckets
+    item_buckets: int = 1 << 17
+    shop_buckets: int = 1 << 13
+    brand_buckets: int = 1 << 13
+    category_buckets: int = 1 << 11
+    tag_buckets: int = 1 << 12
+    query_buckets: int = 1 << 11
+    talent_buckets: int = 1 << 11
+    # item embedding sizes (the seed: 32, 24, 24, 16, 28)
+    item_dim: int = 32
+    shop_dim: int = 24
+    brand_dim: int = 24
+    category_dim: int = 16
+    tag_dim: int = 28
+    # behavior property sizes (scenario, time, event type: 16 each)
+    scenario_dim: int = 16
+    time_dim: int = 16
+    type_dim: int = 16
+    # user profile (age group x gender) and query
+    profile_dim: int = 16
+    query_dim: int = 16
+    n_age_groups: int = 6
+    n_genders: int = 2
+    # sequence model
+    hidden: int = 128
+    attention_dim: int = 32
+    value_dim: int = 64
+    pooled_dim: int = 128
+    rep_dim: int = 256
+    window: int = 100
+    # ablations: where behavior properties enter (DUPN-nobp / bplstm / bpatt / all)
+    props_in_lstm: bool = True
+    props_in_attention: bool = True
+    # heads
+    n_ranking_features: int = 4
+    n_talent_features: int = 4
+    n_shop_features: int = 4
+    n_power_levels: int = 7
+    dropout: float = 0.2
+
+    @property
+    def item_vec_dim(self) -> int:
+        return self.item_dim + self.shop_dim + self.brand_dim + self.category_dim + self.tag_dim
+
+    @property
+    def prop_vec_dim(self) -> int:
+        return self.scenario_dim + self.time_dim + self.type_dim
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> EncoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown encoder config fields: {sorted(unknown)}")
+        return cls(**raw)
+
+    def variant(self, name: str) -> EncoderConfig:
+        """The paper's ablations by name: nobp, bplstm, bpatt, all."""
+        flags = {
+            "nobp": (False, False),
+            "bplstm": (True, False),
+            "bpatt": (False, True),
+            "all": (True, True),
+        }
+        if name not in flags:
+            raise ValueError(f"unknown DUPN variant {name!r}; expected one of {sorted(flags)}")
+        lstm, att = flags[name]
+        return dataclasses.replace(self, props_in_lstm=lstm, props_in_attention=att)

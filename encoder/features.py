@@ -1,0 +1,159 @@
+"""Model-input encoding of one behavior: hashed ids, property codes and time buckets.
+
+Numpy only (no torch), because the state store keeps behaviors in exactly this
+form: a fixed-size record per behavior, so a user's window is one contiguous
+array that the encoder consumes without re-parsing anything.
+
+Ids are stored as 32-bit hashes, not as bucket indices, so a checkpoint with
+other bucket counts (a model rollout) can reuse the same stored window.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+EVENT_TYPES: tuple[str, ...] = ("click", "cart", "fav", "buy")
+SCENARIOS: tuple[str, ...] = ("other", "search", "recommend", "promotion")
+MAX_TAGS = 6
+
+#: Upper edges (ms) of the time buckets; the seed buckets behavior time into
+#: windows ("within 1 minute, 5 minutes, half an hour, ...").
+TIME_BUCKET_EDGES_MS: tuple[int, ...] = (
+    10_000,  # 10 s
+    60_000,  # 1 min
+    300_000,  # 5 min
+    1_800_000,  # 30 min
+    7_200_000,  # 2 h
+    21_600_000,  # 6 h
+    86_400_000,  # 1 d
+    259_200_000,  # 3 d
+    604_800_000,  # 7 d
+    2_592_000_000,  # 30 d
+)
+#: Bucket 0 is "no previous behavior" (gap of a first event); 1.. are the windows.
+N_TIME_BUCKETS = len(TIME_BUCKET_EDGES_MS) + 2
+_EDGES = np.asarray(TIME_BUCKET_EDGES_MS, dtype=np.int64)
+
+BEHAVIOR_DTYPE = np.dtype(
+    [
+        ("ts", "<i8"),
+        ("event_hash", "<u8"),
+        ("item", "<u4"),
+        ("shop", "<u4"),
+        ("brand", "<u4"),
+        ("category", "<u4"),
+        ("tags", "<u4", (MAX_TAGS,)),
+        ("event_type", "u1"),
+        ("scenario", "u1"),
+        ("gap_bucket", "u1"),
+    ]
+)
+"""One behavior as stored and as fed to the encoder (59 bytes).
+
+``gap_bucket`` is the bucketed time since the user's previous behavior, fixed
+when the behavior is appended. It is a gate property that never changes later,
+which is what makes an incremental LSTM step valid (ages relative to *now*
+belong to the attention instead)."""
+
+
+def hash_id(value: str) -> int:
+    """Stable 32-bit hash of an id; 0 is reserved for "absent"."""
+    if not value:
+        return 0
+    return (zlib.crc32(value.encode("utf-8")) % 0xFFFF_FFFF) + 1
+
+
+def hash_event_id(value: str) -> int:
+    """64-bit hash of an event id, for duplicate detection within a window."""
+    lo = zlib.crc32(value.encode("utf-8"))
+    hi = zlib.adler32(value.encode("utf-8"))
+    return (hi << 32) | lo
+
+
+def time_bucket(delta_ms: np.ndarray | int) -> np.ndarray:
+    """Bucket a time difference (ms, clamped at 0) into 1..N_TIME_BUCKETS-1."""
+    d = np.maximum(np.asarray(delta_ms, dtype=np.int64), 0)
+    return (np.searchsorted(_EDGES, d, side="right") + 1).astype(np.uint8)
+
+
+def gap_bucket(ts_ms: int, prev_ts_ms: int | None) -> int:
+    """Gate property "time since the previous behavior"; 0 for a first behavior."""
+    if prev_ts_ms is None:
+        return 0
+    return int(time_bucket(ts_ms - prev_ts_ms))
+
+
+def make_record(
+    *,
+    ts: int,
+    event_id: str,
+    event_type: str,
+    item_id: str,
+    shop_id: str = "",
+    brand_id: str = "",
+    category_id: str = "",
+    tags: Sequence[str] = (),
+    scenario: str = "other",
+    prev_ts: int | None = None,
+) -> np.ndarray:
+    """Encode one validated behavior as a BEHAVIOR_DTYPE scalar record."""
+    rec = np.zeros((), dtype=BEHAVIOR_DTYPE)
+    rec["ts"] = ts
+    rec["event_hash"] = hash_event_id(event_id)
+    rec["item"] = hash_id(item_id)
+    rec["shop"] = hash_id(shop_id)
+    rec["brand"] = hash_id(brand_id)
+    rec["category"] = hash_id(category_id)
+    tag_hashes = [hash_id(t) for t in list(tags)[:MAX_TAGS]]
+    rec["tags"][: len(tag_hashes)] = tag_hashes
+    rec["event_type"] = EVENT_TYPES.index(event_type)
+    rec["scenario"] = SCENARIOS.index(scenario)
+    rec["gap_bucket"] = gap_bucket(ts, prev_ts)
+    return rec
+
+
+def records_from_events(events: Iterable[dict[str, object]]) -> np.ndarray:
+    """Encode one user's time-ordered contract events (dicts) as a record array.
+
+    The gap property of each behavior is taken relative to the previous one in
+    the given order, exactly as the stream worker does on append.
+    """
+    out: list[np.ndarray] = []
+    prev: int | None = None
+    for ev in events:
+        ts = int(ev["ts"])  # type: ignore[call-overload]
+        out.append(
+            make_record(
+                ts=ts,
+                event_id=str(ev["event_id"]),
+                event_type=str(ev["event_type"]),
+                item_id=str(ev["item_id"]),
+                shop_id=str(ev.get("shop_id") or ""),
+                brand_id=str(ev.get("brand_id") or ""),
+                category_id=str(ev.get("category_id") or ""),
+                tags=[str(t) for t in ev.get("tags") or ()],  # type: ignore[attr-defined]
+                scenario=str(ev.get("scenario") or "other"),
+                prev_ts=prev,
+            )
+        )
+        prev = ts
+    if not out:
+        return np.zeros(0, dtype=BEHAVIOR_DTYPE)
+    return np.stack(out)
+
+
+def item_record(item: dict[str, object]) -> np.ndarray:
+    """Encode a candidate item (no behavior properties) for the item part of the model."""
+    return make_record(
+        ts=0,
+        event_id="",
+        event_type="click",
+        item_id=str(item.get("item_id", "")),
+        shop_id=str(item.get("shop_id") or ""),
+        brand_id=str(item.get("brand_id") or ""),
+        category_id=str(item.get("category_id") or ""),
+        tags=[str(t) for t in item.get("tags") or ()],  # type: ignore[attr-defined]
+    )

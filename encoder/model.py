@@ -1,0 +1,354 @@
+"""DUPN in torch: embeddings, property-gated LSTM, attention pooling, task heads.
+
+The same cell and pooling functions serve training (whole padded sequences)
+and streaming (one step at a time from carried state), so the two paths cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from encoder.config import EncoderConfig
+from encoder.features import BEHAVIOR_DTYPE, N_TIME_BUCKETS, time_bucket
+
+
+def bucketize(hashes: np.ndarray, buckets: int) -> np.ndarray:
+    """Map 32-bit id hashes to embedding rows; hash 0 (absent) → row 0."""
+    h = hashes.astype(np.int64)
+    return np.where(h == 0, 0, h % (buckets - 1) + 1)
+
+
+@dataclass
+class BehaviorTensors:
+    """Model inputs for a (B, L) block of behavior records."""
+
+    item: Tensor
+    shop: Tensor
+    brand: Tensor
+    category: Tensor
+    tags: Tensor
+    event_type: Tensor
+    scenario: Tensor
+    gap: Tensor
+    ts: Tensor
+
+    @classmethod
+    def from_records(cls, rec: np.ndarray, cfg: EncoderConfig) -> BehaviorTensors:
+        if rec.dtype != BEHAVIOR_DTYPE:
+            raise TypeError(f"expected BEHAVIOR_DTYPE records, got {rec.dtype}")
+
+        def t(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.array(a, dtype=np.int64, order="C"))
+
+        return cls(
+            item=t(bucketize(rec["item"], cfg.item_buckets)),
+            shop=t(bucketize(rec["shop"], cfg.shop_buckets)),
+            brand=t(bucketize(rec["brand"], cfg.brand_buckets)),
+            category=t(bucketize(rec["category"], cfg.category_buckets)),
+            tags=t(bucketize(rec["tags"], cfg.tag_buckets)),
+            event_type=t(rec["event_type"]),
+            scenario=t(rec["scenario"]),
+            gap=t(rec["gap_bucket"]),
+            ts=t(rec["ts"]),
+        )
+
+
+class ItemEmbedding(nn.Module):
+    """e = [E_item; E_shop; E_brand; E_cat; mean(E_tags)] (32+24+24+16+28 = 124-d)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.item = nn.Embedding(cfg.item_buckets, cfg.item_dim)
+        self.shop = nn.Embedding(cfg.shop_buckets, cfg.shop_dim)
+        self.brand = nn.Embedding(cfg.brand_buckets, cfg.brand_dim)
+        self.category = nn.Embedding(cfg.category_buckets, cfg.category_dim)
+        self.tags = nn.Embedding(cfg.tag_buckets, cfg.tag_dim, padding_idx=0)
+        for emb in (self.item, self.shop, self.brand, self.category, self.tags):
+            nn.init.normal_(emb.weight, std=0.05)
+
+    def forward(self, b: BehaviorTensors) -> Tensor:
+        n_tags = (b.tags > 0).sum(-1, keepdim=True).clamp(min=1)
+        tag_vec = self.tags(b.tags).sum(-2) / n_tags
+        parts = [self.item(b.item), self.shop(b.shop), self.brand(b.brand), self.category(b.category), tag_vec]
+        return torch.cat(parts, dim=-1)
+
+
+class PropertyEmbedding(nn.Module):
+    """p = [E_scenario; E_time(gap bucket); E_type] (16+16+16 = 48-d)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.scenario = nn.Embedding(4, cfg.scenario_dim)
+        self.time = nn.Embedding(N_TIME_BUCKETS, cfg.time_dim)
+        self.event_type = nn.Embedding(4, cfg.type_dim)
+
+    def forward(self, b: BehaviorTensors) -> Tensor:
+        return torch.cat([self.scenario(b.scenario), self.time(b.gap), self.event_type(b.event_type)], dim=-1)
+
+
+class PropertyGatedLSTMCell(nn.Module):
+    r"""One step of the property-gated LSTM (DUPN, KDD'18, eq. 1-6).
+
+    With item embedding e_t, behavior properties p_t and carried (h, c):
+
+        i_t = σ(W_ie e_t + W_ip p_t + W_ih h_{t-1} + b_i)
+        f_t = σ(W_fe e_t + W_fp p_t + W_fh h_{t-1} + b_f)
+        o_t = σ(W_oe e_t + W_op p_t + W_oh h_{t-1} + b_o)
+        g_t = tanh(W_ge e_t + W_gh h_{t-1} + b_g)
+        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+        h_t = o_t ⊙ tanh(c_t)
+
+    The properties enter the three gates only: they decide how much of a
+    behavior is let in, kept and shown, not what its content is. Without
+    ``props_in_lstm`` (DUPN-nobp/-bpatt) the W_*p terms are absent.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        h = cfg.hidden
+        self.hidden = h
+        self.from_item = nn.Linear(cfg.item_vec_dim, 4 * h)
+        self.from_hidden = nn.Linear(h, 4 * h, bias=False)
+        self.from_props = nn.Linear(cfg.prop_vec_dim, 3 * h, bias=False) if cfg.props_in_lstm else None
+        with torch.no_grad():  # start with forget gates open (standard LSTM practice)
+            self.from_item.bias[h : 2 * h].fill_(1.0)
+
+    def forward(self, e: Tensor, p: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.from_item(e) + self.from_hidden(h)
+        zi, zf, zo, zg = z.chunk(4, dim=-1)
+        if self.from_props is not None:
+            pi, pf, po = self.from_props(p).chunk(3, dim=-1)
+            zi, zf, zo = zi + pi, zf + pf, zo + po
+        c_new = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
+        h_new = torch.sigmoid(zo) * torch.tanh(c_new)
+        return h_new, c_new
+
+
+class AttentionPooling(nn.Module):
+    r"""Attention pooling over the LSTM outputs with a query/profile/age context.
+
+    Per behavior t (precomputed once, at the step that produced h_t):
+
+        k_t = W_k h_t + W_kp [E_type(t); E_scenario(t)]      (attention_dim)
+        v_t = W_v h_t                                         (value_dim)
+
+    At pooling time "now" (cheap; no LSTM step):
+
+        s_t = w^T tanh(k_t + W_c [q; u] + E_age(bucket(now - ts_t)))
+        α   = softmax_t(s_t)            (over the ≤ 100 behaviors in the window)
+        pooled = W_o Σ_t α_t v_t        (pooled_dim = 128)
+
+    q is the query embedding (learned default when there is no query, the
+    streaming case) and u the user-profile vector. Without
+    ``props_in_attention`` (DUPN-nobp/-bplstm) the W_kp and age terms are absent.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        a = cfg.attention_dim
+        self.key = nn.Linear(cfg.hidden, a)
+        self.value = nn.Linear(cfg.hidden, cfg.value_dim, bias=False)
+        self.use_props = cfg.props_in_attention
+        self.key_type = nn.Embedding(4, a)
+        self.key_scenario = nn.Embedding(4, a)
+        self.age = nn.Embedding(N_TIME_BUCKETS, a)
+        for emb in (self.key_type, self.key_scenario, self.age):
+            nn.init.normal_(emb.weight, std=0.1)
+        self.context = nn.Linear(cfg.query_dim + cfg.profile_dim, a, bias=False)
+        self.score = nn.Linear(a, 1, bias=False)
+        self.out = nn.Linear(cfg.value_dim, cfg.pooled_dim)
+
+    def keys_values(self, h: Tensor, event_type: Tensor, scenario: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.key(h)
+        if self.use_props:
+            k = k + self.key_type(event_type) + self.key_scenario(scenario)
+        return k, self.value(h)
+
+    def weights(self, k: Tensor, ts: Tensor, mask: Tensor, now: Tensor, ctx: Tensor) -> Tensor:
+        """α of shape (B, L); k (B, L, A), ts/mask (B, L), now (B,), ctx (B, Q+P)."""
+        pre = k + self.context(ctx).unsqueeze(1)
+        if self.use_props:
+            pre = pre + self.age(age_buckets(now.unsqueeze(1) - ts))
+        s = self.score(torch.tanh(pre)).squeeze(-1)
+        s = s.masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(s, dim=-1)
+        return torch.nan_to_num(alpha, nan=0.0)  # an empty window pools to zero
+
+    def forward(self, k: Tensor, v: Tensor, ts: Tensor, mask: Tensor, now: Tensor, ctx: Tensor) -> Tensor:
+        alpha = self.weights(k, ts, mask, now, ctx)
+        return self.out(torch.einsum("bl,blv->bv", alpha, v))
+
+
+def age_buckets(delta_ms: Tensor) -> Tensor:
+    """Torch twin of features.time_bucket (for ages computed on tensors)."""
+    edges = _edges_tensor(delta_ms.device)
+    return torch.bucketize(delta_ms.clamp(min=0), edges, right=True) + 1
+
+
+_EDGE_CACHE: dict[torch.device, Tensor] = {}
+
+
+def _edges_tensor(device: torch.device) -> Tensor:
+    if device not in _EDGE_CACHE:
+        from encoder.features import TIME_BUCKET_EDGES_MS
+
+        _EDGE_CACHE[device] = torch.tensor(TIME_BUCKET_EDGES_MS, dtype=torch.int64, device=device)
+    return _EDGE_CACHE[device]
+
+
+def _check_bucket_twins() -> None:  # pragma: no cover - import-time sanity
+    probe = np.array([0, 9_999, 10_000, 3_000_000_000], dtype=np.int64)
+    assert (age_buckets(torch.from_numpy(probe)).numpy() == time_bucket(probe)).all()
+
+
+@dataclass
+class UserContext:
+    """Optional request context: query (hashed category/query id) and profile."""
+
+    query: Tensor | None = None  # (B,) bucket index, 0 = no query
+    age_group: Tensor | None = None  # (B,) 0.. or -1 = unknown
+    gender: Tensor | None = None
+
+
+class ContextEmbedding(nn.Module):
+    """[q; u]: query and profile vectors, each a learned default when absent."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.query = nn.Embedding(cfg.query_buckets, cfg.query_dim)  # row 0 = "no query"
+        self.age_group = nn.Embedding(cfg.n_age_groups + 1, cfg.profile_dim)  # last row = unknown
+        self.gender = nn.Embedding(cfg.n_genders + 1, cfg.profile_dim)
+        self.n_age, self.n_gender = cfg.n_age_groups, cfg.n_genders
+        for emb in (self.query, self.age_group, self.gender):
+            nn.init.normal_(emb.weight, std=0.05)
+
+    def forward(self, ctx: UserContext, batch: int) -> tuple[Tensor, Tensor]:
+        dev = self.query.weight.device
+        zeros = torch.zeros(batch, dtype=torch.int64, device=dev)
+        q = self.query(ctx.query if ctx.query is not None else zeros)
+        age = ctx.age_group if ctx.age_group is not None else zeros - 1
+        gen = ctx.gender if ctx.gender is not None else zeros - 1
+        age = torch.where(age < 0, torch.full_like(age, self.n_age), age)
+        gen = torch.where(gen < 0, torch.full_like(gen, self.n_gender), gen)
+        u = self.age_group(age) + self.gender(gen)
+        return q, u
+
+
+class DUPN(nn.Module):
+    """The user part (sequence → 256-d representation) plus the task heads (item part)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.items = ItemEmbedding(cfg)
+        self.props = PropertyEmbedding(cfg)
+        self.cell = PropertyGatedLSTMCell(cfg)
+        self.attention = AttentionPooling(cfg)
+        self.context = ContextEmbedding(cfg)
+        self.rep = nn.Linear(cfg.pooled_dim + cfg.profile_dim, cfg.rep_dim)
+        self.rep_dropout = nn.Dropout(cfg.dropout)
+        self.heads = TaskHeads(cfg)
+
+    # -- user part -------------------------------------------------------------------
+    def run_lstm(
+        self, b: BehaviorTensors, mask: Tensor, h: Tensor | None = None, c: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the cell over (B, L) left-padded behaviors; padded steps keep the state.
+
+        Returns all hidden states (B, L, H) and the final (h, c).
+        """
+        bsz, length = mask.shape
+        hid = self.cfg.hidden
+        h = torch.zeros(bsz, hid) if h is None else h
+        c = torch.zeros(bsz, hid) if c is None else c
+        e = self.items(b)
+        p = self.props(b)
+        outs = []
+        for t in range(length):
+            h_new, c_new = self.cell(e[:, t], p[:, t], h, c)
+            m = mask[:, t].unsqueeze(-1)
+            h = torch.where(m, h_new, h)
+            c = torch.where(m, c_new, c)
+            outs.append(h)
+        hs = torch.stack(outs, dim=1) if outs else torch.zeros(bsz, 0, hid)
+        return hs, h, c
+
+    def user_context(self, ctx: UserContext, batch: int) -> tuple[Tensor, Tensor]:
+        q, u = self.context(ctx, batch)
+        return torch.cat([q, u], dim=-1), u
+
+    def representation(self, pooled: Tensor, profile: Tensor) -> Tensor:
+        """r = tanh(W_r [pooled; u] + b_r): the 256-d user representation."""
+        return torch.tanh(self.rep(torch.cat([pooled, profile], dim=-1)))
+
+    def encode(self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext) -> Tensor:
+        """Exact user representation of (B, L) windows as of ``now`` (B,) ms."""
+        hs, _, _ = self.run_lstm(b, mask)
+        k, v = self.attention.keys_values(hs, b.event_type, b.scenario)
+        full_ctx, profile = self.user_context(ctx, mask.shape[0])
+        pooled = self.attention(k, v, b.ts, mask, now, full_ctx)
+        return self.representation(pooled, profile)
+
+    # -- item part --------------------------------------------------------------------
+    def item_vectors(self, b: BehaviorTensors) -> Tensor:
+        return self.items(b)
+
+
+class TaskHeads(nn.Module):
+    r"""The four training tasks plus the transfer task, each split user part / item part.
+
+    - CTR:    ŷ = σ(MLP₃([r; e_item]))           first layer split: W r + W' e_item
+    - L2R:    ŷ = σ(MLP₂(r) · x_rank)            linear product with the ranking features
+    - talent: ŷ = σ(MLP₂([r; E_talent; x_talent]))
+    - PPP:    softmax(W r) over 7 levels
+    - shop:   ŷ = σ(MLP₁([r; E_shop; x_shop]))   shallow, for transfer (RS/RA/RT/FT)
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        r, e = cfg.rep_dim, cfg.item_vec_dim
+        self.ctr_user = nn.Linear(r, 256)
+        self.ctr_item = nn.Linear(e, 256, bias=False)
+        self.ctr_mlp = nn.Sequential(nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 1))
+        self.l2r = nn.Sequential(nn.Linear(r, 128), nn.ReLU(), nn.Linear(128, cfg.n_ranking_features))
+        self.talent_emb = nn.Embedding(cfg.talent_buckets, 16)
+        self.talent = nn.Sequential(
+            nn.Linear(r + 16 + cfg.n_talent_features, 128), nn.ReLU(), nn.Linear(128, 1)
+        )
+        self.ppp = nn.Linear(r, cfg.n_power_levels)
+        self.shop_emb = nn.Embedding(cfg.shop_buckets, 16)
+        self.shop = nn.Sequential(nn.Linear(r + 16 + cfg.n_shop_features, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    # CTR, split: user part once, item part per candidate
+    def ctr_user_part(self, rep: Tensor) -> Tensor:
+        return self.ctr_user(rep)
+
+    def ctr_item_part(self, user_part: Tensor, item_vec: Tensor) -> Tensor:
+        """Logits for candidates (…, N, E) given the user part (…, 256)."""
+        return self.ctr_mlp(user_part.unsqueeze(-2) + self.ctr_item(item_vec)).squeeze(-1)
+
+    def ctr_logit(self, rep: Tensor, item_vec: Tensor) -> Tensor:
+        return self.ctr_mlp(self.ctr_user(rep) + self.ctr_item(item_vec)).squeeze(-1)
+
+    def l2r_user_part(self, rep: Tensor) -> Tensor:
+        return self.l2r(rep)
+
+    def l2r_logit(self, rep: Tensor, ranking_features: Tensor) -> Tensor:
+        return (self.l2r(rep) * ranking_features).sum(-1)
+
+    def talent_logit(self, rep: Tensor, talent: Tensor, feats: Tensor) -> Tensor:
+        return self.talent(torch.cat([rep, self.talent_emb(talent), feats], dim=-1)).squeeze(-1)
+
+    def ppp_logits(self, rep: Tensor) -> Tensor:
+        return self.ppp(rep)
+
+    def shop_logit(self, rep: Tensor, shop: Tensor, feats: Tensor) -> Tensor:
+        return self.shop(torch.cat([rep, self.shop_emb(shop), feats], dim=-1)).squeeze(-1)
+
+
+_check_bucket_twins()

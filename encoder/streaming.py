@@ -1,0 +1,249 @@
+"""The encoder as the stream worker uses it: carried state, batched steps, cheap re-pooling.
+
+Two update policies compute a user's vector after their n-th behavior:
+
+- ``exact``: run the LSTM from zero over the last W behaviors (W = 100).
+- ``incremental`` (re-anchor period R): carry (h, c) from step to step; every
+  R-th behavior re-anchor by running from zero over the last W behaviors.
+  Between anchors the run that produced the window's hidden states started at
+  ``max(0, a - W)`` where a is the last anchor, so it spans at most W + R - 1
+  behaviors.
+
+Both are pure functions of the user's behavior history, so a published vector
+is reproducible offline (see :func:`reference_vectors`), and the state store
+only has to keep the behaviors of the current run: everything else is a cache
+that can be rebuilt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from encoder.features import BEHAVIOR_DTYPE
+from encoder.model import DUPN, BehaviorTensors, UserContext
+
+Mode = Literal["exact", "incremental"]
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """Which behaviors the LSTM run behind a user's current vector starts from."""
+
+    mode: Mode = "incremental"
+    reanchor_every: int = 100
+    window: int = 100
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("exact", "incremental"):
+            raise ValueError(f"mode must be 'exact' or 'incremental', not {self.mode!r}")
+        if not 1 <= self.reanchor_every <= 10_000:
+            raise ValueError("reanchor_every must be in 1..10000")
+        if self.window < 1:
+            raise ValueError("window must be >= 1")
+
+    def run_start(self, n: int) -> int:
+        """Index (0-based, in the user's full history) where the run for n behaviors starts."""
+        if self.mode == "exact":
+            return max(0, n - self.window)
+        anchor = (n // self.reanchor_every) * self.reanchor_every
+        return max(0, anchor - self.window)
+
+    @property
+    def max_retained(self) -> int:
+        """Most behaviors the state store must keep to rebuild the run."""
+        return self.window if self.mode == "exact" else self.window + self.reanchor_every - 1
+
+
+@dataclass
+class EncoderState:
+    """What a user's run carries: final (h, c) and, per window behavior, k_t, v_t, ts_t."""
+
+    h: np.ndarray
+    c: np.ndarray
+    keys: np.ndarray
+    values: np.ndarray
+    ts: np.ndarray
+    meta: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return int(self.ts.shape[0])
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.h, self.c, self.keys, self.values, self.ts))
+
+
+class StreamingEncoder:
+    """Batched, no-grad wrapper of a trained DUPN for the stream worker."""
+
+    def __init__(self, model: DUPN, model_version: str) -> None:
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.model_version = model_version
+        self.window = model.cfg.window
+
+    # -- state -------------------------------------------------------------------------
+    def init_state(self) -> EncoderState:
+        cfg = self.cfg
+        return EncoderState(
+            h=np.zeros(cfg.hidden, np.float32),
+            c=np.zeros(cfg.hidden, np.float32),
+            keys=np.zeros((0, cfg.attention_dim), np.float32),
+            values=np.zeros((0, cfg.value_dim), np.float32),
+            ts=np.zeros(0, np.int64),
+        )
+
+    @torch.inference_mode()
+    def step(self, states: Sequence[EncoderState], events: np.ndarray) -> list[EncoderState]:
+        """Advance each state by one behavior (events[i] for states[i]); batched."""
+        if len(states) != len(events):
+            raise ValueError("one event per state")
+        if not states:
+            return []
+        b = BehaviorTensors.from_records(np.asarray(events, dtype=BEHAVIOR_DTYPE), self.cfg)
+        h = torch.from_numpy(np.stack([s.h for s in states]))
+        c = torch.from_numpy(np.stack([s.c for s in states]))
+        m = self.model
+        h, c = m.cell(m.items(b), m.props(b), h, c)
+        k, v = m.attention.keys_values(h, b.event_type, b.scenario)
+        h_np, c_np, k_np, v_np = h.numpy(), c.numpy(), k.numpy(), v.numpy()
+        out = []
+        for i, s in enumerate(states):
+            out.append(
+                EncoderState(
+                    h=h_np[i].copy(),
+                    c=c_np[i].copy(),
+                    keys=_push(s.keys, k_np[i], self.window),
+                    values=_push(s.values, v_np[i], self.window),
+                    ts=_push(s.ts, np.int64(events[i]["ts"]), self.window),
+                )
+            )
+        return out
+
+    @torch.inference_mode()
+    def replay(self, histories: Sequence[np.ndarray]) -> list[EncoderState]:
+        """Run from zero over each record array (batched, left-padded): the exact path."""
+        if not histories:
+            return []
+        recs, mask = _left_pad(histories)
+        b = BehaviorTensors.from_records(recs, self.cfg)
+        mask_t = torch.from_numpy(mask)
+        hs, h, c = self.model.run_lstm(b, mask_t)
+        w = min(self.window, recs.shape[1])
+        k, v = self.model.attention.keys_values(hs[:, -w:], b.event_type[:, -w:], b.scenario[:, -w:])
+        k_np, v_np, h_np, c_np = k.numpy(), v.numpy(), h.numpy(), c.numpy()
+        out = []
+        for i, hist in enumerate(histories):
+            n = min(len(hist), w)
+            out.append(
+                EncoderState(
+                    h=h_np[i].copy(),
+                    c=c_np[i].copy(),
+                    keys=k_np[i, w - n :].copy(),
+                    values=v_np[i, w - n :].copy(),
+                    ts=np.asarray(hist["ts"][len(hist) - n :], dtype=np.int64).copy(),
+                )
+            )
+        return out
+
+    @torch.inference_mode()
+    def represent(
+        self,
+        states: Sequence[EncoderState],
+        now_ms: Sequence[int] | np.ndarray,
+        context: UserContext | None = None,
+    ) -> np.ndarray:
+        """256-d representations as of ``now_ms``: attention re-pooled, no LSTM step."""
+        if not states:
+            return np.zeros((0, self.cfg.rep_dim), np.float32)
+        pooled, profile = self._pool(states, now_ms, context)
+        return self.model.representation(pooled, profile).numpy()
+
+    @torch.inference_mode()
+    def attention_weights(
+        self, state: EncoderState, now_ms: int, context: UserContext | None = None
+    ) -> np.ndarray:
+        """α over the window (oldest first), for explaining a vector."""
+        k, _, ts, mask = _stack_window([state], self.cfg.attention_dim, self.cfg.value_dim)
+        ctx, _ = self.model.user_context(context or UserContext(), 1)
+        now = torch.tensor([now_ms], dtype=torch.int64)
+        alpha = self.model.attention.weights(k, ts, mask, now, ctx)
+        return alpha[0, mask[0]].numpy()
+
+    def encode_window(
+        self, events: np.ndarray, now_ms: int, context: UserContext | None = None
+    ) -> np.ndarray:
+        """Exact representation of one user's window: run from zero over its last W behaviors."""
+        (state,) = self.replay([np.asarray(events)[-self.window :]])
+        return self.represent([state], [now_ms], context)[0]
+
+    # -- internals ---------------------------------------------------------------------
+    def _pool(
+        self, states: Sequence[EncoderState], now_ms: Sequence[int] | np.ndarray, context: UserContext | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v, ts, mask = _stack_window(states, self.cfg.attention_dim, self.cfg.value_dim)
+        ctx, profile = self.model.user_context(context or UserContext(), len(states))
+        now = torch.from_numpy(np.asarray(now_ms, dtype=np.int64))
+        pooled = self.model.attention(k, v, ts, mask, now, ctx)
+        return pooled, profile
+
+
+def _push(buf: np.ndarray, row: np.ndarray | np.int64, cap: int) -> np.ndarray:
+    """Append a row to a window buffer, dropping the oldest past ``cap``."""
+    row_arr = np.asarray(row, dtype=buf.dtype).reshape((1, *buf.shape[1:]))
+    keep = buf[-(cap - 1) :] if cap > 1 else buf[:0]
+    return np.concatenate([keep, row_arr])
+
+
+def _left_pad(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    length = max(len(h) for h in histories)
+    recs = np.zeros((len(histories), max(length, 1)), dtype=BEHAVIOR_DTYPE)
+    mask = np.zeros(recs.shape, dtype=bool)
+    for i, h in enumerate(histories):
+        if len(h):
+            recs[i, length - len(h) :] = h
+            mask[i, length - len(h) :] = True
+    return recs, mask
+
+
+def _stack_window(
+    states: Sequence[EncoderState], a_dim: int, v_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    length = max(max(s.length for s in states), 1)
+    bsz = len(states)
+    k = np.zeros((bsz, length, a_dim), np.float32)
+    v = np.zeros((bsz, length, v_dim), np.float32)
+    ts = np.zeros((bsz, length), np.int64)
+    mask = np.zeros((bsz, length), bool)
+    for i, s in enumerate(states):
+        n = s.length
+        if n:
+            k[i, length - n :] = s.keys
+            v[i, length - n :] = s.values
+            ts[i, length - n :] = s.ts
+            mask[i, length - n :] = True
+    return torch.from_numpy(k), torch.from_numpy(v), torch.from_numpy(ts), torch.from_numpy(mask)
+
+
+def reference_vectors(
+    encoder: StreamingEncoder, history: np.ndarray, policy: UpdatePolicy, chunk: int = 128
+) -> np.ndarray:
+    """Offline: the vector the worker publishes after each of a user's behaviors.
+
+    Row n-1 is the vector after behavior n, computed as of that behavior's ts by
+    re-running the policy's LSTM run from zero. Used by tests and by the drift
+    measurement; it is the definition the worker must match. (Prefixes are
+    replayed in batches of ``chunk``; each is still its own run from zero.)
+    """
+    rows = []
+    prefixes = range(1, len(history) + 1)
+    for lo in range(0, len(history), chunk):
+        ns = prefixes[lo : lo + chunk]
+        states = encoder.replay([history[policy.run_start(n) : n] for n in ns])
+        rows.append(encoder.represent(states, [int(history[n - 1]["ts"]) for n in ns]))
+    return np.concatenate(rows) if rows else np.zeros((0, encoder.cfg.rep_dim), np.float32)

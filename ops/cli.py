@@ -1,0 +1,276 @@
+"""`dupn`: the one command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ops.config import Settings, load_settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(**_overrides(args))
+        return int(args.run(args, settings))
+    except (ConnectionError, FileNotFoundError, LookupError, TimeoutError, ValueError, RuntimeError) as exc:
+        print(f"dupn: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("broker", "home", "data_dir", "model_path", "web_host", "web_port", "partitions",
+             "update_mode", "reanchor_every", "worker_urls", "log_format")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dupn", description="Streaming DUPN user-vector updater")
+    p.add_argument("--broker", help="Kafka bootstrap, e.g. kafka://127.0.0.1:9092 (env DUPN_BROKER)")
+    p.add_argument("--home", help="state dir for broker pid/logs, data, demo model (env DUPN_HOME; default var)")
+    sub = p.add_subparsers(title="commands")
+    _broker_parser(sub)
+    _topics_parser(sub)
+    _worker_parser(sub)
+    _replay_parser(sub)
+    _vector_parser(sub)
+    _demo_parser(sub)
+    _train_parser(sub)
+    _eval_parser(sub)
+    _drift_parser(sub)
+    return p
+
+
+# -- broker / topics -----------------------------------------------------------------------
+def _broker_parser(sub: Any) -> None:
+    bp = sub.add_parser("broker", help="the embedded Kafka-protocol broker (Tansu)")
+    bsub = bp.add_subparsers(title="actions", required=True)
+    for action, help_ in (("start", "start it (idempotent)"), ("stop", "stop it"), ("status", "is it up?")):
+        ap = bsub.add_parser(action, help=help_)
+        ap.set_defaults(run=_broker, action=action)
+
+
+def _broker(args: argparse.Namespace, s: Settings) -> int:
+    from ops.broker import EmbeddedBroker
+
+    host, port = s.broker_host_port
+    broker = EmbeddedBroker(s.home_path / "broker", host, port)
+    if args.action == "start":
+        print(broker.start().describe())
+    elif args.action == "stop":
+        print("broker stopped" if broker.stop() else "no broker started from this state dir was running")
+    else:
+        status = broker.status()
+        print(status.describe())
+        return 0 if status.running else 3
+    return 0
+
+
+def _topics_parser(sub: Any) -> None:
+    tp = sub.add_parser("topics", help="topic management")
+    tsub = tp.add_subparsers(title="actions", required=True)
+    cp = tsub.add_parser("create", help="create all topics with the configured partition count")
+    cp.add_argument("--partitions", type=int, help="partitions per topic (env DUPN_PARTITIONS; default 8)")
+    cp.set_defaults(run=_topics_create)
+
+
+def _topics_create(args: argparse.Namespace, s: Settings) -> int:
+    from ops.topics import create_topics
+
+    for name, what in create_topics(s).items():
+        print(f"{name}: {what}")
+    return 0
+
+
+# -- worker --------------------------------------------------------------------------------
+def _worker_parser(sub: Any) -> None:
+    wp = sub.add_parser("worker", help="run a stream worker (Faust)")
+    wp.add_argument("--data-dir", help="RocksDB dir (env DUPN_DATA_DIR)")
+    wp.add_argument("--web-host", help="HTTP bind/host (env DUPN_WEB_HOST; default 127.0.0.1)")
+    wp.add_argument("--web-port", type=int, help="HTTP port (env DUPN_WEB_PORT; default 6066)")
+    wp.add_argument("--model", dest="model_path", help="checkpoint dir (env DUPN_MODEL_PATH)")
+    wp.add_argument("--mode", dest="update_mode", choices=("exact", "incremental"), help="env DUPN_UPDATE_MODE")
+    wp.add_argument("--reanchor-every", type=int, help="incremental re-anchor period (env DUPN_REANCHOR_EVERY)")
+    wp.add_argument("--loglevel", default="info")
+    wp.set_defaults(run=_worker)
+
+
+def _worker(args: argparse.Namespace, s: Settings) -> int:
+    from encoder.checkpoint import load_checkpoint
+    from ops.topics import admin_client
+
+    load_checkpoint(s.model_dir)  # fail here, clearly, rather than inside Faust
+    admin_client(s).close()  # likewise for an unreachable broker
+    from faust.worker import Worker as FaustWorker
+
+    from streams.worker import create_app
+
+    app = create_app(s).app
+    FaustWorker(app, loglevel=args.loglevel).execute_from_commandline()
+    return 0
+
+
+# -- replay / vector -----------------------------------------------------------------------
+def _replay_parser(sub: Any) -> None:
+    rp = sub.add_parser("replay", help="produce behavior events")
+    src = rp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", action="store_true", help="simulated users (live timestamps)")
+    src.add_argument("--jsonl", type=Path, help="a file of contract events, one JSON object per line")
+    src.add_argument("--taobao", type=Path, help="Taobao UserBehavior CSV (user,item,category,behavior,ts)")
+    rp.add_argument("--users", type=int, default=1000)
+    rp.add_argument("--events", type=int, default=100_000)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--rate", type=float, help="events/s (default: as fast as possible)")
+    rp.add_argument("--no-progress", action="store_true")
+    rp.set_defaults(run=_replay)
+
+
+def _replay(args: argparse.Namespace, s: Settings) -> int:
+    from ops import replay as r
+
+    total: int | None = None
+    if args.synthetic:
+        events = r.synthetic_events(args.users, args.events, seed=args.seed)
+        total = args.events
+    elif args.jsonl:
+        events = r.jsonl_events(args.jsonl)
+    else:
+        events = r.taobao_events(args.taobao)
+    stats = r.replay(s, events, rate=args.rate, total=total, progress=not args.no_progress)
+    print(f"sent {stats.events} events in {stats.seconds:.1f}s ({stats.rate:.0f}/s) to {s.events_topic}")
+    return 0
+
+
+def _vector_parser(sub: Any) -> None:
+    vp = sub.add_parser("vector", help="print a user's current vector (asks a worker)")
+    vp.add_argument("user_id")
+    vp.add_argument("--json", action="store_true", help="the full JSON answer")
+    vp.add_argument("--at", help="'now' re-pools attention with ages relative to now")
+    vp.add_argument("--url", dest="worker_urls", help="worker URL(s) (env DUPN_WORKER_URLS)")
+    vp.set_defaults(run=_vector)
+
+
+def _vector(args: argparse.Namespace, s: Settings) -> int:
+    from ops.vectors import fetch_vector
+
+    body = fetch_vector(s, args.user_id, at=args.at)
+    if args.json:
+        print(json.dumps(body))
+        return 0
+    vec = body.get("vector", [])
+    now = int(time.time() * 1000)
+    head = ", ".join(f"{x:+.3f}" for x in vec[:8])
+    print(f"user           {body['user_id']}")
+    print(f"model_version  {body['model_version']}")
+    print(f"events_seen    {body['events_seen']}")
+    print(f"last_event     {body['last_event_id']} at {_iso(body['last_event_ts'])}")
+    print(f"updated_at     {_iso(body['updated_at'])} (age {(now - body['updated_at']) / 1000:.1f}s)")
+    print(f"vector[{len(vec)}]    [{head}, ...] |v|={sum(x * x for x in vec) ** 0.5:.3f}")
+    return 0
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+# -- demo / train / eval -------------------------------------------------------------------
+def _demo_parser(sub: Any) -> None:
+    dp = sub.add_parser("demo", help="broker + topics + model + worker + synthetic replay, live progress")
+    dp.add_argument("--users", type=int, default=1000)
+    dp.add_argument("--events", type=int, default=20_000)
+    dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--rate", type=float, help="events/s (default: as fast as possible)")
+    dp.add_argument("--exit", action="store_true", help="exit when every user's vector is up to date")
+    dp.add_argument("--timeout", type=float, default=600.0, help="with --exit: give up after this many s")
+    dp.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace, s: Settings) -> int:
+    from ops.demo import run_demo
+
+    return run_demo(
+        s, users=args.users, events=args.events, seed=args.seed, rate=args.rate, exit_when_done=args.exit,
+        timeout_s=args.timeout,
+    )
+
+
+def _train_parser(sub: Any) -> None:
+    tp = sub.add_parser("train", help="train a DUPN checkpoint (AdaGrad, dropout, L2, multi-task)")
+    tp.add_argument("--out", type=Path, help="checkpoint dir (default: the configured model path)")
+    tp.add_argument("--init-from", type=Path, help="continue from this checkpoint (daily incremental training)")
+    tp.add_argument("--taobao", type=Path, help="train on a Taobao UserBehavior CSV (ctr, l2r tasks)")
+    tp.add_argument("--quick", action="store_true", help="the small demo-sized run")
+    tp.add_argument("--seed", type=int, default=0, help="simulator seed (new seed = a new day of data)")
+    tp.add_argument("--steps", type=int, help="training steps")
+    tp.add_argument("--batch-size", type=int, help="mini-batch size (default 1024 for full runs)")
+    tp.set_defaults(run=_train)
+
+
+def _train(args: argparse.Namespace, s: Settings) -> int:
+    import dataclasses
+
+    from encoder import train as t
+
+    out = args.out or s.model_dir
+    if args.taobao:
+        version = t.train_taobao(args.taobao, out, init_from=args.init_from)
+    else:
+        sim = dataclasses.replace(t.DEMO_SIM_QUICK if args.quick else t.DEMO_SIM_FULL, seed=args.seed)
+        cfg = t.DEMO_TRAIN_QUICK if args.quick else t.DEMO_TRAIN_FULL
+        changes = {"steps": args.steps, "batch_size": args.batch_size}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+        version = t.train_and_save(out, sim, cfg, init_from=args.init_from)
+    print(f"wrote checkpoint {out} (model_version {version})")
+    return 0
+
+
+def _eval_parser(sub: Any) -> None:
+    ep = sub.add_parser("eval", help="the paper's experiments on simulator data -> results/eval.md")
+    ep.add_argument("--quick", action="store_true", help="smaller run (< 15 min on 2 cores)")
+    ep.add_argument("--out", type=Path, default=Path("results"))
+    ep.add_argument("--seed", type=int, default=0)
+    ep.set_defaults(run=_eval)
+
+
+def _eval(args: argparse.Namespace, s: Settings) -> int:
+    from encoder.evaluate import run_eval
+
+    run_eval(quick=args.quick, out_dir=args.out, seed=args.seed)
+    print(f"wrote {args.out / 'eval.md'} and {args.out / 'eval.json'}")
+    return 0
+
+
+def _drift_parser(sub: Any) -> None:
+    dp = sub.add_parser("drift", help="incremental vs exact: cosine drift and cost, per re-anchor period")
+    dp.add_argument("--users", type=int, default=300)
+    dp.add_argument("--events-per-user", type=int, default=250)
+    dp.add_argument("--reanchor", default="10,25,50,100,200", help="comma-separated periods R")
+    dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--json", action="store_true")
+    dp.set_defaults(run=_drift)
+
+
+def _drift(args: argparse.Namespace, s: Settings) -> int:
+    from ops.drift import measure_drift, render_table
+
+    periods = [int(x) for x in args.reanchor.split(",") if x.strip()]
+    rows = measure_drift(str(s.model_dir), args.users, args.events_per_user, periods, seed=args.seed)
+    print(json.dumps(rows, indent=2) if args.json else render_table(rows))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""One typed settings object; every field can be set by an env var ``DUPN_<FIELD>``.
+
+Defaults run the embedded single-machine setup with no flags at all. The same
+code points at a real Kafka cluster by changing ``DUPN_BROKER`` (and the
+``DUPN_KAFKA_*`` security fields); nothing branches on which broker it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "DUPN_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    broker: str = "kafka://127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+    partitions: int = 8
+    events_topic: str = "behavior-events"
+    vectors_topic: str = "user-vectors"
+    dlq_topic: str = "behavior-events-dlq"
+    app_id: str = "dupn"
+    # files
+    home: str = "var"  # broker pid/logs, worker data, demo model live under here
+    data_dir: str = ""  # default: <home>/data
+    model_path: str = ""  # default: <home>/models/demo
+    # worker
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    worker_urls: str = "http://127.0.0.1:6066"  # where `dupn vector` asks (comma-separated)
+    api_token: str = ""  # when set, every endpoint but /healthz needs "Authorization: Bearer <token>"
+    update_mode: str = "incremental"  # exact | incremental
+    reanchor_every: int = 100
+    batch_max: int = 2000
+    batch_within_s: float = 0.01
+    cache_users: int = 20_000
+    max_future_ms: int = 600_000
+    torch_threads: int = 1
+    # Faust group timeouts: defaults take ~30 s to join a group; these join in seconds
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    rebalance_timeout_s: float = 5.0
+    log_format: str = "text"  # text | json
+    log_level: str = "info"
+
+    @property
+    def bootstrap(self) -> str:
+        """host:port list for plain Kafka clients (no ``kafka://`` scheme)."""
+        return ",".join(u.split("://", 1)[-1] for u in self.broker.split(";") if u)
+
+    @property
+    def broker_host_port(self) -> tuple[str, int]:
+        first = self.bootstrap.split(",")[0]
+        host, _, port = first.rpartition(":")
+        return host or "127.0.0.1", int(port or 9092)
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).resolve()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve() if self.data_dir else self.home_path / "data"
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.model_path).resolve() if self.model_path else self.home_path / "models" / "demo"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security options in kafka-python / aiokafka spelling (same names in both)."""
+        opts: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            opts["sasl_mechanism"] = self.kafka_sasl_mechanism
+            opts["sasl_plain_username"] = self.kafka_sasl_username
+            opts["sasl_plain_password"] = self.kafka_sasl_password
+        if self.kafka_ssl_cafile:
+            opts["ssl_cafile"] = self.kafka_ssl_cafile
+        return opts
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``DUPN_*`` env vars, then explicit overrides (CLI flags)."""
+    source = os.environ if env is None else env
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = source.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _coerce(f.name, raw, hints[f.name])
+    settings = Settings(**values).replace(**overrides)
+    _check(settings)
+    return settings
+
+
+def _coerce(name: str, raw: str, typ: Any) -> Any:
+    try:
+        if typ is int:
+            return int(raw)
+        if typ is float:
+            return float(raw)
+        if typ is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected {typ.__name__}") from exc
+
+
+def _check(s: Settings) -> None:
+    if s.update_mode not in ("exact", "incremental"):
+        raise ValueError(f"update_mode must be exact or incremental, not {s.update_mode!r}")
+    if s.partitions < 1:
+        raise ValueError("partitions must be >= 1")
+    if s.log_format not in ("text", "json"):
+        raise ValueError("log_format must be text or json")

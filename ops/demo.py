@@ -1,0 +1,191 @@
+"""`dupn demo`: broker, topics, model, one worker and a synthetic replay in one process tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from ops.broker import EmbeddedBroker
+from ops.config import ENV_PREFIX, Settings
+from ops.replay import ReplayStats, replay, synthetic_events
+from ops.topics import create_topics
+from ops.vectors import follow_vectors
+
+
+@dataclass
+class VectorTracker:
+    """Follows ``user-vectors``: per user the newest last_event_id, plus freshness samples."""
+
+    last_event_id: dict[str, str] = field(default_factory=dict)
+    freshness_ms: list[int] = field(default_factory=list)
+    received: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def run(self, s: Settings) -> None:
+        try:
+            for batch in follow_vectors(s):
+                for msg, now in batch:
+                    self.last_event_id[msg.user_id] = msg.last_event_id
+                    self.freshness_ms.append(max(0, now - msg.last_event_ts))
+                    self.received += 1
+                if self.stop.is_set():
+                    return
+        except BaseException as exc:  # surfaced by the main thread
+            self.error = exc
+
+    def percentiles(self) -> tuple[float, float]:
+        if not self.freshness_ms:
+            return float("nan"), float("nan")
+        arr = np.asarray(self.freshness_ms[-100_000:])
+        return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def worker_env(s: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in vars(s).items():
+        env[ENV_PREFIX + name.upper()] = str(value)
+    return env
+
+
+def start_worker(s: Settings, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ops", "worker"],
+        env=worker_env(s),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, log_path: Path) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"worker not healthy at {url} after {timeout_s:.0f}s; see {log_path}")
+
+
+def run_demo(
+    s: Settings, *, users: int, events: int, seed: int, rate: float | None, exit_when_done: bool,
+    timeout_s: float = 600.0,
+) -> int:
+    from encoder.train import ensure_model
+
+    home = s.home_path
+    host, port = s.broker_host_port
+    broker = EmbeddedBroker(home / "broker", host, port)
+    owned_broker = not broker.status().running
+    print(broker.start().describe(), flush=True)
+    for name, what in create_topics(s).items():
+        print(f"topic {name}: {what}", flush=True)
+    ensure_model(s.model_dir, quick=True, progress=True)
+    log_path = home / "worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    worker = None
+    try:
+        with open(log_path, "ab") as log:
+            worker = start_worker(s, log)
+            ready = wait_healthy(s.web_url, worker, 120, log_path)
+            print(f"worker ready in {ready:.1f}s at {s.web_url} (log {log_path})", flush=True)
+            return _stream_and_watch(s, users, events, seed, rate, exit_when_done, timeout_s)
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        return 130
+    finally:
+        if worker is not None:
+            _stop(worker)
+        if owned_broker:
+            broker.stop()
+
+
+def _stream_and_watch(
+    s: Settings, users: int, events: int, seed: int, rate: float | None, exit_when_done: bool, timeout_s: float
+) -> int:
+    tracker = VectorTracker()
+    threading.Thread(target=tracker.run, args=(s,), daemon=True).start()
+    stats_box: dict[str, ReplayStats] = {}
+    sent = [0]
+
+    def produce() -> None:
+        gen = synthetic_events(users, events, seed=seed, live_time=True)
+        stats_box["stats"] = replay(
+            s, gen, rate=rate, total=events, progress=False, track_last=True,
+            on_sent=lambda _e: sent.__setitem__(0, sent[0] + 1),
+        )
+
+    producer_thread = threading.Thread(target=produce, daemon=True)
+    producer_thread.start()
+    start = time.monotonic()
+    last_sent, last_t = 0, start
+    while True:
+        time.sleep(1.0)
+        if tracker.error is not None:
+            raise tracker.error
+        now = time.monotonic()
+        p50, p99 = tracker.percentiles()
+        rate_now = (sent[0] - last_sent) / (now - last_t)
+        last_sent, last_t = sent[0], now
+        print(
+            f"[{now - start:6.1f}s] events sent {sent[0]:>8} ({rate_now:7.0f}/s) | users with vector "
+            f"{len(tracker.last_event_id):>6} | vectors {tracker.received:>8} | freshness p50 "
+            f"{p50:7.1f} ms p99 {p99:7.1f} ms",
+            flush=True,
+        )
+        if producer_thread.is_alive():
+            continue
+        stats = stats_box.get("stats")
+        if stats is None:
+            raise RuntimeError("replay failed; see the error above")
+        if not exit_when_done:
+            continue  # keep serving queries until Ctrl-C
+        done = _up_to_date(stats, tracker)
+        if done == len(stats.last_event_id or {}) or now - start > timeout_s:
+            print(json.dumps(_summary(stats, tracker, done)), flush=True)
+            return 0 if done == len(stats.last_event_id or {}) else 1
+
+
+def _up_to_date(stats: ReplayStats, tracker: VectorTracker) -> int:
+    want = stats.last_event_id or {}
+    return sum(1 for u, eid in want.items() if tracker.last_event_id.get(u) == eid)
+
+
+def _summary(stats: ReplayStats, tracker: VectorTracker, up_to_date: int) -> dict[str, Any]:
+    p50, p99 = tracker.percentiles()
+    want = stats.last_event_id or {}
+    return {
+        "users": len(want),
+        "users_with_vector": sum(1 for u in want if u in tracker.last_event_id),
+        "users_up_to_date": up_to_date,
+        "events": stats.events,
+        "freshness_p50_ms": round(p50, 1),
+        "freshness_p99_ms": round(p99, 1),
+    }
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

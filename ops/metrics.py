@@ -1,0 +1,53 @@
+"""Prometheus metrics of a worker (conventional names, base units)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_FRESHNESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+EVENTS = Counter(
+    "dupn_events", "Behavior events consumed, by result (applied|duplicate|rejected)", ["result"],
+    registry=REGISTRY,
+)
+REJECTED = Counter(
+    "dupn_events_rejected", "Events sent to the DLQ, by reason code", ["reason"], registry=REGISTRY
+)
+EVENT_TO_VECTOR = Histogram(
+    "dupn_event_to_vector_seconds",
+    "Event time (ts) to the vector that reflects it being published",
+    buckets=_FRESHNESS_BUCKETS,
+    registry=REGISTRY,
+)
+VECTOR_AGE = Summary(
+    "dupn_vector_age_seconds", "Age of vectors served over HTTP (now - updated_at)", registry=REGISTRY
+)
+ENCODER_STEP = Histogram(
+    "dupn_encoder_step_seconds",
+    "Encoder time per batch (steps, rebuilds and re-pooling)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
+ENCODER_BATCH = Histogram(
+    "dupn_encoder_batch_size",
+    "Events per encoder batch",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+    registry=REGISTRY,
+)
+REBUILDS = Counter(
+    "dupn_encoder_rebuilds", "LSTM runs rebuilt from stored behaviors (re-anchor, exact, miss)",
+    registry=REGISTRY,
+)
+STATE_BYTES = Gauge("dupn_state_bytes", "Mean encoded bytes of the user states written in the last batch",
+                    registry=REGISTRY)
+USERS = Gauge("dupn_users", "Users with state on this worker (approximate)", registry=REGISTRY)
+CONSUMER_LAG = Gauge(
+    "dupn_consumer_lag_events", "High watermark minus committed position", ["topic", "partition"],
+    registry=REGISTRY,
+)
+MODEL_INFO = Gauge("dupn_model_info", "The model this worker serves (value 1)", ["model_version"],
+                   registry=REGISTRY)
+CORRUPT_STATES = Counter("dupn_state_decode_errors", "Stored user states that failed to decode",
+                         registry=REGISTRY)

@@ -1,0 +1,83 @@
+"""Create every topic up front with the partition count we mean.
+
+Brokers (Tansu among them) may auto-create an unknown topic on first touch with
+their own default partition count, which silently breaks co-partitioning of
+the events topic and the state changelog. So all topics, internal ones
+included, are created here before any worker starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ops.config import Settings
+
+USER_STATE_TABLE = "user-state"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    compact: bool = False
+
+
+def topic_specs(s: Settings) -> list[TopicSpec]:
+    p = s.partitions
+    return [
+        TopicSpec(s.events_topic, p),
+        TopicSpec(s.vectors_topic, p, compact=True),
+        TopicSpec(s.dlq_topic, p),
+        TopicSpec(changelog_topic(s), p, compact=True),
+        TopicSpec(f"{s.app_id}-__assignor-__leader", 1),
+    ]
+
+
+def changelog_topic(s: Settings) -> str:
+    return f"{s.app_id}-{USER_STATE_TABLE}-changelog"
+
+
+def admin_client(s: Settings, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=s.bootstrap,
+            client_id=f"{s.app_id}-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+            **s.kafka_client_options(),
+        )
+    except (KafkaError, OSError) as exc:
+        raise ConnectionError(no_broker_message(s)) from exc
+
+
+def no_broker_message(s: Settings) -> str:
+    return f"no broker at {s.bootstrap} — run `dupn broker start` or set DUPN_BROKER"
+
+
+def create_topics(s: Settings) -> dict[str, str]:
+    """Create missing topics; return {name: "created" | "exists (N partitions)"}; idempotent."""
+    admin = admin_client(s)
+    try:
+        existing = {t["name"]: len(t["partitions"]) for t in admin.describe_topics() if t.get("name")}
+        out: dict[str, str] = {}
+        todo = {}
+        for spec in topic_specs(s):
+            if spec.name in existing:
+                have = existing[spec.name]
+                if have != spec.partitions:
+                    raise RuntimeError(
+                        f"topic {spec.name} exists with {have} partitions, expected {spec.partitions}; "
+                        "delete it or set DUPN_PARTITIONS to match"
+                    )
+                out[spec.name] = f"exists ({have} partitions)"
+                continue
+            configs = {"cleanup.policy": "compact"} if spec.compact else {}
+            todo[spec.name] = {"num_partitions": spec.partitions, "replication_factor": 1, "configs": configs}
+            out[spec.name] = f"created ({spec.partitions} partitions)"
+        if todo:
+            admin.create_topics(todo, raise_errors=True)
+        return out
+    finally:
+        admin.close()

@@ -1,0 +1,71 @@
+"""Reading ``user-vectors``: follow the topic, or ask a worker's HTTP API."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Generator
+from typing import Any
+
+from ops.config import Settings
+from ops.topics import no_broker_message
+from streams.contracts import VectorMessage, decode_vector_message
+
+
+def follow_vectors(
+    s: Settings, from_beginning: bool = True, poll_ms: int = 200
+) -> Generator[list[tuple[VectorMessage, int]], None, None]:
+    """Yield batches of (decoded vector message, receive wall time ms); runs until closed."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            client_id=f"{s.app_id}-vector-reader",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            **s.kafka_client_options(),
+        )
+    except (KafkaError, OSError) as exc:
+        raise ConnectionError(no_broker_message(s)) from exc
+    try:
+        parts = consumer.partitions_for_topic(s.vectors_topic) or set()
+        consumer.assign([TopicPartition(s.vectors_topic, p) for p in sorted(parts)])
+        while True:
+            polled = consumer.poll(timeout_ms=poll_ms)
+            now = int(time.time() * 1000)
+            batch = [(decode_vector_message(r.value), now) for recs in polled.values() for r in recs]
+            yield batch
+    finally:
+        consumer.close()
+
+
+def fetch_vector(s: Settings, user_id: str, at: str | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+    """GET /users/{id}/vector from the first worker that answers."""
+    errors = []
+    for base in [u.strip().rstrip("/") for u in s.worker_urls.split(",") if u.strip()]:
+        url = f"{base}/users/{urllib.parse.quote(user_id, safe='')}/vector"
+        if at:
+            url += f"?at={urllib.parse.quote(at)}"
+        req = urllib.request.Request(url)
+        if s.api_token:
+            req.add_header("Authorization", f"Bearer {s.api_token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:300]
+            if exc.code == 404:
+                raise LookupError(f"unknown user {user_id!r} ({base})") from exc
+            errors.append(f"{base}: HTTP {exc.code} {detail}")
+        except (urllib.error.URLError, OSError) as exc:
+            errors.append(f"{base}: {exc}")
+    raise ConnectionError(
+        "no worker answered: " + "; ".join(errors) + " — start one with `dupn worker` or set DUPN_WORKER_URLS"
+    )

@@ -1,0 +1,64 @@
+"""One user's durable state: the behaviors of the current LSTM run and the last vector.
+
+Everything the encoder carries (h, c, per-behavior keys/values) is derived from
+these behaviors and lives in a memory cache (:mod:`state.cache`); this object
+is what goes to RocksDB and the changelog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from encoder.features import BEHAVIOR_DTYPE
+
+
+@dataclass
+class UserState:
+    """Durable per-user state.
+
+    ``records`` holds the behaviors from the start of the current LSTM run to
+    the newest (at most ``UpdatePolicy.max_retained``); ``window(W)`` is the
+    last W of them, what attention pools over. ``source_partition`` /
+    ``source_offset`` are the Kafka position of the last applied event: stored
+    atomically with the state, they make redelivered events idempotent.
+    """
+
+    user_id: str
+    records: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=BEHAVIOR_DTYPE))
+    events_seen: int = 0
+    last_event_id: str = ""
+    source_partition: int = -1
+    source_offset: int = -1
+    model_version: str = ""
+    vector: np.ndarray | None = None  # float32 (rep_dim,), as last published
+    updated_at: int = 0  # ms, when the vector was computed
+
+    @property
+    def last_event_ts(self) -> int:
+        return int(self.records[-1]["ts"]) if len(self.records) else 0
+
+    def window(self, size: int) -> np.ndarray:
+        return self.records[-size:]
+
+    def already_applied(self, partition: int, offset: int, event_hash: int) -> bool:
+        """True for a redelivered source message or a repeated event id."""
+        if partition == self.source_partition and offset <= self.source_offset:
+            return True
+        return bool(len(self.records)) and bool((self.records["event_hash"] == event_hash).any())
+
+    def append(self, record: np.ndarray, keep_from: int) -> None:
+        """Append a behavior and drop those before history index ``keep_from``.
+
+        ``keep_from`` is the policy's run start for the new ``events_seen``; the
+        store keeps exactly the behaviors the run needs.
+        """
+        self.events_seen += 1
+        first_kept = self.events_seen - len(self.records) - 1  # history index of records[0]
+        drop = max(0, keep_from - first_kept)
+        self.records = np.concatenate([self.records[drop:], np.asarray(record, BEHAVIOR_DTYPE).reshape(1)])
+
+    def first_record_index(self) -> int:
+        """History index (0-based) of ``records[0]``."""
+        return self.events_seen - len(self.records)

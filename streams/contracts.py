@@ -1,0 +1,192 @@
+"""The two data contracts: behavior events in, user vectors out (both versioned).
+
+``parse_event`` never raises on bad input: it returns a :class:`Rejection`
+with a stable reason code, so one bad event costs one DLQ message and nothing
+else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from encoder.features import EVENT_TYPES, SCENARIOS
+
+EVENTS_SCHEMA_VERSION = 1
+VECTORS_SCHEMA_VERSION = 1
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_ID_CHARS = 256
+MAX_TAGS_ACCEPTED = 64
+MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+REJECT_REASONS = (
+    "too_large",
+    "not_utf8",
+    "bad_json",
+    "not_object",
+    "missing_field",
+    "bad_type",
+    "bad_value",
+    "ts_out_of_range",
+    "key_mismatch",
+)
+
+
+@dataclass(frozen=True)
+class BehaviorEvent:
+    event_id: str
+    user_id: str
+    ts: int
+    event_type: str
+    item_id: str
+    shop_id: str = ""
+    brand_id: str = ""
+    category_id: str = ""
+    tags: tuple[str, ...] = ()
+    scenario: str = "other"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "ts": self.ts,
+            "event_type": self.event_type,
+            "item_id": self.item_id,
+            "shop_id": self.shop_id,
+            "brand_id": self.brand_id,
+            "category_id": self.category_id,
+            "tags": list(self.tags),
+            "scenario": self.scenario,
+        }
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    detail: str
+
+
+def parse_event(
+    key: bytes | None, value: bytes | None, *, now_ms: int | None = None, max_future_ms: int = 600_000
+) -> BehaviorEvent | Rejection:
+    """Validate one raw ``behavior-events`` message against contract v1."""
+    if value is None:
+        return Rejection("bad_json", "empty message value")
+    if len(value) > MAX_EVENT_BYTES:
+        return Rejection("too_large", f"{len(value)} bytes > {MAX_EVENT_BYTES}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection("not_utf8", str(exc))
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return Rejection("bad_json", str(exc)[:200])
+    if not isinstance(doc, dict):
+        return Rejection("not_object", f"top-level JSON is {type(doc).__name__}")
+    return _validate(doc, key, now_ms if now_ms is not None else int(time.time() * 1000), max_future_ms)
+
+
+def _validate(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future_ms: int) -> BehaviorEvent | Rejection:
+    for name in ("event_id", "user_id", "ts", "event_type", "item_id"):
+        if name not in doc or doc[name] is None:
+            return Rejection("missing_field", name)
+    ids: dict[str, str] = {}
+    for name in ("event_id", "user_id", "item_id", "shop_id", "brand_id", "category_id"):
+        raw = doc.get(name, "")
+        if raw is None:
+            raw = ""
+        if not isinstance(raw, str):
+            return Rejection("bad_type", f"{name} must be a string")
+        if len(raw) > MAX_ID_CHARS:
+            return Rejection("bad_value", f"{name} longer than {MAX_ID_CHARS} chars")
+        ids[name] = raw
+    for name in ("event_id", "user_id", "item_id"):
+        if not ids[name]:
+            return Rejection("bad_value", f"{name} is empty")
+    ts = doc["ts"]
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        return Rejection("bad_type", "ts must be an integer (epoch ms)")
+    if ts < MIN_TS_MS or ts > now_ms + max_future_ms:
+        return Rejection("ts_out_of_range", f"ts {ts} outside [2000-01-01, now + {max_future_ms} ms]")
+    event_type = doc["event_type"]
+    if event_type not in EVENT_TYPES:
+        return Rejection("bad_value", f"event_type {str(event_type)[:40]!r} not in {EVENT_TYPES}")
+    scenario = doc.get("scenario") or "other"
+    if scenario not in SCENARIOS:
+        return Rejection("bad_value", f"scenario {str(scenario)[:40]!r} not in {SCENARIOS}")
+    tags = doc.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) and len(t) <= MAX_ID_CHARS for t in tags):
+        return Rejection("bad_type", "tags must be a list of strings")
+    if len(tags) > MAX_TAGS_ACCEPTED:
+        return Rejection("bad_value", f"{len(tags)} tags > {MAX_TAGS_ACCEPTED}")
+    if key is not None and key != ids["user_id"].encode("utf-8"):
+        return Rejection("key_mismatch", "message key differs from user_id")
+    return BehaviorEvent(
+        event_id=ids["event_id"],
+        user_id=ids["user_id"],
+        ts=ts,
+        event_type=event_type,
+        item_id=ids["item_id"],
+        shop_id=ids["shop_id"],
+        brand_id=ids["brand_id"],
+        category_id=ids["category_id"],
+        tags=tuple(tags),
+        scenario=scenario,
+    )
+
+
+@dataclass(frozen=True)
+class VectorMessage:
+    """A ``user-vectors`` message, contract v1."""
+
+    user_id: str
+    model_version: str
+    vector: np.ndarray
+    events_seen: int
+    last_event_id: str
+    last_event_ts: int
+    updated_at: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.vector.shape[0])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": VECTORS_SCHEMA_VERSION,
+            "user_id": self.user_id,
+            "model_version": self.model_version,
+            "dim": self.dim,
+            "vector_b64": base64.b64encode(np.asarray(self.vector, "<f4").tobytes()).decode("ascii"),
+            "events_seen": self.events_seen,
+            "last_event_id": self.last_event_id,
+            "last_event_ts": self.last_event_ts,
+            "updated_at": self.updated_at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode("utf-8")
+
+
+def decode_vector_message(raw: bytes | str | dict[str, Any]) -> VectorMessage:
+    """Decode a ``user-vectors`` message value (bytes, text or parsed JSON)."""
+    doc = raw if isinstance(raw, dict) else json.loads(raw)
+    vector = np.frombuffer(base64.b64decode(doc["vector_b64"]), dtype="<f4").astype(np.float32)
+    if vector.shape[0] != int(doc["dim"]):
+        raise ValueError(f"vector has {vector.shape[0]} floats, dim says {doc['dim']}")
+    return VectorMessage(
+        user_id=str(doc["user_id"]),
+        model_version=str(doc["model_version"]),
+        vector=vector,
+        events_seen=int(doc["events_seen"]),
+        last_event_id=str(doc["last_event_id"]),
+        last_event_ts=int(doc["last_event_ts"]),
+        updated_at=int(doc["updated_at"]),
+    )

@@ -1,0 +1,125 @@
+"""HTTP API of every worker: a user's current vector, health, metrics.
+
+``/users/{user_id}/...`` requests are routed to the worker that owns the user
+(Faust ``table_route``), so any worker can be asked.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ops import metrics
+from state.codec import StateDecodeError, decode_state
+from state.user_state import UserState
+from streams.updater import vector_message
+
+if TYPE_CHECKING:
+    from streams.worker import Worker
+
+USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@~-]{1,128}$")
+Handler = Callable[..., Awaitable[Any]]
+
+
+def register_views(w: Worker) -> None:
+    app = w.app
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        recovery = getattr(app.tables, "recovery", None)
+        recovered = recovery is not None and recovery.completed.is_set()
+        ready = recovered and not app.rebalancing and not app.in_recovery
+        body = {"status": "ok" if ready else "starting", "model_version": _model_version(w)}
+        return web.json(body, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    @_guarded(w)
+    async def prometheus(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/users/{user_id}/vector")
+    @_guarded(w)
+    @_valid_user
+    @app.table_route(table=w.table, match_info="user_id")
+    async def user_vector(web: Any, request: Any, user_id: str) -> Any:
+        state, error = _local_state(w, user_id)
+        if state is None:
+            return error(web)
+        body = vector_body(w, state, request.query.get("at"))
+        if isinstance(body, str):
+            return web.json({"error": body}, status=400)
+        metrics.VECTOR_AGE.observe(max(0.0, time.time() - state.updated_at / 1000))
+        return web.json(body)
+
+
+def vector_body(w: Worker, state: UserState, at: str | None) -> dict[str, Any] | str:
+    """The last published vector, or (``at=now`` / ``at=<ms>``) one re-pooled at that time."""
+    body = vector_message(state).to_json()
+    body.pop("vector_b64")
+    now_ms = int(time.time() * 1000)
+    body["age_ms"] = max(0, now_ms - state.updated_at)
+    if at is None:
+        body["as_of"] = state.last_event_ts
+        body["vector"] = [float(x) for x in state.vector] if state.vector is not None else []
+        return body
+    as_of = now_ms if at == "now" else _parse_ms(at)
+    if as_of is None:
+        return "at must be 'now' or epoch milliseconds"
+    enc = w.runtime.encoder
+    vec = enc.represent([w.runtime.updater.encoder_state(state)], [as_of])[0]
+    body.update(as_of=as_of, model_version=enc.model_version, vector=[float(x) for x in vec])
+    return body
+
+
+def _local_state(w: Worker, user_id: str) -> tuple[UserState | None, Callable[[Any], Any]]:
+    raw = w.table.get(user_id.encode("utf-8"))
+    if raw is None:
+        return None, lambda web: web.json({"error": f"unknown user {user_id!r}"}, status=404)
+    try:
+        return decode_state(user_id, bytes(raw)), lambda web: None
+    except StateDecodeError as exc:
+        message = str(exc)
+        return None, lambda web: web.json({"error": message}, status=500)
+
+
+def _parse_ms(raw: str) -> int | None:
+    return int(raw) if raw.isdigit() and len(raw) <= 15 else None
+
+
+def _model_version(w: Worker) -> str | None:
+    updater = w.runtime._updater
+    return updater.encoder.model_version if updater is not None else None
+
+
+def _guarded(w: Worker) -> Callable[[Handler], Handler]:
+    """Bearer-token check (when DUPN_API_TOKEN is set), before any routing."""
+    token = w.settings.api_token
+
+    def wrap(fun: Handler) -> Handler:
+        async def guarded(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            if token:
+                given = request.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    return view.web.json({"error": "missing or wrong bearer token"}, status=401)
+            return await fun(view, request, *args, **kwargs)
+
+        guarded.__name__ = fun.__name__
+        return guarded
+
+    return wrap
+
+
+def _valid_user(fun: Handler) -> Handler:
+    async def checked(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        user_id = request.match_info.get("user_id", "")
+        if not USER_ID_RE.match(user_id):
+            return view.web.json({"error": "invalid user id (1-128 of A-Z a-z 0-9 _ . : @ ~ -)"}, status=400)
+        return await fun(view, request, *args, **kwargs)
+
+    checked.__name__ = fun.__name__
+    return checked

@@ -1,0 +1,111 @@
+"""Building the Faust application: topics, the user-state table, agents and web routes.
+
+:mod:`streams.app` holds the module-level app that ``faust -A streams.app worker``
+runs; tests and the CLI build their own with :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from ops.config import Settings, load_settings
+from ops.topics import USER_STATE_TABLE
+from streams.runtime import Runtime
+
+
+@dataclass
+class Worker:
+    """Everything the agents and views of one app share."""
+
+    settings: Settings
+    app: faust.App
+    runtime: Runtime
+    events_topic: Any
+    vectors_topic: Any
+    dlq_topic: Any
+    table: Any
+
+
+def create_app(settings: Settings | None = None) -> Worker:
+    s = settings or load_settings()
+    app = faust.App(s.app_id, **faust_options(s))
+    events_topic = _raw_topic(app, s.events_topic, s.partitions)
+    vectors_topic = _raw_topic(app, s.vectors_topic, s.partitions)
+    dlq_topic = _raw_topic(app, s.dlq_topic, s.partitions)
+    table = app.Table(
+        USER_STATE_TABLE,
+        default=None,
+        partitions=s.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        extra_topic_configs={"cleanup.policy": "compact"},
+    )
+    worker = Worker(s, app, Runtime(s), events_topic, vectors_topic, dlq_topic, table)
+    from streams.agents import register_agents
+    from streams.web import register_views
+
+    register_agents(worker)
+    register_views(worker)
+    return worker
+
+
+def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
+    """Bytes in, bytes out: parsing is ours, so a bad message can't crash Faust's decoder."""
+    return app.topic(
+        name, partitions=partitions, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+def faust_options(s: Settings) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "broker": s.broker,
+        "store": "rocksdb://",
+        "datadir": str(s.data_path),
+        "web_host": s.web_host,
+        "web_bind": s.web_host,
+        "web_port": s.web_port,
+        "canonical_url": f"http://{s.web_host}:{s.web_port}",
+        "topic_partitions": s.partitions,
+        "topic_allow_declare": True,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": s.session_timeout_s,
+        "broker_heartbeat_interval": s.heartbeat_interval_s,
+        "broker_rebalance_timeout": s.rebalance_timeout_s,
+        "stream_recovery_delay": 0.0,
+        "broker_max_poll_records": max(500, s.batch_max),
+        "stream_buffer_maxsize": max(4096, 4 * s.batch_max),
+        "producer_linger": 0.002,
+        "autodiscover": False,
+        "web_enabled": True,
+        "web_metrics_enabled": False,
+        "web_stats_enabled": False,
+        "web_graph_enabled": False,
+        "web_tables_enabled": False,
+        "table_standby_replicas": 1,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    credentials = broker_credentials(s)
+    if credentials is not None:
+        opts["broker_credentials"] = credentials
+    return opts
+
+
+def broker_credentials(s: Settings) -> Any:
+    """SASL/TLS settings in Faust's form; None for PLAINTEXT."""
+    proto = s.kafka_security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=s.kafka_ssl_cafile or None) if "SSL" in proto else None
+    if proto.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=s.kafka_sasl_username,
+            password=s.kafka_sasl_password,
+            mechanism=s.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+
+from ops.config import load_settings
+
+
+def test_defaults_need_no_flags() -> None:
+    s = load_settings(env={})
+    assert s.bootstrap == "127.0.0.1:9092"
+    assert s.partitions == 8 and s.web_host == "127.0.0.1"
+
+
+def test_env_vars_with_prefix_then_overrides() -> None:
+    s = load_settings(env={"DUPN_PARTITIONS": "12", "DUPN_BROKER": "kafka://k1:9093;kafka://k2:9093"}, web_port=7000)
+    assert s.partitions == 12 and s.web_port == 7000
+    assert s.bootstrap == "k1:9093,k2:9093"
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="DUPN_PARTITIONS"):
+        load_settings(env={"DUPN_PARTITIONS": "eight"})
+    with pytest.raises(ValueError, match="update_mode"):
+        load_settings(env={"DUPN_UPDATE_MODE": "fast"})
+
+
+def test_security_settings_reach_kafka_clients() -> None:
+    s = load_settings(
+        env={
+            "DUPN_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "DUPN_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "DUPN_KAFKA_SASL_USERNAME": "svc",
+            "DUPN_KAFKA_SASL_PASSWORD": "pw",
+        }
+    )
+    opts = s.kafka_client_options()
+    assert opts["security_protocol"] == "SASL_SSL" and opts["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert opts["sasl_plain_username"] == "svc"

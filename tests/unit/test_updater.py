@@ -1,0 +1,136 @@
+"""The stream updater publishes exactly what the offline definition says."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from encoder.features import records_from_events
+from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
+from state.codec import decode_state, encode_state
+from streams.updater import Incoming, VectorUpdater
+
+T0 = 1_700_000_000_000
+
+
+def make_events(user: str, n: int, seed: int = 0) -> list[dict[str, object]]:
+    rng = np.random.default_rng(seed)
+    ts = T0 + np.cumsum(rng.integers(1_000, 3_600_000, size=n))
+    types = ["click", "cart", "fav", "buy"]
+    return [
+        {
+            "event_id": f"{user}-e{i}",
+            "user_id": user,
+            "ts": int(ts[i]),
+            "event_type": types[int(rng.integers(4))],
+            "item_id": f"i{rng.integers(50)}",
+            "category_id": f"c{rng.integers(8)}",
+            "tags": [f"t{rng.integers(5)}"],
+            "scenario": "search",
+        }
+        for i in range(n)
+    ]
+
+
+class Store:
+    """In-memory stand-in for the table: user -> encoded state."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def load(self, user: str, _msg: object = None) -> bytes | None:
+        return self.data.get(user)
+
+
+def run(updater: VectorUpdater, store: Store, events: list[dict[str, object]], batch: int, offset0: int = 0):
+    published = []
+    for start in range(0, len(events), batch):
+        msgs = [
+            Incoming(0, offset0 + start + i, str(e["user_id"]).encode(), json.dumps(e).encode())
+            for i, e in enumerate(events[start : start + batch])
+        ]
+        res = updater.apply(msgs, store.load)
+        for up in res.updates:
+            store.data[up.state.user_id] = encode_state(up.state)
+            published.append(up.vector)
+    return published
+
+
+def interleave(*streams: list[dict[str, object]]) -> list[dict[str, object]]:
+    return sorted((e for s in streams for e in s), key=lambda e: (e["ts"], e["event_id"]))
+
+
+@pytest.mark.parametrize(
+    "policy", [UpdatePolicy("exact"), UpdatePolicy("incremental", 7), UpdatePolicy("incremental", 100)]
+)
+def test_published_vectors_equal_offline_reference(tiny_encoder: StreamingEncoder, policy: UpdatePolicy) -> None:
+    users = {f"u{k}": make_events(f"u{k}", 130 + 20 * k, seed=k) for k in range(3)}
+    updater = VectorUpdater(tiny_encoder, policy)
+    store = Store()
+    published = run(updater, store, interleave(*users.values()), batch=17)
+    refs = {u: reference_vectors(tiny_encoder, records_from_events(ev), policy) for u, ev in users.items()}
+    assert published
+    for msg in published:
+        ref = refs[msg.user_id][msg.events_seen - 1]
+        assert np.abs(msg.vector - ref).max() <= 1e-5
+    for u, ev in users.items():
+        state = decode_state(u, store.data[u])
+        assert state.events_seen == len(ev)
+        assert state.last_event_id == ev[-1]["event_id"]
+
+
+def test_exact_step_from_zero_equals_encode_window(tiny_encoder: StreamingEncoder) -> None:
+    rec = records_from_events(make_events("u", 80))
+    state = tiny_encoder.init_state()
+    for i in range(len(rec)):
+        (state,) = tiny_encoder.step([state], rec[i : i + 1])
+    now = int(rec[-1]["ts"]) + 5_000
+    stepped = tiny_encoder.represent([state], [now])[0]
+    assert np.abs(stepped - tiny_encoder.encode_window(rec, now)).max() <= 1e-5
+
+
+def test_window_keeps_last_100_of_250(tiny_encoder: StreamingEncoder) -> None:
+    events = make_events("u", 250)
+    store = Store()
+    run(VectorUpdater(tiny_encoder, UpdatePolicy("exact")), store, events, batch=50)
+    state = decode_state("u", store.data["u"])
+    expected = records_from_events(events)[-100:]
+    assert state.events_seen == 250
+    assert len(state.records) == 100
+    assert (state.window(100)["event_hash"] == expected["event_hash"]).all()
+    assert (state.window(100)["ts"] == expected["ts"]).all()
+
+
+def test_redelivered_and_duplicate_events_are_not_applied_twice(tiny_encoder: StreamingEncoder) -> None:
+    events = make_events("u", 40)
+    store = Store()
+    updater = VectorUpdater(tiny_encoder, UpdatePolicy("incremental", 10))
+    run(updater, store, events[:30], batch=8)
+    # at-least-once redelivery of offsets 20..39, then the same event ids again at new offsets
+    run(updater, store, events[20:], batch=8, offset0=20)
+    run(updater, store, events[35:], batch=8, offset0=1000)
+    state = decode_state("u", store.data["u"])
+    assert state.events_seen == 40
+    ref = reference_vectors(tiny_encoder, records_from_events(events), UpdatePolicy("incremental", 10))
+    assert state.vector is not None
+    assert np.abs(state.vector - ref[-1]).max() <= 1e-5
+
+
+def test_bad_messages_are_rejected_and_the_rest_applied(tiny_encoder: StreamingEncoder) -> None:
+    good = make_events("u", 3)
+    msgs = [
+        Incoming(0, 0, b"u", json.dumps(good[0]).encode()),
+        Incoming(0, 1, b"u", b"\xff\xfe not utf8"),
+        Incoming(0, 2, b"u", b"{not json"),
+        Incoming(0, 3, b"other", json.dumps(good[1]).encode()),
+        Incoming(0, 4, b"u", json.dumps({**good[2], "event_type": "teleport"}).encode()),
+        Incoming(0, 5, b"u", json.dumps(good[2]).encode()),
+    ]
+    res = VectorUpdater(tiny_encoder, UpdatePolicy("exact")).apply(msgs, lambda _u, _m: None)
+    reasons = sorted(r.reason for _, r in res.rejections)
+    assert reasons == ["bad_json", "bad_value", "key_mismatch", "not_utf8"]
+    (update,) = res.updates
+    assert update.state.events_seen == 2
+    assert update.vector.last_event_id == good[2]["event_id"]
