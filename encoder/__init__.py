@@ -1,0 +1,8 @@
+"""DUPN: model, streaming API, checkpoints, simulator, training and evaluation (no Kafka here)."""
+
+import os
+
+# torch's OpenMP threads spin-wait by default; on a 2-core machine shared with a broker or a
+# worker that turns a 0.1 s training step into 10 s. Bounded spinning keeps idle speed.
+# Must be set before torch is imported, hence here.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")

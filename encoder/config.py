@@ -51,8 +51,8 @@ class EncoderConfig:
     props_in_attention: bool = True
     # heads
     n_ranking_features: int = 4
-    n_talent_features: int = 4
-    n_shop_features: int = 4
+    n_talent_features: int = 3
+    n_shop_features: int = 3
     n_power_levels: int = 7
     dropout: float = 0.2
 

@@ -35,7 +35,7 @@ class UpdatePolicy:
     """Which behaviors the LSTM run behind a user's current vector starts from."""
 
     mode: Mode = "incremental"
-    reanchor_every: int = 100
+    reanchor_every: int = 25
     window: int = 100
 
     def __post_init__(self) -> None:

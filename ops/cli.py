@@ -215,7 +215,7 @@ def _train_parser(sub: Any) -> None:
     tp.add_argument("--quick", action="store_true", help="the small demo-sized run")
     tp.add_argument("--seed", type=int, default=0, help="simulator seed (new seed = a new day of data)")
     tp.add_argument("--steps", type=int, help="training steps")
-    tp.add_argument("--batch-size", type=int, help="mini-batch size (default 1024 for full runs)")
+    tp.add_argument("--batch-size", type=int, help="user windows per task and step (see encoder.train presets)")
     tp.set_defaults(run=_train)
 
 

@@ -40,7 +40,7 @@ class Settings:
     worker_urls: str = "http://127.0.0.1:6066"  # where `dupn vector` asks (comma-separated)
     api_token: str = ""  # when set, every endpoint but /healthz needs "Authorization: Bearer <token>"
     update_mode: str = "incremental"  # exact | incremental
-    reanchor_every: int = 100
+    reanchor_every: int = 25
     batch_max: int = 2000
     batch_within_s: float = 0.01
     cache_users: int = 20_000

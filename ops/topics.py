@@ -41,6 +41,7 @@ def admin_client(s: Settings, timeout_s: float = 10.0):  # type: ignore[no-untyp
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    require_reachable(s)
     try:
         return KafkaAdminClient(
             bootstrap_servers=s.bootstrap,
@@ -50,6 +51,20 @@ def admin_client(s: Settings, timeout_s: float = 10.0):  # type: ignore[no-untyp
         )
     except (KafkaError, OSError) as exc:
         raise ConnectionError(no_broker_message(s)) from exc
+
+
+def require_reachable(s: Settings, timeout_s: float = 2.0) -> None:
+    """Fail in seconds, with the fix in the message, when no bootstrap server accepts a connection."""
+    import socket
+
+    for server in s.bootstrap.split(","):
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port or 9092)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise ConnectionError(no_broker_message(s))
 
 
 def no_broker_message(s: Settings) -> str:

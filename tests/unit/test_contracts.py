@@ -8,7 +8,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.contracts import REJECT_REASONS, BehaviorEvent, Rejection, VectorMessage, decode_vector_message, parse_event
+from streams.contracts import (
+    REJECT_REASONS,
+    BehaviorEvent,
+    Rejection,
+    VectorMessage,
+    decode_vector_message,
+    parse_event,
+)
 
 NOW = 1_800_000_000_000
 GOOD = {
