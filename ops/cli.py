@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("broker", "home", "data_dir", "model_path", "web_host", "web_port", "partitions",
-             "update_mode", "reanchor_every", "worker_urls", "log_format")
+             "update_mode", "reanchor_every", "worker_urls", "log_format", "roles")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -45,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_parser(sub)
     _topics_parser(sub)
     _worker_parser(sub)
+    _worker_parser(sub, "ppp-worker", "run a worker with only the purchasing-power agent", roles="ppp")
     _replay_parser(sub)
     _vector_parser(sub)
+    _ppp_parser(sub)
+    _rank_parser(sub)
+    _bench_scoring_parser(sub)
     _demo_parser(sub)
     _train_parser(sub)
     _eval_parser(sub)
@@ -96,8 +100,10 @@ def _topics_create(args: argparse.Namespace, s: Settings) -> int:
 
 
 # -- worker --------------------------------------------------------------------------------
-def _worker_parser(sub: Any) -> None:
-    wp = sub.add_parser("worker", help="run a stream worker (Faust)")
+def _worker_parser(
+    sub: Any, name: str = "worker", help_: str = "run a stream worker (Faust)", roles: str | None = None
+) -> None:
+    wp = sub.add_parser(name, help=help_)
     wp.add_argument("--data-dir", help="RocksDB dir (env DUPN_DATA_DIR)")
     wp.add_argument("--web-host", help="HTTP bind/host (env DUPN_WEB_HOST; default 127.0.0.1)")
     wp.add_argument("--web-port", type=int, help="HTTP port (env DUPN_WEB_PORT; default 6066)")
@@ -105,7 +111,7 @@ def _worker_parser(sub: Any) -> None:
     wp.add_argument("--mode", dest="update_mode", choices=("exact", "incremental"), help="env DUPN_UPDATE_MODE")
     wp.add_argument("--reanchor-every", type=int, help="incremental re-anchor period (env DUPN_REANCHOR_EVERY)")
     wp.add_argument("--loglevel", default="info")
-    wp.set_defaults(run=_worker)
+    wp.set_defaults(run=_worker, roles=roles)
 
 
 def _worker(args: argparse.Namespace, s: Settings) -> int:
@@ -184,6 +190,75 @@ def _vector(args: argparse.Namespace, s: Settings) -> int:
 
 def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+# -- downstream readers: purchasing power, ranking -----------------------------------------
+def _ppp_parser(sub: Any) -> None:
+    pp = sub.add_parser("ppp", help="print a user's purchasing-power level (asks a worker)")
+    pp.add_argument("user_id")
+    pp.add_argument("--json", action="store_true", help="the full JSON answer")
+    pp.add_argument("--url", dest="worker_urls", help="worker URL(s) (env DUPN_WORKER_URLS)")
+    pp.set_defaults(run=_ppp)
+
+
+def _ppp(args: argparse.Namespace, s: Settings) -> int:
+    from ops.vectors import fetch_purchasing_power
+
+    body = fetch_purchasing_power(s, args.user_id)
+    if args.json:
+        print(json.dumps(body))
+        return 0
+    probs = " ".join(f"{p:.2f}" for p in body["probabilities"])
+    print(f"user           {body['user_id']}")
+    print(f"level          {body['level']} of 7")
+    print(f"probabilities  {probs}")
+    print(f"model_version  {body['model_version']}")
+    print(f"vector_at      {_iso(body['vector_updated_at'])}")
+    return 0
+
+
+def _rank_parser(sub: Any) -> None:
+    rp = sub.add_parser("rank", help="rank items for a user with the CTR/L2R heads (split user part)")
+    rp.add_argument("user_id")
+    rp.add_argument("--items", required=True, help="comma-separated item ids")
+    rp.add_argument("--query", help="category or query string: use the worker's query-aware vector")
+    rp.add_argument("--model", dest="model_path", help="checkpoint dir (env DUPN_MODEL_PATH)")
+    rp.add_argument("--url", dest="worker_urls", help="worker URL(s), for --query (env DUPN_WORKER_URLS)")
+    rp.add_argument("--timeout", type=float, default=30.0, help="s to wait for the vector cache to bootstrap")
+    rp.set_defaults(run=_rank)
+
+
+def _rank(args: argparse.Namespace, s: Settings) -> int:
+    from streams.ranker import Ranker
+    from streams.vector_cache import VectorCache
+
+    items = [{"item_id": i.strip()} for i in args.items.split(",") if i.strip()]
+    cache = None if args.query else VectorCache(s)
+    try:
+        if cache is not None and not cache.wait_bootstrapped(args.timeout):
+            raise TimeoutError(f"vector cache not bootstrapped from {s.vectors_topic} after {args.timeout:.0f}s")
+        ranked = Ranker(s.model_dir, cache, s).score(args.user_id, items, query=args.query)
+    finally:
+        if cache is not None:
+            cache.close()
+    print(f"{'rank':>4}  {'item':<24} {'ctr':>8} {'l2r':>8}")
+    for k, (item, ctr, l2r) in enumerate(ranked, 1):
+        print(f"{k:>4}  {item:<24} {ctr:8.4f} {l2r:8.4f}")
+    return 0
+
+
+def _bench_scoring_parser(sub: Any) -> None:
+    bp = sub.add_parser("bench-scoring", help="score N candidates for one user: split vs unsplit heads")
+    bp.add_argument("--candidates", type=int, default=1000)
+    bp.add_argument("--repeats", type=int, default=7, help="repetitions per path (median reported)")
+    bp.set_defaults(run=_bench_scoring)
+
+
+def _bench_scoring(args: argparse.Namespace, s: Settings) -> int:
+    from ops.bench_scoring import bench_scoring
+
+    print(bench_scoring(s.model_dir, n=args.candidates, repeats=max(5, args.repeats)).render())
+    return 0
 
 
 # -- demo / train / eval -------------------------------------------------------------------

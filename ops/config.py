@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "DUPN_"
+ROLES = frozenset({"vectors", "ppp"})
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,15 @@ class Settings:
     events_topic: str = "behavior-events"
     vectors_topic: str = "user-vectors"
     dlq_topic: str = "behavior-events-dlq"
+    ppp_topic: str = "user-purchasing-power"  # compacted; written by the purchasing-power agent
     app_id: str = "dupn"
     # files
     home: str = "var"  # broker pid/logs, worker data, demo model live under here
     data_dir: str = ""  # default: <home>/data
     model_path: str = ""  # default: <home>/models/demo
+    model_registry: str = ""  # checkpoints by model_version (*/config.json); default: <home>/models
     # worker
+    roles: str = "vectors,ppp"  # which agents a worker runs: vectors (events -> vectors), ppp (vectors -> levels)
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     worker_urls: str = "http://127.0.0.1:6066"  # where `dupn vector` asks (comma-separated)
@@ -75,6 +79,19 @@ class Settings:
     @property
     def model_dir(self) -> Path:
         return Path(self.model_path).resolve() if self.model_path else self.home_path / "models" / "demo"
+
+    @property
+    def model_registry_path(self) -> Path:
+        return Path(self.model_registry).resolve() if self.model_registry else self.home_path / "models"
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        return frozenset(r.strip() for r in self.roles.split(",") if r.strip())
+
+    @property
+    def faust_app_id(self) -> str:
+        """A PPP-only worker joins its own consumer group: Faust assumes every member runs the same agents."""
+        return self.app_id if "vectors" in self.role_set else f"{self.app_id}-ppp"
 
     @property
     def web_url(self) -> str:
@@ -127,5 +144,7 @@ def _check(s: Settings) -> None:
         raise ValueError(f"update_mode must be exact or incremental, not {s.update_mode!r}")
     if s.partitions < 1:
         raise ValueError("partitions must be >= 1")
+    if not s.role_set or not s.role_set <= ROLES:
+        raise ValueError(f"roles must be a non-empty subset of {sorted(ROLES)}, not {s.roles!r}")
     if s.log_format not in ("text", "json"):
         raise ValueError("log_format must be text or json")

@@ -27,6 +27,8 @@ class VectorTracker:
     """Follows ``user-vectors``: per user the newest last_event_id, plus freshness samples."""
 
     last_event_id: dict[str, str] = field(default_factory=dict)
+    events_seen: dict[str, int] = field(default_factory=dict)
+    applied: int = 0
     freshness_ms: list[int] = field(default_factory=list)
     received: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
@@ -37,6 +39,8 @@ class VectorTracker:
             for batch in follow_vectors(s):
                 for msg, now in batch:
                     self.last_event_id[msg.user_id] = msg.last_event_id
+                    self.applied += max(0, msg.events_seen - self.events_seen.get(msg.user_id, 0))
+                    self.events_seen[msg.user_id] = max(msg.events_seen, self.events_seen.get(msg.user_id, 0))
                     self.freshness_ms.append(max(0, now - msg.last_event_ts))
                     self.received += 1
                 if self.stop.is_set():
@@ -134,7 +138,7 @@ def _stream_and_watch(
     producer_thread = threading.Thread(target=produce, daemon=True)
     producer_thread.start()
     start = time.monotonic()
-    last_sent, last_t = 0, start
+    last_sent, last_applied, last_t = 0, 0, start
     while True:
         time.sleep(1.0)
         if tracker.error is not None:
@@ -142,9 +146,11 @@ def _stream_and_watch(
         now = time.monotonic()
         p50, p99 = tracker.percentiles()
         rate_now = (sent[0] - last_sent) / (now - last_t)
-        last_sent, last_t = sent[0], now
+        applied_rate = (tracker.applied - last_applied) / (now - last_t)
+        last_sent, last_applied, last_t = sent[0], tracker.applied, now
         print(
-            f"[{now - start:6.1f}s] events sent {sent[0]:>8} ({rate_now:7.0f}/s) | users with vector "
+            f"[{now - start:6.1f}s] sent {sent[0]:>8} ({rate_now:6.0f}/s) | applied {tracker.applied:>8} "
+            f"({applied_rate:6.0f}/s) | users with vector "
             f"{len(tracker.last_event_id):>6} | vectors {tracker.received:>8} | freshness p50 "
             f"{p50:7.1f} ms p99 {p99:7.1f} ms",
             flush=True,

@@ -51,3 +51,8 @@ MODEL_INFO = Gauge("dupn_model_info", "The model this worker serves (value 1)", 
                    registry=REGISTRY)
 CORRUPT_STATES = Counter("dupn_state_decode_errors", "Stored user states that failed to decode",
                          registry=REGISTRY)
+PPP_SCORED = Counter("dupn_ppp_scored", "Vectors given a purchasing-power level and published", registry=REGISTRY)
+PPP_SKIPPED = Counter(
+    "dupn_ppp_skipped", "Vectors not scored, by reason (unknown_model_version|bad_message)", ["reason"],
+    registry=REGISTRY,
+)

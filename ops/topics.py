@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ops.config import Settings
 
 USER_STATE_TABLE = "user-state"
+PPP_TABLE = "purchasing-power"
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,20 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.dlq_topic, p),
         TopicSpec(changelog_topic(s), p, compact=True),
         TopicSpec(f"{s.app_id}-__assignor-__leader", 1),
+        TopicSpec(s.ppp_topic, p, compact=True),
+        # the PPP table's changelog, for a worker running both roles and for a `dupn ppp-worker`
+        TopicSpec(ppp_changelog_topic(s.app_id), p, compact=True),
+        TopicSpec(ppp_changelog_topic(f"{s.app_id}-ppp"), p, compact=True),
+        TopicSpec(f"{s.app_id}-ppp-__assignor-__leader", 1),
     ]
 
 
 def changelog_topic(s: Settings) -> str:
     return f"{s.app_id}-{USER_STATE_TABLE}-changelog"
+
+
+def ppp_changelog_topic(faust_app_id: str) -> str:
+    return f"{faust_app_id}-{PPP_TABLE}-changelog"
 
 
 def admin_client(s: Settings, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]

@@ -46,13 +46,25 @@ def follow_vectors(
         consumer.close()
 
 
-def fetch_vector(s: Settings, user_id: str, at: str | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
-    """GET /users/{id}/vector from the first worker that answers."""
+def fetch_vector(
+    s: Settings, user_id: str, at: str | None = None, timeout_s: float = 5.0, query: str | None = None
+) -> dict[str, Any]:
+    """GET /users/{id}/vector from the first worker that answers (``query``: re-pooled for it)."""
+    params = {k: v for k, v in (("at", at), ("query", query)) if v}
+    return _get_user(s, user_id, "vector", params, timeout_s)
+
+
+def fetch_purchasing_power(s: Settings, user_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """GET /users/{id}/purchasing-power from the first worker that answers."""
+    return _get_user(s, user_id, "purchasing-power", {}, timeout_s)
+
+
+def _get_user(s: Settings, user_id: str, what: str, params: dict[str, str], timeout_s: float) -> dict[str, Any]:
     errors = []
     for base in [u.strip().rstrip("/") for u in s.worker_urls.split(",") if u.strip()]:
-        url = f"{base}/users/{urllib.parse.quote(user_id, safe='')}/vector"
-        if at:
-            url += f"?at={urllib.parse.quote(at)}"
+        url = f"{base}/users/{urllib.parse.quote(user_id, safe='')}/{what}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
         req = urllib.request.Request(url)
         if s.api_token:
             req.add_header("Authorization", f"Bearer {s.api_token}")

@@ -7,13 +7,17 @@
 from __future__ import annotations
 
 import hmac
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from encoder.data import query_bucket
+from encoder.model import UserContext
 from ops import metrics
 from state.codec import StateDecodeError, decode_state
 from state.user_state import UserState
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from streams.worker import Worker
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@~-]{1,128}$")
+MAX_QUERY_CHARS = 256
 Handler = Callable[..., Awaitable[Any]]
 
 
@@ -42,6 +47,15 @@ def register_views(w: Worker) -> None:
     async def prometheus(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    if w.table is not None:
+        _register_vector_view(w)
+    if w.ppp_table is not None:
+        _register_ppp_view(w)
+
+
+def _register_vector_view(w: Worker) -> None:
+    app = w.app
+
     @app.page("/users/{user_id}/vector")
     @_guarded(w)
     @_valid_user
@@ -50,28 +64,53 @@ def register_views(w: Worker) -> None:
         state, error = _local_state(w, user_id)
         if state is None:
             return error(web)
-        body = vector_body(w, state, request.query.get("at"))
+        body = vector_body(w, state, request.query.get("at"), request.query.get("query"))
         if isinstance(body, str):
             return web.json({"error": body}, status=400)
         metrics.VECTOR_AGE.observe(max(0.0, time.time() - state.updated_at / 1000))
         return web.json(body)
 
 
-def vector_body(w: Worker, state: UserState, at: str | None) -> dict[str, Any] | str:
-    """The last published vector, or (``at=now`` / ``at=<ms>``) one re-pooled at that time."""
+def _register_ppp_view(w: Worker) -> None:
+    app = w.app
+
+    @app.page("/users/{user_id}/purchasing-power")
+    @_guarded(w)
+    @_valid_user
+    @app.table_route(table=w.ppp_table, match_info="user_id")
+    async def user_purchasing_power(web: Any, request: Any, user_id: str) -> Any:
+        raw = w.ppp_table.get(user_id.encode("utf-8"))
+        if raw is None:
+            return web.json({"error": f"unknown user {user_id!r}"}, status=404)
+        return web.json(json.loads(bytes(raw)))
+
+
+def vector_body(w: Worker, state: UserState, at: str | None, query: str | None = None) -> dict[str, Any] | str:
+    """The last published vector, or one re-pooled as of ``at`` and/or for a query (no LSTM step).
+
+    With ``query`` the attention is re-pooled with that query's embedding as of ``at``
+    (default: the last event time, like the published vector): a ranker's query-aware user part.
+    """
     body = vector_message(state).to_json()
     body.pop("vector_b64")
     now_ms = int(time.time() * 1000)
     body["age_ms"] = max(0, now_ms - state.updated_at)
-    if at is None:
+    if at is None and not query:
         body["as_of"] = state.last_event_ts
         body["vector"] = [float(x) for x in state.vector] if state.vector is not None else []
         return body
-    as_of = now_ms if at == "now" else _parse_ms(at)
+    as_of = state.last_event_ts if at is None else now_ms if at == "now" else _parse_ms(at)
     if as_of is None:
         return "at must be 'now' or epoch milliseconds"
+    if query is not None and not 0 < len(query) <= MAX_QUERY_CHARS:
+        return f"query must be 1-{MAX_QUERY_CHARS} characters"
     enc = w.runtime.encoder
-    vec = enc.represent([w.runtime.updater.encoder_state(state)], [as_of])[0]
+    context = None
+    if query:
+        bucket = query_bucket(query, enc.cfg)
+        context = UserContext(query=torch.tensor([bucket], dtype=torch.int64))
+        body.update(query=query, query_bucket=bucket)
+    vec = enc.represent([w.runtime.updater.encoder_state(state)], [as_of], context)[0]
     body.update(as_of=as_of, model_version=enc.model_version, vector=[float(x) for x in vec])
     return body
 

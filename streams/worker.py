@@ -27,28 +27,37 @@ class Worker:
     events_topic: Any
     vectors_topic: Any
     dlq_topic: Any
-    table: Any
+    table: Any  # user-state; None on a worker without the "vectors" role
+    ppp_topic: Any = None  # set by streams.ppp.register_ppp ("ppp" role)
+    ppp_table: Any = None
 
 
 def create_app(settings: Settings | None = None) -> Worker:
     s = settings or load_settings()
-    app = faust.App(s.app_id, **faust_options(s))
+    app = faust.App(s.faust_app_id, **faust_options(s))
     events_topic = _raw_topic(app, s.events_topic, s.partitions)
     vectors_topic = _raw_topic(app, s.vectors_topic, s.partitions)
     dlq_topic = _raw_topic(app, s.dlq_topic, s.partitions)
-    table = app.Table(
-        USER_STATE_TABLE,
-        default=None,
-        partitions=s.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        extra_topic_configs={"cleanup.policy": "compact"},
-    )
+    roles = s.role_set
+    table = None
+    if "vectors" in roles:
+        table = app.Table(
+            USER_STATE_TABLE,
+            default=None,
+            partitions=s.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            extra_topic_configs={"cleanup.policy": "compact"},
+        )
     worker = Worker(s, app, Runtime(s), events_topic, vectors_topic, dlq_topic, table)
     from streams.agents import register_agents
+    from streams.ppp import register_ppp
     from streams.web import register_views
 
-    register_agents(worker)
+    if "vectors" in roles:
+        register_agents(worker)
+    if "ppp" in roles:
+        register_ppp(worker)
     register_views(worker)
     return worker
 

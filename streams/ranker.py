@@ -1,0 +1,65 @@
+"""A ranker: a user's vector (cached from ``user-vectors``, or query-aware from a worker) × candidates.
+
+The CTR/L2R heads only make sense on vectors of the model they were trained
+with, so a vector of another ``model_version`` is refused, not scored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from encoder.checkpoint import load_checkpoint
+from encoder.scoring import Candidate, score_split
+from ops.config import Settings
+from ops.vectors import fetch_vector
+from streams.vector_cache import VectorCache
+
+Ranked = tuple[str, float, float]  # (item_id, ctr probability, l2r score)
+
+
+class ModelVersionMismatch(ValueError):
+    """The user's vector was produced by another model than the ranker's checkpoint."""
+
+
+class Ranker:
+    def __init__(self, checkpoint_dir: str | os.PathLike[str], cache: VectorCache | None, settings: Settings) -> None:
+        ckpt = load_checkpoint(checkpoint_dir)
+        self.model = ckpt.model
+        self.model_version = ckpt.model_version
+        self.cache = cache
+        self.settings = settings
+
+    def user_vector(self, user_id: str, query: str | None = None) -> tuple[np.ndarray, str]:
+        """(vector, its model_version): query-aware from a worker, else the cached latest one."""
+        if query:
+            body = fetch_vector(self.settings, user_id, query=query)
+            return np.asarray(body["vector"], np.float32), str(body["model_version"])
+        if self.cache is None:
+            raise LookupError("no vector cache: pass a VectorCache or a query")
+        hit = self.cache.get(user_id)
+        if hit is None:
+            raise LookupError(f"no vector for user {user_id!r} in {self.settings.vectors_topic}")
+        return hit[0].vector, hit[0].model_version
+
+    def score(
+        self,
+        user_id: str,
+        candidates: Sequence[Candidate],
+        query: str | None = None,
+        ranking_features: np.ndarray | None = None,
+    ) -> list[Ranked]:
+        """Candidates sorted by CTR probability, highest first."""
+        if not candidates:
+            return []
+        vector, version = self.user_vector(user_id, query)
+        if version != self.model_version:
+            raise ModelVersionMismatch(
+                f"vector of {user_id!r} is from model {version}, the ranker's checkpoint is {self.model_version}; "
+                "load the matching checkpoint (scoring across versions is meaningless)"
+            )
+        ctr, l2r = score_split(self.model, vector, candidates, ranking_features)
+        ranked = [(str(c["item_id"]), float(p), float(s)) for c, p, s in zip(candidates, ctr, l2r, strict=True)]
+        return sorted(ranked, key=lambda row: -row[1])
