@@ -10,6 +10,7 @@ other bucket counts (a model rollout) can reuse the same stored window.
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from collections.abc import Iterable, Sequence
 
@@ -83,7 +84,52 @@ def gap_bucket(ts_ms: int, prev_ts_ms: int | None) -> int:
     """Gate property "time since the previous behavior"; 0 for a first behavior."""
     if prev_ts_ms is None:
         return 0
-    return int(time_bucket(ts_ms - prev_ts_ms))
+    return bisect.bisect_right(TIME_BUCKET_EDGES_MS, max(0, ts_ms - prev_ts_ms)) + 1
+
+
+_TYPE_INDEX = {name: i for i, name in enumerate(EVENT_TYPES)}
+_SCENARIO_INDEX = {name: i for i, name in enumerate(SCENARIOS)}
+_NO_TAGS = (0,) * MAX_TAGS
+
+BehaviorRow = tuple[int, int, int, int, int, int, tuple[int, ...], int, int, int]
+"""One behavior as a plain tuple in BEHAVIOR_DTYPE field order (``np.array(rows, BEHAVIOR_DTYPE)``)."""
+
+
+def behavior_row(
+    *,
+    ts: int,
+    event_id: str,
+    event_type: str,
+    item_id: str,
+    shop_id: str = "",
+    brand_id: str = "",
+    category_id: str = "",
+    tags: Sequence[str] = (),
+    scenario: str = "other",
+    prev_ts: int | None = None,
+) -> BehaviorRow:
+    """The hot-path twin of :func:`make_record`: a tuple, so a batch becomes one array in one call."""
+    if tags:
+        hashed = [hash_id(t) for t in tags[:MAX_TAGS]]
+        tag_row = tuple(hashed) + (0,) * (MAX_TAGS - len(hashed))
+    else:
+        tag_row = _NO_TAGS
+    return (
+        ts,
+        hash_event_id(event_id),
+        hash_id(item_id),
+        hash_id(shop_id),
+        hash_id(brand_id),
+        hash_id(category_id),
+        tag_row,
+        _TYPE_INDEX[event_type],
+        _SCENARIO_INDEX[scenario],
+        gap_bucket(ts, prev_ts),
+    )
+
+
+def rows_to_records(rows: Sequence[BehaviorRow]) -> np.ndarray:
+    return np.array(rows, dtype=BEHAVIOR_DTYPE) if rows else np.zeros(0, dtype=BEHAVIOR_DTYPE)
 
 
 def make_record(
@@ -100,19 +146,11 @@ def make_record(
     prev_ts: int | None = None,
 ) -> np.ndarray:
     """Encode one validated behavior as a BEHAVIOR_DTYPE scalar record."""
-    rec = np.zeros((), dtype=BEHAVIOR_DTYPE)
-    rec["ts"] = ts
-    rec["event_hash"] = hash_event_id(event_id)
-    rec["item"] = hash_id(item_id)
-    rec["shop"] = hash_id(shop_id)
-    rec["brand"] = hash_id(brand_id)
-    rec["category"] = hash_id(category_id)
-    tag_hashes = [hash_id(t) for t in list(tags)[:MAX_TAGS]]
-    rec["tags"][: len(tag_hashes)] = tag_hashes
-    rec["event_type"] = EVENT_TYPES.index(event_type)
-    rec["scenario"] = SCENARIOS.index(scenario)
-    rec["gap_bucket"] = gap_bucket(ts, prev_ts)
-    return rec
+    row = behavior_row(
+        ts=ts, event_id=event_id, event_type=event_type, item_id=item_id, shop_id=shop_id,
+        brand_id=brand_id, category_id=category_id, tags=list(tags), scenario=scenario, prev_ts=prev_ts,
+    )
+    return np.array(row, dtype=BEHAVIOR_DTYPE)
 
 
 def records_from_events(events: Iterable[dict[str, object]]) -> np.ndarray:

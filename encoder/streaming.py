@@ -61,18 +61,38 @@ class UpdatePolicy:
 
 @dataclass
 class EncoderState:
-    """What a user's run carries: final (h, c) and, per window behavior, k_t, v_t, ts_t."""
+    """What a user's run carries: final (h, c) and, per window behavior, k_t, v_t, ts_t.
+
+    The per-behavior arrays are ring buffers of W rows (``size`` valid, next
+    write at ``head``): attention pooling does not depend on the order of the
+    behaviors, so a step writes one row in place instead of shifting W.
+    """
 
     h: np.ndarray
     c: np.ndarray
     keys: np.ndarray
     values: np.ndarray
     ts: np.ndarray
+    size: int = 0
+    head: int = 0
     meta: dict[str, int] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
-        return int(self.ts.shape[0])
+        return self.size
+
+    def push(self, key: np.ndarray, value: np.ndarray, ts: int) -> None:
+        j = self.head
+        self.keys[j], self.values[j], self.ts[j] = key, value, ts
+        cap = self.ts.shape[0]
+        self.head = (j + 1) % cap
+        self.size = min(self.size + 1, cap)
+
+    def order(self) -> np.ndarray:
+        """Indices of the valid rows, oldest first."""
+        if self.size < self.ts.shape[0]:
+            return np.arange(self.size)
+        return (np.arange(self.size) + self.head) % self.size
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.h, self.c, self.keys, self.values, self.ts))
@@ -93,14 +113,14 @@ class StreamingEncoder:
         return EncoderState(
             h=np.zeros(cfg.hidden, np.float32),
             c=np.zeros(cfg.hidden, np.float32),
-            keys=np.zeros((0, cfg.attention_dim), np.float32),
-            values=np.zeros((0, cfg.value_dim), np.float32),
-            ts=np.zeros(0, np.int64),
+            keys=np.zeros((self.window, cfg.attention_dim), np.float32),
+            values=np.zeros((self.window, cfg.value_dim), np.float32),
+            ts=np.zeros(self.window, np.int64),
         )
 
     @torch.inference_mode()
     def step(self, states: Sequence[EncoderState], events: np.ndarray) -> list[EncoderState]:
-        """Advance each state by one behavior (events[i] for states[i]); batched."""
+        """Advance each state by one behavior (events[i] for states[i]), in place; batched."""
         if len(states) != len(events):
             raise ValueError("one event per state")
         if not states:
@@ -112,18 +132,11 @@ class StreamingEncoder:
         h, c = m.cell(m.items(b), m.props(b), h, c)
         k, v = m.attention.keys_values(h, b.event_type, b.scenario)
         h_np, c_np, k_np, v_np = h.numpy(), c.numpy(), k.numpy(), v.numpy()
-        out = []
-        for i, s in enumerate(states):
-            out.append(
-                EncoderState(
-                    h=h_np[i].copy(),
-                    c=c_np[i].copy(),
-                    keys=_push(s.keys, k_np[i], self.window),
-                    values=_push(s.values, v_np[i], self.window),
-                    ts=_push(s.ts, np.int64(events[i]["ts"]), self.window),
-                )
-            )
-        return out
+        ts = events["ts"].tolist()
+        for i, st in enumerate(states):
+            st.h, st.c = h_np[i].copy(), c_np[i].copy()
+            st.push(k_np[i], v_np[i], ts[i])
+        return list(states)
 
     @torch.inference_mode()
     def replay(self, histories: Sequence[np.ndarray]) -> list[EncoderState]:
@@ -140,15 +153,12 @@ class StreamingEncoder:
         out = []
         for i, hist in enumerate(histories):
             n = min(len(hist), w)
-            out.append(
-                EncoderState(
-                    h=h_np[i].copy(),
-                    c=c_np[i].copy(),
-                    keys=k_np[i, w - n :].copy(),
-                    values=v_np[i, w - n :].copy(),
-                    ts=np.asarray(hist["ts"][len(hist) - n :], dtype=np.int64).copy(),
-                )
-            )
+            st = self.init_state()
+            st.h, st.c = h_np[i].copy(), c_np[i].copy()
+            st.keys[:n], st.values[:n] = k_np[i, w - n :], v_np[i, w - n :]
+            st.ts[:n] = hist["ts"][len(hist) - n :]
+            st.size, st.head = n, n % self.window
+            out.append(st)
         return out
 
     @torch.inference_mode()
@@ -173,7 +183,7 @@ class StreamingEncoder:
         ctx, _ = self.model.user_context(context or UserContext(), 1)
         now = torch.tensor([now_ms], dtype=torch.int64)
         alpha = self.model.attention.weights(k, ts, mask, now, ctx)
-        return alpha[0, mask[0]].numpy()
+        return alpha[0, mask[0]].numpy()[state.order()]
 
     def encode_window(
         self, events: np.ndarray, now_ms: int, context: UserContext | None = None
@@ -191,13 +201,6 @@ class StreamingEncoder:
         now = torch.from_numpy(np.asarray(now_ms, dtype=np.int64))
         pooled = self.model.attention(k, v, ts, mask, now, ctx)
         return pooled, profile
-
-
-def _push(buf: np.ndarray, row: np.ndarray | np.int64, cap: int) -> np.ndarray:
-    """Append a row to a window buffer, dropping the oldest past ``cap``."""
-    row_arr = np.asarray(row, dtype=buf.dtype).reshape((1, *buf.shape[1:]))
-    keep = buf[-(cap - 1) :] if cap > 1 else buf[:0]
-    return np.concatenate([keep, row_arr])
 
 
 def _left_pad(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -221,11 +224,11 @@ def _stack_window(
     ts = np.zeros((bsz, length), np.int64)
     mask = np.zeros((bsz, length), bool)
     for i, s in enumerate(states):
-        n = s.length
+        n = s.size
         if n:
-            k[i, length - n :] = s.keys
-            v[i, length - n :] = s.values
-            ts[i, length - n :] = s.ts
+            k[i, length - n :] = s.keys[:n]
+            v[i, length - n :] = s.values[:n]
+            ts[i, length - n :] = s.ts[:n]
             mask[i, length - n :] = True
     return torch.from_numpy(k), torch.from_numpy(v), torch.from_numpy(ts), torch.from_numpy(mask)
 

@@ -59,6 +59,16 @@ class UserState:
         drop = max(0, keep_from - first_kept)
         self.records = np.concatenate([self.records[drop:], np.asarray(record, BEHAVIOR_DTYPE).reshape(1)])
 
+    def extend(self, records: np.ndarray, keep_from: int) -> None:
+        """Append several behaviors at once, then keep those from history index ``keep_from``."""
+        if not len(records):
+            return
+        first_kept = self.events_seen - len(self.records)
+        self.events_seen += len(records)
+        drop = max(0, keep_from - first_kept)
+        merged = np.concatenate([self.records, np.asarray(records, BEHAVIOR_DTYPE)])
+        self.records = merged[drop:]
+
     def first_record_index(self) -> int:
         """History index (0-based) of ``records[0]``."""
         return self.events_seen - len(self.records)
