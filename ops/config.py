@@ -46,6 +46,7 @@ class Settings:
     update_mode: str = "incremental"  # exact | incremental
     reanchor_every: int = 25
     batch_max: int = 2000
+    intake: str = "lean"  # lean (batches from the fetch loop, streams/intake.py) | stream (a Faust agent)
     batch_within_s: float = 0.01
     cache_users: int = 20_000
     max_future_ms: int = 600_000
@@ -146,5 +147,7 @@ def _check(s: Settings) -> None:
         raise ValueError("partitions must be >= 1")
     if not s.role_set or not s.role_set <= ROLES:
         raise ValueError(f"roles must be a non-empty subset of {sorted(ROLES)}, not {s.roles!r}")
+    if s.intake not in ("lean", "stream"):
+        raise ValueError(f"intake must be lean or stream, not {s.intake!r}")
     if s.log_format not in ("text", "json"):
         raise ValueError("log_format must be text or json")

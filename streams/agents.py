@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ops import metrics
 from state.codec import encode_state
 from streams.contracts import Rejection
+from streams.intake import BatchIntake, EventShim, install
 from streams.partitioning import acting_on
 from streams.updater import BatchResult, Incoming
 
@@ -29,15 +30,43 @@ log = logging.getLogger(__name__)
 
 def register_agents(w: Worker) -> None:
     s = w.settings
+    if s.intake == "lean":
+        _register_lean(w)
+    else:
 
-    @w.app.agent(w.events_topic, name="update-vectors")
-    async def update_vectors(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max, s.batch_within_s):
-            await process_batch(w, events)
+        @w.app.agent(w.events_topic, name="update-vectors")
+        async def update_vectors(stream: Any) -> None:
+            async for events in stream.take_events(s.batch_max, s.batch_within_s):
+                await process_batch(w, events)
 
     @w.app.task
     async def warm_model() -> None:
         w.runtime.updater  # noqa: B018 - load the checkpoint before the first batch
+
+
+def _register_lean(w: Worker) -> None:
+    """Batches straight from the fetch loop (streams.intake); Faust keeps tables, commits and routing."""
+    s = w.settings
+    intake = BatchIntake(s.events_topic, s.batch_max, s.batch_within_s)
+    install(w.app, intake)
+    w.app.topics.add(w.events_topic)  # subscribe without an agent: the intake receives its messages
+
+    @w.app.task
+    async def update_vectors() -> None:
+        while not w.app.should_stop:
+            messages = await intake.take()
+            async with intake.lock:
+                await process_batch(w, [EventShim(m) for m in messages])
+                ack = w.app.consumer.ack
+                for m in messages:
+                    ack(m)
+
+    @w.app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(app: Any, revoked: Any, **_: Any) -> None:
+        async with intake.lock:  # let the batch in flight finish before the partitions go
+            dropped = intake.discard(revoked)
+        if dropped:
+            log.info("revoked partitions: dropped %d buffered events (redelivered to the new owner)", dropped)
 
 
 async def process_batch(w: Worker, events: Sequence[Any]) -> BatchResult:
