@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parser(sub)
     _drift_parser(sub)
+    _bench_parser(sub)
     return p
 
 
@@ -344,6 +345,28 @@ def _drift(args: argparse.Namespace, s: Settings) -> int:
     periods = [int(x) for x in args.reanchor.split(",") if x.strip()]
     rows = measure_drift(str(s.model_dir), args.users, args.events_per_user, periods, seed=args.seed)
     print(json.dumps(rows, indent=2) if args.json else render_table(rows))
+    return 0
+
+
+def _bench_parser(sub: Any) -> None:
+    bp = sub.add_parser("bench", help="worker throughput on the embedded broker (pre-produced stream)")
+    bp.add_argument("--users", type=int, default=5000)
+    bp.add_argument("--events", type=int, default=50_000)
+    bp.add_argument("--intake", choices=("lean", "stream"), default="lean")
+    bp.add_argument("--roles", default="vectors")
+    bp.add_argument("--mode", dest="bench_mode", choices=("exact", "incremental"), default="incremental")
+    bp.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace, s: Settings) -> int:
+    from ops.bench import drain_rate
+
+    res = drain_rate(
+        s.model_dir, args.users, args.events, intake=args.intake, roles=args.roles, update_mode=args.bench_mode,
+        partitions=s.partitions,
+    )
+    print(json.dumps({"events": res.events, "users": res.users, "seconds": round(res.seconds, 2),
+                      "events_per_s": round(res.events_per_s), **res.settings}))
     return 0
 
 

@@ -33,8 +33,9 @@ def write_taobao_csv(path: Path) -> list[str]:
     return ["u1001", "u1002"]  # the reader prefixes ids by kind
 
 
-def test_vectors_match_offline_encoder_and_http(tmp_path: Path, broker_url: str, model_dir: Path) -> None:
-    s = isolated_settings(broker_url, tmp_path, model_dir, update_mode="exact", partitions=4)
+@pytest.mark.parametrize("intake", ["lean", "stream"])
+def test_vectors_match_offline_encoder_and_http(tmp_path: Path, broker_url: str, model_dir: Path, intake: str) -> None:
+    s = isolated_settings(broker_url, tmp_path, model_dir, update_mode="exact", partitions=4, intake=intake)
     setup_topics(s)
     users = {f"u{k}": make_events(f"u{k}", n, seed=k) for k, n in enumerate([250, 40, 7, 120, 1, 64])}
     stream = interleave(*users.values())
