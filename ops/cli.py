@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _drift_parser(sub)
     _bench_parser(sub)
+    _explain_parsers(sub)
     return p
 
 
@@ -355,18 +356,123 @@ def _bench_parser(sub: Any) -> None:
     bp.add_argument("--intake", choices=("lean", "stream"), default="lean")
     bp.add_argument("--roles", default="vectors")
     bp.add_argument("--mode", dest="bench_mode", choices=("exact", "incremental"), default="incremental")
+    bp.add_argument("--part", choices=("drain", "ceiling", "encoder", "state", "all"), default="drain",
+                    help="drain: worker events/s; ceiling: aiokafka passthrough events/s; encoder: per-event "
+                    "encoder cost; state: bytes per user/event; all: every part in one run")
     bp.set_defaults(run=_bench)
 
 
 def _bench(args: argparse.Namespace, s: Settings) -> int:
-    from ops.bench import drain_rate
+    from ops.bench import aiokafka_ceiling, drain_rate, encoder_costs, run_all, state_sizes
 
+    if args.part == "all":
+        print(json.dumps(run_all(s.model_dir, args.users, args.events, s.partitions), indent=2))
+        return 0
+    if args.part == "ceiling":
+        ceil = aiokafka_ceiling(args.users, args.events, partitions=s.partitions)
+        print(json.dumps({"events": ceil.events, "seconds": round(ceil.seconds, 2),
+                          "events_per_s": round(ceil.events_per_s), **ceil.settings}))
+        return 0
+    if args.part == "encoder":
+        for row in encoder_costs(s.model_dir):
+            print(json.dumps(row))
+        return 0
+    if args.part == "state":
+        print(json.dumps(state_sizes(s.model_dir, users=args.users, events=args.events)))
+        return 0
     res = drain_rate(
         s.model_dir, args.users, args.events, intake=args.intake, roles=args.roles, update_mode=args.bench_mode,
         partitions=s.partitions,
     )
     print(json.dumps({"events": res.events, "users": res.users, "seconds": round(res.seconds, 2),
                       "events_per_s": round(res.events_per_s), **res.settings}))
+    return 0
+
+
+# -- explain / report: seeing inside a vector ----------------------------------------------
+def _explain_parsers(sub: Any) -> None:
+    ep = sub.add_parser("explain", help="the attention behind a user's vector, per behavior (asks a worker)")
+    ep.add_argument("user_id")
+    ep.add_argument("--query", help="explain the query-aware vector for this category/query")
+    ep.add_argument("--at", help="'now' or epoch ms: ages and attention as of then (default: last event)")
+    ep.add_argument("--json", action="store_true", help="the full JSON answer")
+    ep.add_argument("--png", type=Path, help="also draw the heat map and the sequence to this PNG")
+    ep.add_argument("--url", dest="worker_urls", help="worker URL(s) (env DUPN_WORKER_URLS)")
+    ep.set_defaults(run=_explain)
+    rp = sub.add_parser("report", help="mean attention by behavior type × age over a simulated replay (offline)")
+    rp.add_argument("--users", type=int, default=500)
+    rp.add_argument("--events", type=int, default=50_000)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--min-events", type=int, default=20, help="skip users with fewer behaviors")
+    rp.add_argument("--model", dest="model_path", help="checkpoint dir (env DUPN_MODEL_PATH)")
+    rp.add_argument("--png", type=Path, help="draw the heat map to this PNG")
+    rp.set_defaults(run=_report)
+
+
+def _explain(args: argparse.Namespace, s: Settings) -> int:
+    from encoder.explain import table_from_behaviors
+    from ops.vectors import fetch_explain
+
+    body = fetch_explain(s, args.user_id, at=args.at, query=args.query)
+    if args.json:
+        print(json.dumps(body))
+    else:
+        print(_explain_text(body))
+    if args.png:
+        from ops.plots import write_explain_png
+
+        behaviors = body["behaviors"]
+        write_explain_png(args.png, table_from_behaviors(behaviors), behaviors, f"user {body['user_id']}")
+        print(f"wrote {args.png}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _explain_text(body: dict[str, Any], bar_width: int = 40) -> str:
+    """Table of the window, the bar scaled so the largest α fills ``bar_width`` cells."""
+    behaviors = body["behaviors"]
+    top = max((b["attention"] for b in behaviors), default=0.0) or 1.0
+    query = f", query {body['query']!r}" if body.get("query") else ""
+    lines = [
+        f"user {body['user_id']}  model {body['model_version']}  as of {_iso(body['as_of'])}{query}",
+        f"{'pos':>4} {'age':>10} {'bucket':>6} {'type':<5} {'scenario':<9} {'α':>7}",
+    ]
+    for b in behaviors:
+        bar = "█" * max(1, round(bar_width * b["attention"] / top)) if b["attention"] > 0 else ""
+        lines.append(
+            f"{b['position']:>4} {_age(b['age_ms']):>10} {b['age_bucket']:>6} {b['event_type']:<5} "
+            f"{b['scenario']:<9} {b['attention']:7.4f} {bar}"
+        )
+    return "\n".join(lines)
+
+
+def _age(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
+        if ms >= size:
+            return f"{ms / size:.1f}{unit}"
+    return f"{ms / 1000:.1f}s"
+
+
+def _report(args: argparse.Namespace, s: Settings) -> int:
+    from encoder.checkpoint import load_checkpoint
+    from encoder.explain import attention_report
+    from encoder.features import records_from_events
+    from encoder.simulator import SimConfig, Simulator
+    from encoder.streaming import StreamingEncoder
+
+    ckpt = load_checkpoint(s.model_dir)
+    per_user: dict[str, list[dict[str, Any]]] = {}
+    for ev in Simulator(SimConfig(n_users=args.users, seed=args.seed)).stream(args.users, args.events):
+        per_user.setdefault(str(ev["user_id"]), []).append(dict(ev))
+    histories = [records_from_events(evs) for evs in per_user.values()]
+    encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
+    table = attention_report(encoder, histories, min_events=args.min_events)
+    print(f"model {ckpt.model_version}, {args.events} simulated events over {len(per_user)} users (seed {args.seed})")
+    print(table.render())
+    if args.png:
+        from ops.plots import write_heatmap_png
+
+        title = f"mean attention by type × age, {table.users} users (model {ckpt.model_version})"
+        print(f"wrote {write_heatmap_png(args.png, table, title)}")
     return 0
 
 

@@ -27,6 +27,7 @@ class PolicyRun:
     seconds: float
     events: int
     state_bytes: float
+    written_bytes: int = 0  # all state writes (what the changelog receives)
 
     @property
     def us_per_event(self) -> float:
@@ -49,17 +50,20 @@ def run_policy(encoder: StreamingEncoder, policy: UpdatePolicy, stream: list[dic
     updater = VectorUpdater(encoder, policy, cache_capacity=1_000_000)
     store: dict[str, bytes] = {}
     vectors: dict[tuple[str, int], np.ndarray] = {}
+    written = 0
     msgs = [Incoming(0, i, str(e["user_id"]).encode(), json.dumps(e).encode()) for i, e in enumerate(stream)]
     start = time.perf_counter()
     for lo in range(0, len(msgs), batch):
         result = updater.apply(msgs[lo : lo + batch], lambda u, _m: store.get(u))
         for up in result.updates:
-            store[up.state.user_id] = encode_state(up.state)
+            blob = encode_state(up.state)
+            written += len(blob)
+            store[up.state.user_id] = blob
             vectors[(up.state.user_id, up.state.events_seen)] = up.vector.vector
     seconds = time.perf_counter() - start
     name = policy.mode if policy.mode == "exact" else f"incremental R={policy.reanchor_every}"
     mean_bytes = float(np.mean([len(b) for b in store.values()]))
-    return PolicyRun(name, vectors, seconds, len(msgs), mean_bytes)
+    return PolicyRun(name, vectors, seconds, len(msgs), mean_bytes, written)
 
 
 def cosine_stats(a: PolicyRun, b: PolicyRun, past_window: int) -> dict[str, float]:

@@ -54,6 +54,14 @@ def fetch_vector(
     return _get_user(s, user_id, "vector", params, timeout_s)
 
 
+def fetch_explain(
+    s: Settings, user_id: str, at: str | None = None, timeout_s: float = 5.0, query: str | None = None
+) -> dict[str, Any]:
+    """GET /users/{id}/explain: the attention weights behind the vector ``fetch_vector`` would return."""
+    params = {k: v for k, v in (("at", at), ("query", query)) if v}
+    return _get_user(s, user_id, "explain", params, timeout_s)
+
+
 def fetch_purchasing_power(s: Settings, user_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """GET /users/{id}/purchasing-power from the first worker that answers."""
     return _get_user(s, user_id, "purchasing-power", {}, timeout_s)

@@ -1,4 +1,4 @@
-"""HTTP API of every worker: a user's current vector, health, metrics.
+"""HTTP API of every worker: a user's current vector and its attention explained, health, metrics.
 
 ``/users/{user_id}/...`` requests are routed to the worker that owns the user
 (Faust ``table_route``), so any worker can be asked.
@@ -13,10 +13,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from encoder.data import query_bucket
+from encoder.explain import explain_behaviors
 from encoder.model import UserContext
 from ops import metrics
 from state.codec import StateDecodeError, decode_state
@@ -24,6 +26,7 @@ from state.user_state import UserState
 from streams.updater import vector_message
 
 if TYPE_CHECKING:
+    from encoder.streaming import StreamingEncoder
     from streams.worker import Worker
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@~-]{1,128}$")
@@ -70,6 +73,19 @@ def _register_vector_view(w: Worker) -> None:
         metrics.VECTOR_AGE.observe(max(0.0, time.time() - state.updated_at / 1000))
         return web.json(body)
 
+    @app.page("/users/{user_id}/explain")
+    @_guarded(w)
+    @_valid_user
+    @app.table_route(table=w.table, match_info="user_id")
+    async def user_explain(web: Any, request: Any, user_id: str) -> Any:
+        state, error = _local_state(w, user_id)
+        if state is None:
+            return error(web)
+        body = explain_body(w, state, request.query.get("at"), request.query.get("query"))
+        if isinstance(body, str):
+            return web.json({"error": body}, status=400)
+        return web.json(body)
+
 
 def _register_ppp_view(w: Worker) -> None:
     app = w.app
@@ -99,20 +115,60 @@ def vector_body(w: Worker, state: UserState, at: str | None, query: str | None =
         body["as_of"] = state.last_event_ts
         body["vector"] = [float(x) for x in state.vector] if state.vector is not None else []
         return body
+    enc = w.runtime.encoder
+    parsed = _repool_args(enc, state, at, query, now_ms)
+    if isinstance(parsed, str):
+        return parsed
+    as_of, context, extra = parsed
+    body.update(extra)
+    vec = enc.represent([w.runtime.updater.encoder_state(state)], [as_of], context)[0]
+    body.update(as_of=as_of, model_version=enc.model_version, vector=[float(x) for x in vec])
+    return body
+
+
+def explain_body(w: Worker, state: UserState, at: str | None, query: str | None = None) -> dict[str, Any] | str:
+    """The attention weights behind a user's vector, one row per window behavior (oldest first).
+
+    α comes from the same encoder state, time and query context as ``vector_body``
+    would use, so the rows explain exactly the vector ``/vector`` returns with the
+    same ``at`` / ``query``. Item and category appear as hashes only: the store
+    never keeps raw ids.
+    """
+    enc = w.runtime.encoder
+    parsed = _repool_args(enc, state, at, query, int(time.time() * 1000))
+    if isinstance(parsed, str):
+        return parsed
+    as_of, context, extra = parsed
+    enc_state = w.runtime.updater.encoder_state(state)
+    alpha = enc.attention_weights(enc_state, as_of, context) if enc_state.length else np.zeros(0, np.float32)
+    records = state.window(enc_state.length) if enc_state.length else state.records[:0]
+    return {
+        "user_id": state.user_id,
+        "model_version": enc.model_version,
+        "events_seen": state.events_seen,
+        "as_of": as_of,
+        **extra,
+        "behaviors": explain_behaviors(records, alpha, as_of),
+    }
+
+
+def _repool_args(
+    enc: StreamingEncoder, state: UserState, at: str | None, query: str | None, now_ms: int
+) -> tuple[int, UserContext | None, dict[str, Any]] | str:
+    """(as_of, attention context, fields to echo) for ``?at=`` / ``?query=``, or an error message.
+
+    Shared by ``/vector`` and ``/explain`` so both re-pool with the same time and query bucket.
+    """
     as_of = state.last_event_ts if at is None else now_ms if at == "now" else _parse_ms(at)
     if as_of is None:
         return "at must be 'now' or epoch milliseconds"
     if query is not None and not 0 < len(query) <= MAX_QUERY_CHARS:
         return f"query must be 1-{MAX_QUERY_CHARS} characters"
-    enc = w.runtime.encoder
-    context = None
-    if query:
-        bucket = query_bucket(query, enc.cfg)
-        context = UserContext(query=torch.tensor([bucket], dtype=torch.int64))
-        body.update(query=query, query_bucket=bucket)
-    vec = enc.represent([w.runtime.updater.encoder_state(state)], [as_of], context)[0]
-    body.update(as_of=as_of, model_version=enc.model_version, vector=[float(x) for x in vec])
-    return body
+    if not query:
+        return as_of, None, {}
+    bucket = query_bucket(query, enc.cfg)
+    context = UserContext(query=torch.tensor([bucket], dtype=torch.int64))
+    return as_of, context, {"query": query, "query_bucket": bucket}
 
 
 def _local_state(w: Worker, user_id: str) -> tuple[UserState | None, Callable[[Any], Any]]:

@@ -1,0 +1,85 @@
+"""PNG figures of attention, after the DUPN talk's attention analysis (matplotlib, Agg backend).
+
+Kept apart from the CLI so that only commands drawing a figure import matplotlib.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
+from matplotlib.patches import Patch
+
+from encoder.explain import AGE_BUCKET_LABELS, AttentionTable
+from encoder.features import EVENT_TYPES
+
+#: One color per behavior type, shared by every figure so they read together.
+TYPE_COLORS: dict[str, str] = {"click": "#4c78a8", "cart": "#f58518", "fav": "#54a24b", "buy": "#e45756"}
+
+
+def draw_heatmap(ax: Axes, table: AttentionTable, title: str) -> None:
+    """Mean normalised attention by type (rows) × age bucket (columns); blank cells had no behavior."""
+    data = np.ma.masked_invalid(table.mean)
+    image = ax.imshow(data, cmap="coolwarm", aspect="auto", norm=_ratio_norm(table.mean))
+    ax.set_facecolor("#e8e8e8")  # cells without behaviors
+    ax.set_xticks(range(len(AGE_BUCKET_LABELS)), AGE_BUCKET_LABELS, rotation=45, ha="right")
+    ax.set_yticks(range(len(EVENT_TYPES)), EVENT_TYPES)
+    ax.set_xlabel("age of the behavior (as of the vector)")
+    ax.set_title(title)
+    for (r, c), value in np.ndenumerate(table.mean):
+        if not np.isnan(value):
+            ax.text(c, r, f"{value:.2f}\nn={table.counts[r, c]}", ha="center", va="center", fontsize=7)
+    ax.figure.colorbar(image, ax=ax, label="mean α × window length (1 = uniform, log scale)")
+
+
+def _ratio_norm(values: np.ndarray) -> LogNorm:
+    """Log scale symmetric around 1.0 (uniform), so 4× above and 4× below look equally strong."""
+    finite = values[np.isfinite(values) & (values > 0)]
+    spread = max(2.0, float(finite.max()), float(1.0 / finite.min())) if finite.size else 2.0
+    return LogNorm(vmin=1.0 / spread, vmax=spread)
+
+
+def draw_sequence(ax: Axes, behaviors: Sequence[dict[str, Any]], title: str) -> None:
+    """α along the window, oldest left, one bar per behavior colored by its type."""
+    xs = [b["position"] for b in behaviors]
+    ys = [b["attention"] for b in behaviors]
+    colors = [TYPE_COLORS[b["event_type"]] for b in behaviors]
+    ax.bar(xs, ys, color=colors, width=0.85)
+    if ys:
+        ax.axhline(1.0 / len(ys), color="grey", linestyle="--", linewidth=0.8, label="uniform")
+    handles = [Patch(color=TYPE_COLORS[t], label=t) for t in EVENT_TYPES]
+    ax.legend(handles=handles, loc="upper left", ncols=len(handles), fontsize=8)
+    ax.set_xlabel("position in the window (0 = oldest)")
+    ax.set_ylabel("attention α")
+    ax.set_title(title)
+
+
+def write_heatmap_png(path: Path, table: AttentionTable, title: str) -> Path:
+    """The aggregate figure of ``dupn report``."""
+    fig, ax = plt.subplots(figsize=(11, 4.2), layout="constrained")
+    try:
+        draw_heatmap(ax, table, title)
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_explain_png(path: Path, table: AttentionTable, behaviors: Sequence[dict[str, Any]], title: str) -> Path:
+    """One user's figure for ``dupn explain``: the heat map above, the sequence below."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8), layout="constrained")
+    try:
+        draw_heatmap(top, table, f"{title}: mean attention by type × age")
+        draw_sequence(bottom, behaviors, f"{title}: attention along the window")
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
