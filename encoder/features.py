@@ -108,7 +108,7 @@ def behavior_row(
     scenario: str = "other",
     prev_ts: int | None = None,
 ) -> BehaviorRow:
-    """The hot-path twin of :func:`make_record`: a tuple, so a batch becomes one array in one call."""
+    """Encode one validated behavior as a tuple, so a batch becomes one array in one call."""
     if tags:
         hashed = [hash_id(t) for t in tags[:MAX_TAGS]]
         tag_row = tuple(hashed) + (0,) * (MAX_TAGS - len(hashed))
@@ -132,39 +132,18 @@ def rows_to_records(rows: Sequence[BehaviorRow]) -> np.ndarray:
     return np.array(rows, dtype=BEHAVIOR_DTYPE) if rows else np.zeros(0, dtype=BEHAVIOR_DTYPE)
 
 
-def make_record(
-    *,
-    ts: int,
-    event_id: str,
-    event_type: str,
-    item_id: str,
-    shop_id: str = "",
-    brand_id: str = "",
-    category_id: str = "",
-    tags: Sequence[str] = (),
-    scenario: str = "other",
-    prev_ts: int | None = None,
-) -> np.ndarray:
-    """Encode one validated behavior as a BEHAVIOR_DTYPE scalar record."""
-    row = behavior_row(
-        ts=ts, event_id=event_id, event_type=event_type, item_id=item_id, shop_id=shop_id,
-        brand_id=brand_id, category_id=category_id, tags=list(tags), scenario=scenario, prev_ts=prev_ts,
-    )
-    return np.array(row, dtype=BEHAVIOR_DTYPE)
-
-
 def records_from_events(events: Iterable[dict[str, object]]) -> np.ndarray:
     """Encode one user's time-ordered contract events (dicts) as a record array.
 
     The gap property of each behavior is taken relative to the previous one in
     the given order, exactly as the stream worker does on append.
     """
-    out: list[np.ndarray] = []
+    rows: list[BehaviorRow] = []
     prev: int | None = None
     for ev in events:
         ts = int(ev["ts"])  # type: ignore[call-overload]
-        out.append(
-            make_record(
+        rows.append(
+            behavior_row(
                 ts=ts,
                 event_id=str(ev["event_id"]),
                 event_type=str(ev["event_type"]),
@@ -178,14 +157,12 @@ def records_from_events(events: Iterable[dict[str, object]]) -> np.ndarray:
             )
         )
         prev = ts
-    if not out:
-        return np.zeros(0, dtype=BEHAVIOR_DTYPE)
-    return np.stack(out)
+    return rows_to_records(rows)
 
 
 def item_record(item: dict[str, object]) -> np.ndarray:
     """Encode a candidate item (no behavior properties) for the item part of the model."""
-    return make_record(
+    row = behavior_row(
         ts=0,
         event_id="",
         event_type="click",
@@ -195,3 +172,4 @@ def item_record(item: dict[str, object]) -> np.ndarray:
         category_id=str(item.get("category_id") or ""),
         tags=[str(t) for t in item.get("tags") or ()],  # type: ignore[attr-defined]
     )
+    return np.array(row, dtype=BEHAVIOR_DTYPE)
