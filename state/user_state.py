@@ -42,23 +42,6 @@ class UserState:
     def window(self, size: int) -> np.ndarray:
         return self.records[-size:]
 
-    def already_applied(self, partition: int, offset: int, event_hash: int) -> bool:
-        """True for a redelivered source message or a repeated event id."""
-        if partition == self.source_partition and offset <= self.source_offset:
-            return True
-        return bool(len(self.records)) and bool((self.records["event_hash"] == event_hash).any())
-
-    def append(self, record: np.ndarray, keep_from: int) -> None:
-        """Append a behavior and drop those before history index ``keep_from``.
-
-        ``keep_from`` is the policy's run start for the new ``events_seen``; the
-        store keeps exactly the behaviors the run needs.
-        """
-        self.events_seen += 1
-        first_kept = self.events_seen - len(self.records) - 1  # history index of records[0]
-        drop = max(0, keep_from - first_kept)
-        self.records = np.concatenate([self.records[drop:], np.asarray(record, BEHAVIOR_DTYPE).reshape(1)])
-
     def extend(self, records: np.ndarray, keep_from: int) -> None:
         """Append several behaviors at once, then keep those from history index ``keep_from``."""
         if not len(records):

@@ -91,7 +91,7 @@ class VectorUpdater:
         cached = self.cache.get(state.user_id, version)
         if cached is not None:
             return cached
-        (rebuilt,) = self.encoder.replay([self._run_records(state)])
+        (rebuilt,) = self.encoder.replay([self._run_records(state.records, state.events_seen)])
         self.cache.put(state.user_id, version, rebuilt)
         return rebuilt
 
@@ -161,13 +161,9 @@ class VectorUpdater:
     def _same_run(self, n: int) -> bool:
         return self.policy.run_start(n) == self.policy.run_start(n - 1)
 
-    def _run_records(self, state: UserState) -> np.ndarray:
-        start = self.policy.run_start(state.events_seen) - state.first_record_index()
-        return state.records[max(0, start) :]
-
-    def _batch_run_records(self, ub: _UserBatch) -> np.ndarray:
-        records = ub.records()
-        start = self.policy.run_start(ub.n) - (ub.n - len(records))
+    def _run_records(self, records: np.ndarray, n: int) -> np.ndarray:
+        """The behaviors of the current run, given the newest ``records`` up to history index ``n``."""
+        start = self.policy.run_start(n) - (n - len(records))
         return records[max(0, start) :]
 
     def _run_round(
@@ -184,7 +180,7 @@ class VectorUpdater:
                 self.cache.put(ub.state.user_id, (version, ub.n), new)
             result.steps += len(to_step)
         if to_rebuild:
-            rebuilt = self.encoder.replay([self._batch_run_records(ub) for ub in to_rebuild])
+            rebuilt = self.encoder.replay([self._run_records(ub.records(), ub.n) for ub in to_rebuild])
             for ub, new in zip(to_rebuild, rebuilt, strict=True):
                 self.cache.put(ub.state.user_id, (version, ub.n), new)
             result.rebuilds += len(to_rebuild)

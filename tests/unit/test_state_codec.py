@@ -48,11 +48,11 @@ def test_unknown_version_is_refused() -> None:
         decode_state("u", bytes(blob))
 
 
-def test_append_keeps_only_the_current_run() -> None:
+def test_extend_keeps_only_the_current_run() -> None:
     state = UserState("u")
     rec = records_from_events(make_events("u", 30))
     for i in range(30):
-        state.append(rec[i], keep_from=max(0, i + 1 - 10))
+        state.extend(rec[i : i + 1], keep_from=max(0, i + 1 - 10))
     assert state.events_seen == 30 and len(state.records) == 10
     assert state.first_record_index() == 20
     assert (state.records["event_hash"] == rec[-10:]["event_hash"]).all()
