@@ -132,6 +132,16 @@ def rows_to_records(rows: Sequence[BehaviorRow]) -> np.ndarray:
     return np.array(rows, dtype=BEHAVIOR_DTYPE) if rows else np.zeros(0, dtype=BEHAVIOR_DTYPE)
 
 
+def concat_records(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate record arrays with plain copies (``np.concatenate`` re-promotes structured dtypes per call)."""
+    out = np.empty(sum(len(p) for p in parts), dtype=BEHAVIOR_DTYPE)
+    pos = 0
+    for p in parts:
+        out[pos : pos + len(p)] = p
+        pos += len(p)
+    return out
+
+
 def records_from_events(events: Iterable[dict[str, object]]) -> np.ndarray:
     """Encode one user's time-ordered contract events (dicts) as a record array.
 

@@ -119,13 +119,27 @@ class PropertyGatedLSTMCell(nn.Module):
             self.from_item.bias[h : 2 * h].fill_(1.0)
 
     def forward(self, e: Tensor, p: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.from_item(e) + self.from_hidden(h)
-        zi, zf, zo, zg = z.chunk(4, dim=-1)
+        return self.recur(self.input_projection(e, p), h, c)
+
+    def input_projection(self, e: Tensor, p: Tensor) -> Tensor:
+        """x_t = [W_ie e + W_ip p + b_i; W_fe e + W_fp p + b_f; W_oe e + W_op p + b_o; W_ge e + b_g].
+
+        Everything of a step that does not depend on (h, c): computed for a whole
+        sequence (or a whole batch of events) in one matmul, outside the time loop.
+        """
+        x = self.from_item(e)
         if self.from_props is not None:
-            pi, pf, po = self.from_props(p).chunk(3, dim=-1)
-            zi, zf, zo = zi + pi, zf + pf, zo + po
-        c_new = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
-        h_new = torch.sigmoid(zo) * torch.tanh(c_new)
+            x = x + torch.nn.functional.pad(self.from_props(p), (0, self.hidden))
+        return x
+
+    def recur(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The recurrent part: z = x_t + W_*h h_{t-1}; then the gates, c_t and h_t (eq. 1-6)."""
+        z = torch.addmm(x, h, self.from_hidden.weight.t())
+        hid = self.hidden
+        gates = torch.sigmoid(z[..., : 3 * hid])
+        i, f, o = gates[..., :hid], gates[..., hid : 2 * hid], gates[..., 2 * hid :]
+        c_new = f * c + i * torch.tanh(z[..., 3 * hid :])
+        h_new = o * torch.tanh(c_new)
         return h_new, c_new
 
 
@@ -266,11 +280,10 @@ class DUPN(nn.Module):
         hid = self.cfg.hidden
         h = torch.zeros(bsz, hid) if h is None else h
         c = torch.zeros(bsz, hid) if c is None else c
-        e = self.items(b)
-        p = self.props(b)
+        x = self.cell.input_projection(self.items(b), self.props(b))
         outs = []
         for t in range(length):
-            h_new, c_new = self.cell(e[:, t], p[:, t], h, c)
+            h_new, c_new = self.cell.recur(x[:, t], h, c)
             m = mask[:, t].unsqueeze(-1)
             h = torch.where(m, h_new, h)
             c = torch.where(m, c_new, c)

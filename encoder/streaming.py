@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from encoder.features import BEHAVIOR_DTYPE
+from encoder.features import concat_records
 from encoder.model import DUPN, BehaviorTensors, UserContext
 
 Mode = Literal["exact", "incremental"]
@@ -88,6 +88,19 @@ class EncoderState:
         self.head = (j + 1) % cap
         self.size = min(self.size + 1, cap)
 
+    def push_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
+        """Push rows oldest first; only the last W can stay (at most two contiguous writes)."""
+        cap = self.ts.shape[0]
+        m = len(ts)
+        q = min(m, cap)
+        start = (self.head + m - q) % cap
+        first = min(q, cap - start)
+        split = m - q + first
+        for dst, src in ((slice(start, start + first), slice(m - q, split)), (slice(0, q - first), slice(split, m))):
+            self.keys[dst], self.values[dst], self.ts[dst] = keys[src], values[src], ts[src]
+        self.head = (self.head + m) % cap
+        self.size = min(self.size + m, cap)
+
     def order(self) -> np.ndarray:
         """Indices of the valid rows, oldest first."""
         if self.size < self.ts.shape[0]:
@@ -118,48 +131,53 @@ class StreamingEncoder:
             ts=np.zeros(self.window, np.int64),
         )
 
-    @torch.inference_mode()
     def step(self, states: Sequence[EncoderState], events: np.ndarray) -> list[EncoderState]:
         """Advance each state by one behavior (events[i] for states[i]), in place; batched."""
         if len(states) != len(events):
             raise ValueError("one event per state")
-        if not states:
-            return []
-        b = BehaviorTensors.from_records(np.asarray(events, dtype=BEHAVIOR_DTYPE), self.cfg)
-        h = torch.from_numpy(np.stack([s.h for s in states]))
-        c = torch.from_numpy(np.stack([s.c for s in states]))
-        m = self.model
-        h, c = m.cell(m.items(b), m.props(b), h, c)
-        k, v = m.attention.keys_values(h, b.event_type, b.scenario)
-        h_np, c_np, k_np, v_np = h.numpy(), c.numpy(), k.numpy(), v.numpy()
-        ts = events["ts"].tolist()
-        for i, st in enumerate(states):
-            st.h, st.c = h_np[i].copy(), c_np[i].copy()
-            st.push(k_np[i], v_np[i], ts[i])
-        return list(states)
+        return self.advance(states, [events[i : i + 1] for i in range(len(events))])
+
+    def replay(self, histories: Sequence[np.ndarray]) -> list[EncoderState]:
+        """Run from zero over each record array: the exact path."""
+        return self.advance([self.init_state() for _ in histories], histories)
 
     @torch.inference_mode()
-    def replay(self, histories: Sequence[np.ndarray]) -> list[EncoderState]:
-        """Run from zero over each record array (batched, left-padded): the exact path."""
-        if not histories:
-            return []
-        recs, mask = _left_pad(histories)
-        b = BehaviorTensors.from_records(recs, self.cfg)
-        mask_t = torch.from_numpy(mask)
-        hs, h, c = self.model.run_lstm(b, mask_t)
-        w = min(self.window, recs.shape[1])
-        k, v = self.model.attention.keys_values(hs[:, -w:], b.event_type[:, -w:], b.scenario[:, -w:])
-        k_np, v_np, h_np, c_np = k.numpy(), v.numpy(), h.numpy(), c.numpy()
-        out = []
-        for i, hist in enumerate(histories):
-            n = min(len(hist), w)
-            st = self.init_state()
-            st.h, st.c = h_np[i].copy(), c_np[i].copy()
-            st.keys[:n], st.values[:n] = k_np[i, w - n :], v_np[i, w - n :]
-            st.ts[:n] = hist["ts"][len(hist) - n :]
-            st.size, st.head = n, n % self.window
-            out.append(st)
-        return out
+    def advance(self, states: Sequence[EncoderState], sequences: Sequence[np.ndarray]) -> list[EncoderState]:
+        """Advance states[i] over the behaviors sequences[i] (oldest first), in place; all users batched.
+
+        The input projections x_t of every behavior of every user come from one
+        matmul; the time loop then runs only the recurrent part, over the users
+        still active at step t. Users are sorted by sequence length (longest
+        first), so the active users at step t are a prefix and each step's
+        inputs and outputs are contiguous slices of a time-major layout.
+        """
+        if len(states) != len(sequences):
+            raise ValueError("one sequence per state")
+        lengths = np.fromiter((len(q) for q in sequences), np.int64, len(sequences))
+        if not len(states) or not lengths.any():
+            return list(states)
+        plan = _PackedPlan.of(lengths)
+        recs = concat_records(sequences)
+        b = BehaviorTensors.from_records(recs[plan.time_major], self.cfg)
+        m = self.model
+        x = m.cell.input_projection(m.items(b), m.props(b))
+        h = torch.from_numpy(np.stack([states[i].h for i in plan.by_length]))
+        c = torch.from_numpy(np.stack([states[i].c for i in plan.by_length]))
+        hs = torch.empty(len(recs), self.cfg.hidden)
+        for lo, n in zip(plan.step_offsets.tolist(), plan.step_sizes.tolist(), strict=True):
+            h_t, c_t = m.cell.recur(x[lo : lo + n], h[:n], c[:n])
+            hs[lo : lo + n] = h_t
+            h[:n], c[:n] = h_t, c_t
+        k, v = m.attention.keys_values(hs, b.event_type, b.scenario)
+        order = plan.user_major
+        k_np, v_np, ts = k.numpy()[order], v.numpy()[order], recs["ts"]
+        h_np, c_np = h.numpy(), c.numpy()
+        ends = np.cumsum(lengths)
+        for rank, i in enumerate(plan.by_length.tolist()):
+            st, hi = states[i], int(ends[i])
+            st.h, st.c = h_np[rank].copy(), c_np[rank].copy()
+            st.push_many(k_np[hi - lengths[i] : hi], v_np[hi - lengths[i] : hi], ts[hi - lengths[i] : hi])
+        return list(states)
 
     @torch.inference_mode()
     def represent(
@@ -203,33 +221,46 @@ class StreamingEncoder:
         return pooled, profile
 
 
-def _left_pad(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    length = max(len(h) for h in histories)
-    recs = np.zeros((len(histories), max(length, 1)), dtype=BEHAVIOR_DTYPE)
-    mask = np.zeros(recs.shape, dtype=bool)
-    for i, h in enumerate(histories):
-        if len(h):
-            recs[i, length - len(h) :] = h
-            mask[i, length - len(h) :] = True
-    return recs, mask
+@dataclass(frozen=True)
+class _PackedPlan:
+    """Index plan for running users' sequences of different lengths as one time loop.
+
+    ``by_length``: users, longest sequence first. Time-major layout: step t holds
+    the t-th behavior of the ``step_sizes[t]`` users still active, at
+    ``step_offsets[t]``. ``time_major`` maps that layout to the flat user-major
+    concatenation of the sequences; ``user_major`` maps back.
+    """
+
+    by_length: np.ndarray
+    step_offsets: np.ndarray
+    step_sizes: np.ndarray
+    time_major: np.ndarray
+    user_major: np.ndarray
+
+    @classmethod
+    def of(cls, lengths: np.ndarray) -> _PackedPlan:
+        by_length = np.argsort(-lengths, kind="stable")
+        sorted_len = lengths[by_length]
+        steps = np.arange(int(sorted_len[0]))
+        sizes = (sorted_len[None, :] > steps[:, None]).sum(axis=1)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        starts = (np.cumsum(lengths) - lengths)[by_length]
+        time_major = np.concatenate([starts[:n] + t for t, n in enumerate(sizes.tolist())])
+        user_major = np.empty_like(time_major)
+        user_major[time_major] = np.arange(len(time_major))
+        return cls(by_length, offsets, sizes, time_major, user_major)
 
 
 def _stack_window(
     states: Sequence[EncoderState], a_dim: int, v_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    length = max(max(s.length for s in states), 1)
-    bsz = len(states)
-    k = np.zeros((bsz, length, a_dim), np.float32)
-    v = np.zeros((bsz, length, v_dim), np.float32)
-    ts = np.zeros((bsz, length), np.int64)
-    mask = np.zeros((bsz, length), bool)
-    for i, s in enumerate(states):
-        n = s.size
-        if n:
-            k[i, length - n :] = s.keys[:n]
-            v[i, length - n :] = s.values[:n]
-            ts[i, length - n :] = s.ts[:n]
-            mask[i, length - n :] = True
+    """The states' ring buffers side by side: valid rows are the first ``size`` of each (order is irrelevant)."""
+    sizes = np.fromiter((s.size for s in states), np.int64, len(states))
+    length = max(int(sizes.max()), 1)
+    k = np.stack([s.keys[:length] for s in states])
+    v = np.stack([s.values[:length] for s in states])
+    ts = np.stack([s.ts[:length] for s in states])
+    mask = np.arange(length)[None, :] < sizes[:, None]
     return torch.from_numpy(k), torch.from_numpy(v), torch.from_numpy(ts), torch.from_numpy(mask)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from encoder.features import BEHAVIOR_DTYPE
+from encoder.features import BEHAVIOR_DTYPE, concat_records
 
 
 @dataclass
@@ -49,7 +49,7 @@ class UserState:
         first_kept = self.events_seen - len(self.records)
         self.events_seen += len(records)
         drop = max(0, keep_from - first_kept)
-        merged = np.concatenate([self.records, np.asarray(records, BEHAVIOR_DTYPE)])
+        merged = concat_records([self.records, records])
         self.records = merged[drop:]
 
     def first_record_index(self) -> int:

@@ -8,12 +8,12 @@ else.
 from __future__ import annotations
 
 import base64
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from encoder.features import EVENT_TYPES, SCENARIOS
 
@@ -81,12 +81,12 @@ def parse_event(
     if len(value) > MAX_EVENT_BYTES:
         return Rejection("too_large", f"{len(value)} bytes > {MAX_EVENT_BYTES}")
     try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejection("not_utf8", str(exc))
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:  # also lone surrogates, NaN, ints beyond 64 bits, nesting > 1024
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as utf8_exc:
+            return Rejection("not_utf8", str(utf8_exc))
         return Rejection("bad_json", str(exc)[:200])
     if not isinstance(doc, dict):
         return Rejection("not_object", f"top-level JSON is {type(doc).__name__}")
@@ -172,12 +172,12 @@ class VectorMessage:
         }
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":")).encode("utf-8")
+        return orjson.dumps(self.to_json())
 
 
 def decode_vector_message(raw: bytes | str | dict[str, Any]) -> VectorMessage:
     """Decode a ``user-vectors`` message value (bytes, text or parsed JSON)."""
-    doc = raw if isinstance(raw, dict) else json.loads(raw)
+    doc = raw if isinstance(raw, dict) else orjson.loads(raw)
     vector = np.frombuffer(base64.b64decode(doc["vector_b64"]), dtype="<f4").astype(np.float32)
     if vector.shape[0] != int(doc["dim"]):
         raise ValueError(f"vector has {vector.shape[0]} floats, dim says {doc['dim']}")

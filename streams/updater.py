@@ -7,10 +7,12 @@ Per batch:
 1. validate each message (bad ones become rejections, nothing else is lost);
 2. group by user, keeping each user's arrival order;
 3. skip what was already applied (source offset or event id seen);
-4. advance users round by round (the r-th pending event of every user in one
-   batched encoder call), stepping from the cached carried state when the
-   policy's run start is unchanged, or rebuilding the run from the stored
-   behaviors otherwise (re-anchor, exact mode, cache miss, new model);
+4. advance every user in one batched encoder call (:meth:`StreamingEncoder.advance`):
+   from the cached carried state over the user's new behaviors when the
+   policy's run start is unchanged by them, or from zero over the run's stored
+   behaviors otherwise (re-anchor, exact mode, cache miss, new model). Only the
+   state after a user's last event is ever published, so a run start that moves
+   mid-batch costs one rebuild, not one per event;
 5. re-pool once per user as of their last event time and emit one vector.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from encoder.features import BehaviorRow, behavior_row, rows_to_records
+from encoder.features import BehaviorRow, behavior_row, concat_records, rows_to_records
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy
 from state.cache import VersionedLRU
 from state.codec import StateDecodeError, decode_state
@@ -78,11 +80,16 @@ class VectorUpdater:
     def apply(self, messages: Sequence[Incoming], load: StateLoader) -> BatchResult:
         result = BatchResult()
         pending = self._parse(messages, result)
-        states: dict[str, UserState] = {}
+        batches = []
         for user_id, events in pending.items():
-            states[user_id] = self._load(user_id, events[0][0], load, result)
-        applied = self._advance(pending, states, result)
-        self._publish(applied, states, result)
+            ub = _UserBatch(self._load(user_id, events[0][0], load, result))
+            result.duplicates += ub.add_events(events)
+            if ub.rows:
+                batches.append(ub)
+        self._encode(batches, result)
+        for ub in batches:
+            ub.commit(self.policy.run_start(ub.n))
+        self._publish(batches, result)
         return result
 
     def encoder_state(self, state: UserState) -> EncoderState:
@@ -119,92 +126,61 @@ class VectorUpdater:
             result.corrupt_states += 1
             return UserState(user_id=user_id)
 
-    def _advance(
-        self,
-        pending: dict[str, list[tuple[Incoming, BehaviorEvent]]],
-        states: dict[str, UserState],
-        result: BatchResult,
-    ) -> dict[str, tuple[Incoming, int]]:
-        users = {u: _UserBatch(states[u]) for u in pending}
-        rounds = max((len(v) for v in pending.values()), default=0)
-        for r in range(rounds):
-            to_step: list[tuple[_UserBatch, EncoderState, BehaviorRow]] = []
-            to_rebuild: list[_UserBatch] = []
-            for user_id, events in pending.items():
-                if r >= len(events):
-                    continue
-                msg, ev = events[r]
-                ub = users[user_id]
-                row = _row(ev, ub.last_ts)
-                if ub.already_applied(msg.partition, msg.offset, row[1]):
-                    result.duplicates += 1
-                    continue
-                carried = self._carried_before(ub)
-                ub.add(row, msg, ev.event_id)
-                if carried is not None and self._same_run(ub.n):
-                    to_step.append((ub, carried, row))
-                else:
-                    to_rebuild.append(ub)
-            self._run_round(to_step, to_rebuild, result)
-        applied: dict[str, tuple[Incoming, int]] = {}
-        for user_id, ub in users.items():
-            if ub.rows and ub.last_msg is not None:
-                ub.commit(self.policy.run_start(ub.n))
-                applied[user_id] = (ub.last_msg, len(ub.rows))
-        return applied
+    def _encode(self, batches: list[_UserBatch], result: BatchResult) -> None:
+        """One encoder call for the batch: continue cached runs, rebuild the others."""
+        t0 = time.perf_counter()
+        starts: list[EncoderState] = []
+        sequences: list[np.ndarray] = []
+        for ub in batches:
+            carried = self._carried(ub)
+            if carried is not None:
+                starts.append(carried)
+                sequences.append(ub.new_records())
+                result.steps += len(ub.rows)
+            else:
+                starts.append(self.encoder.init_state())
+                sequences.append(self._run_records(ub.records(), ub.n))
+                result.rebuilds += 1
+        try:
+            advanced = self.encoder.advance(starts, sequences)
+        except Exception:
+            for ub in batches:  # cached states may be half-advanced: drop them
+                self.cache.discard(ub.state.user_id)
+            raise
+        version = self.encoder.model_version
+        for ub, st in zip(batches, advanced, strict=True):
+            ub.encoded = st
+            self.cache.put(ub.state.user_id, (version, ub.n), st)
+        result.encoder_seconds += time.perf_counter() - t0
 
-    def _carried_before(self, ub: _UserBatch) -> EncoderState | None:
-        if ub.n == 0:
+    def _carried(self, ub: _UserBatch) -> EncoderState | None:
+        """The cached state to continue from, if the batch's events keep the run start where it was."""
+        n0 = ub.state.events_seen
+        if self.policy.run_start(ub.n) != self.policy.run_start(n0):
+            return None
+        if n0 == 0:
             return self.encoder.init_state()
-        return self.cache.get(ub.state.user_id, (self.encoder.model_version, ub.n))
-
-    def _same_run(self, n: int) -> bool:
-        return self.policy.run_start(n) == self.policy.run_start(n - 1)
+        return self.cache.get(ub.state.user_id, (self.encoder.model_version, n0))
 
     def _run_records(self, records: np.ndarray, n: int) -> np.ndarray:
         """The behaviors of the current run, given the newest ``records`` up to history index ``n``."""
         start = self.policy.run_start(n) - (n - len(records))
         return records[max(0, start) :]
 
-    def _run_round(
-        self,
-        to_step: list[tuple[_UserBatch, EncoderState, BehaviorRow]],
-        to_rebuild: list[_UserBatch],
-        result: BatchResult,
-    ) -> None:
-        t0 = time.perf_counter()
-        version = self.encoder.model_version
-        if to_step:
-            stepped = self.encoder.step([c for _, c, _ in to_step], rows_to_records([row for _, _, row in to_step]))
-            for (ub, _, _), new in zip(to_step, stepped, strict=True):
-                self.cache.put(ub.state.user_id, (version, ub.n), new)
-            result.steps += len(to_step)
-        if to_rebuild:
-            rebuilt = self.encoder.replay([self._run_records(ub.records(), ub.n) for ub in to_rebuild])
-            for ub, new in zip(to_rebuild, rebuilt, strict=True):
-                self.cache.put(ub.state.user_id, (version, ub.n), new)
-            result.rebuilds += len(to_rebuild)
-        result.encoder_seconds += time.perf_counter() - t0
-
-    def _publish(
-        self, applied: dict[str, tuple[Incoming, int]], states: dict[str, UserState], result: BatchResult
-    ) -> None:
-        if not applied:
+    def _publish(self, batches: list[_UserBatch], result: BatchResult) -> None:
+        if not batches:
             return
-        users = list(applied)
-        enc_states = [self.encoder_state(states[u]) for u in users]
         t0 = time.perf_counter()
-        vectors = self.encoder.represent(enc_states, [states[u].last_event_ts for u in users])
+        encoded = [self.encoder_state(ub.state) if ub.encoded is None else ub.encoded for ub in batches]
+        vectors = self.encoder.represent(encoded, [ub.state.last_event_ts for ub in batches])
         result.encoder_seconds += time.perf_counter() - t0
         now = int(time.time() * 1000)
         version = self.encoder.model_version
-        for user_id, vec in zip(users, vectors, strict=True):
-            state = states[user_id]
+        for ub, vec in zip(batches, vectors, strict=True):
+            state = ub.state
             state.vector, state.model_version, state.updated_at = vec, version, now
-            msg, count = applied[user_id]
-            result.updates.append(
-                UserUpdate(state=state, vector=vector_message(state), last_message=msg, applied=count)
-            )
+            update = UserUpdate(state, vector_message(state), ub.last_message, applied=len(ub.rows))
+            result.updates.append(update)
 
 
 class _UserBatch:
@@ -220,8 +196,21 @@ class _UserBatch:
         self.hashes: set[int] = set()
         self.n = state.events_seen
         self.last_ts: int | None = state.last_event_ts if state.events_seen else None
-        self.last_msg: Incoming | None = None
+        self.last_message: Incoming = Incoming(-1, -1, None, None)
+        self.encoded: EncoderState | None = None
         self._stored_hashes: set[int] | None = None
+        self._new: np.ndarray | None = None
+
+    def add_events(self, events: Sequence[tuple[Incoming, BehaviorEvent]]) -> int:
+        """Add the user's events of this batch in arrival order; returns how many were duplicates."""
+        duplicates = 0
+        for msg, ev in events:
+            row = _row(ev, self.last_ts)
+            if self.already_applied(msg.partition, msg.offset, row[1]):
+                duplicates += 1
+            else:
+                self.add(row, msg, ev.event_id)
+        return duplicates
 
     def already_applied(self, partition: int, offset: int, event_hash: int) -> bool:
         """A redelivered source message (offset stored with the state) or a repeated event id."""
@@ -239,18 +228,23 @@ class _UserBatch:
         self.hashes.add(row[1])
         self.n += 1
         self.last_ts = row[0]
-        self.last_msg = msg
+        self.last_message = msg
         self.state.source_partition, self.state.source_offset = msg.partition, msg.offset
         self.state.last_event_id = event_id
+
+    def new_records(self) -> np.ndarray:
+        if self._new is None:
+            self._new = rows_to_records(self.rows)
+        return self._new
 
     def records(self) -> np.ndarray:
         """Stored records followed by this batch's, as one array."""
         if not self.rows:
             return self.state.records
-        return np.concatenate([self.state.records, rows_to_records(self.rows)])
+        return concat_records([self.state.records, self.new_records()])
 
     def commit(self, keep_from: int) -> None:
-        self.state.extend(rows_to_records(self.rows), keep_from)
+        self.state.extend(self.new_records(), keep_from)
 
 
 def _row(ev: BehaviorEvent, prev_ts: int | None) -> BehaviorRow:

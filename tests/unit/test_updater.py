@@ -62,12 +62,15 @@ def interleave(*streams: list[dict[str, object]]) -> list[dict[str, object]]:
     return sorted((e for s in streams for e in s), key=lambda e: (e["ts"], e["event_id"]))
 
 
+@pytest.mark.parametrize("cache_users", [20_000, 1])  # 1: every batch rebuilds most users from their state
 @pytest.mark.parametrize(
     "policy", [UpdatePolicy("exact"), UpdatePolicy("incremental", 7), UpdatePolicy("incremental", 100)]
 )
-def test_published_vectors_equal_offline_reference(tiny_encoder: StreamingEncoder, policy: UpdatePolicy) -> None:
+def test_published_vectors_equal_offline_reference(
+    tiny_encoder: StreamingEncoder, policy: UpdatePolicy, cache_users: int
+) -> None:
     users = {f"u{k}": make_events(f"u{k}", 130 + 20 * k, seed=k) for k in range(3)}
-    updater = VectorUpdater(tiny_encoder, policy)
+    updater = VectorUpdater(tiny_encoder, policy, cache_capacity=cache_users)
     store = Store()
     published = run(updater, store, interleave(*users.values()), batch=17)
     refs = {u: reference_vectors(tiny_encoder, records_from_events(ev), policy) for u, ev in users.items()}
@@ -134,3 +137,20 @@ def test_bad_messages_are_rejected_and_the_rest_applied(tiny_encoder: StreamingE
     (update,) = res.updates
     assert update.state.events_seen == 2
     assert update.vector.last_event_id == good[2]["event_id"]
+
+
+def test_advance_over_sequences_of_different_lengths_equals_one_user_at_a_time(
+    tiny_encoder: StreamingEncoder,
+) -> None:
+    seqs = [records_from_events(make_events(f"u{k}", n, seed=k)) for k, n in enumerate([5, 0, 130, 1, 37])]
+    together = tiny_encoder.replay(seqs)
+    for seq, st in zip(seqs, together, strict=True):
+        (alone,) = tiny_encoder.replay([seq])
+        for name in ("h", "c", "keys", "values", "ts"):
+            assert np.allclose(getattr(st, name), getattr(alone, name), atol=1e-6), name
+        assert (st.size, st.head) == (alone.size, alone.head) == (min(len(seq), 100), len(seq) % 100)
+        if len(seq):  # equal to stepping one behavior at a time
+            one = tiny_encoder.init_state()
+            for i in range(len(seq)):
+                (one,) = tiny_encoder.step([one], seq[i : i + 1])
+            assert np.allclose(one.h, st.h, atol=1e-5)
