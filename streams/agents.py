@@ -1,11 +1,11 @@
 """The agent that turns behavior events into published user vectors.
 
-Events are taken in batches (``take_events``) so the encoder runs batched;
-each user's state is read and written while acting on that user's own event
-(see :mod:`streams.partitioning`), and the batch's offsets are acknowledged
-only after its states, vectors and DLQ messages were handed to the producer:
-at-least-once delivery, made idempotent by the source offset stored in each
-user's state.
+Events are taken in batches (the lean intake, or ``take_events``) so the
+encoder runs batched; each user's state is read from and written to the table
+partition of that user's own events (:mod:`streams.batch_io`, which also
+sidesteps faust-streaming #497), and the batch's offsets are acknowledged only
+after its states and vectors were acknowledged by the broker: at-least-once
+delivery, made idempotent by the source offset stored in each user's state.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from ops import metrics
 from state.codec import encode_state
+from streams.batch_io import BatchWriter, StateWrite
 from streams.contracts import Rejection
-from streams.intake import BatchIntake, EventShim, install
-from streams.partitioning import acting_on
-from streams.updater import BatchResult, Incoming
+from streams.intake import BatchIntake, install
+from streams.updater import BatchResult, RawMessage
 
 if TYPE_CHECKING:
     from streams.worker import Worker
@@ -37,7 +37,7 @@ def register_agents(w: Worker) -> None:
         @w.app.agent(w.events_topic, name="update-vectors")
         async def update_vectors(stream: Any) -> None:
             async for events in stream.take_events(s.batch_max, s.batch_within_s):
-                await process_batch(w, events)
+                await process_batch(w, [e.message for e in events])
 
     @w.app.task
     async def warm_model() -> None:
@@ -56,7 +56,7 @@ def _register_lean(w: Worker) -> None:
         while not w.app.should_stop:
             messages = await intake.take()
             async with intake.lock:
-                await process_batch(w, [EventShim(m) for m in messages])
+                await process_batch(w, messages)
                 ack = w.app.consumer.ack
                 for m in messages:
                     ack(m)
@@ -69,31 +69,28 @@ def _register_lean(w: Worker) -> None:
             log.info("revoked partitions: dropped %d buffered events (redelivered to the new owner)", dropped)
 
 
-async def process_batch(w: Worker, events: Sequence[Any]) -> BatchResult:
-    messages = [
-        Incoming(e.message.partition, e.message.offset, e.message.key, e.message.value, handle=e) for e in events
-    ]
-
-    def load(user_id: str, msg: Incoming) -> bytes | None:
-        with acting_on(msg.handle):
-            value = w.table.get(user_id.encode("utf-8"))
-        return value if value is None else bytes(value)
-
-    result = w.runtime.updater.apply(messages, load)
-    state_bytes = 0
+async def process_batch(w: Worker, messages: Sequence[RawMessage]) -> BatchResult:
+    io = _batch_writer(w)
+    result = w.runtime.updater.apply(messages, lambda user_id, msg: io.read(user_id.encode("utf-8"), msg.partition))
+    states, vectors = [], []
     for up in result.updates:
-        blob = encode_state(up.state)
-        state_bytes += len(blob)
-        with acting_on(up.last_message.handle):
-            w.table[up.state.user_id.encode("utf-8")] = blob
-        await w.vectors_topic.send(key=up.state.user_id.encode("utf-8"), value=up.vector.to_bytes())
+        key = up.state.user_id.encode("utf-8")
+        states.append(StateWrite(up.last_message.partition, key, encode_state(up.state)))
+        vectors.append((key, up.vector.to_bytes()))
+    await io.write(states, vectors)
     for msg, rejection in result.rejections:
         await send_to_dlq(w, msg, rejection)
-    _record_metrics(result, len(events), state_bytes)
+    _record_metrics(result, len(messages), sum(len(s.value) for s in states))
     return result
 
 
-async def send_to_dlq(w: Worker, msg: Incoming, rejection: Rejection) -> None:
+def _batch_writer(w: Worker) -> BatchWriter:
+    if w.batch_writer is None:
+        w.batch_writer = BatchWriter(w.app, w.table, w.settings.vectors_topic)
+    return w.batch_writer
+
+
+async def send_to_dlq(w: Worker, msg: RawMessage, rejection: Rejection) -> None:
     """The original bytes, untouched, with why and where in headers."""
     headers = {
         "dupn.reason": rejection.reason.encode(),

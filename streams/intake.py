@@ -27,15 +27,6 @@ from collections.abc import Iterable
 from typing import Any
 
 
-class EventShim:
-    """Just enough of a Faust Event (``.message``) to act as the current event."""
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-
-
 class BatchIntake:
     """A bounded buffer of raw messages of one topic, taken in batches."""
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -33,29 +33,40 @@ from state.user_state import UserState
 from streams.contracts import BehaviorEvent, Rejection, VectorMessage, parse_event
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One raw message from ``behavior-events`` (``handle`` is opaque to this module)."""
+class RawMessage(Protocol):
+    """What the updater needs of a ``behavior-events`` message (a Faust or aiokafka record has it)."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class Incoming(NamedTuple):
+    """A :class:`RawMessage` built by hand (tests, benchmarks, offline tools)."""
 
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    handle: Any = None
 
 
 @dataclass
 class UserUpdate:
     state: UserState
     vector: VectorMessage
-    last_message: Incoming
+    last_message: RawMessage
     applied: int
 
 
 @dataclass
 class BatchResult:
     updates: list[UserUpdate] = field(default_factory=list)
-    rejections: list[tuple[Incoming, Rejection]] = field(default_factory=list)
+    rejections: list[tuple[RawMessage, Rejection]] = field(default_factory=list)
     duplicates: int = 0
     corrupt_states: int = 0
     steps: int = 0
@@ -63,7 +74,7 @@ class BatchResult:
     encoder_seconds: float = 0.0
 
 
-StateLoader = Callable[[str, Incoming], bytes | None]
+StateLoader = Callable[[str, RawMessage], bytes | None]
 """Reads a user's stored state; gets the user's first message of the batch (its partition)."""
 
 
@@ -77,7 +88,7 @@ class VectorUpdater:
         self.max_future_ms = 600_000
 
     # -- public ------------------------------------------------------------------------
-    def apply(self, messages: Sequence[Incoming], load: StateLoader) -> BatchResult:
+    def apply(self, messages: Sequence[RawMessage], load: StateLoader) -> BatchResult:
         result = BatchResult()
         pending = self._parse(messages, result)
         batches = []
@@ -104,10 +115,10 @@ class VectorUpdater:
 
     # -- steps -------------------------------------------------------------------------
     def _parse(
-        self, messages: Sequence[Incoming], result: BatchResult
-    ) -> dict[str, list[tuple[Incoming, BehaviorEvent]]]:
+        self, messages: Sequence[RawMessage], result: BatchResult
+    ) -> dict[str, list[tuple[RawMessage, BehaviorEvent]]]:
         now = int(time.time() * 1000)
-        pending: dict[str, list[tuple[Incoming, BehaviorEvent]]] = {}
+        pending: dict[str, list[tuple[RawMessage, BehaviorEvent]]] = {}
         for msg in messages:
             parsed = parse_event(msg.key, msg.value, now_ms=now, max_future_ms=self.max_future_ms)
             if isinstance(parsed, Rejection):
@@ -116,7 +127,7 @@ class VectorUpdater:
                 pending.setdefault(parsed.user_id, []).append((msg, parsed))
         return pending
 
-    def _load(self, user_id: str, msg: Incoming, load: StateLoader, result: BatchResult) -> UserState:
+    def _load(self, user_id: str, msg: RawMessage, load: StateLoader, result: BatchResult) -> UserState:
         raw = load(user_id, msg)
         if raw is None:
             return UserState(user_id=user_id)
@@ -196,12 +207,12 @@ class _UserBatch:
         self.hashes: set[int] = set()
         self.n = state.events_seen
         self.last_ts: int | None = state.last_event_ts if state.events_seen else None
-        self.last_message: Incoming = Incoming(-1, -1, None, None)
+        self.last_message: RawMessage = Incoming(-1, -1, None, None)
         self.encoded: EncoderState | None = None
         self._stored_hashes: set[int] | None = None
         self._new: np.ndarray | None = None
 
-    def add_events(self, events: Sequence[tuple[Incoming, BehaviorEvent]]) -> int:
+    def add_events(self, events: Sequence[tuple[RawMessage, BehaviorEvent]]) -> int:
         """Add the user's events of this batch in arrival order; returns how many were duplicates."""
         duplicates = 0
         for msg, ev in events:
@@ -223,7 +234,7 @@ class _UserBatch:
             self._stored_hashes = set(st.records["event_hash"].tolist())
         return event_hash in self._stored_hashes
 
-    def add(self, row: BehaviorRow, msg: Incoming, event_id: str) -> None:
+    def add(self, row: BehaviorRow, msg: RawMessage, event_id: str) -> None:
         self.rows.append(row)
         self.hashes.add(row[1])
         self.n += 1

@@ -30,6 +30,7 @@ class Worker:
     table: Any  # user-state; None on a worker without the "vectors" role
     ppp_topic: Any = None  # set by streams.ppp.register_ppp ("ppp" role)
     ppp_table: Any = None
+    batch_writer: Any = None  # streams.batch_io.BatchWriter, made on the first batch
 
 
 def create_app(settings: Settings | None = None) -> Worker:
@@ -88,6 +89,7 @@ def faust_options(s: Settings) -> dict[str, Any]:
         "broker_max_poll_records": max(500, s.batch_max),
         "stream_buffer_maxsize": max(4096, 4 * s.batch_max),
         "producer_linger": 0.002,
+        "producer_max_batch_size": 512 * 1024,  # ~one produce batch per partition per worker batch
         "autodiscover": False,
         "web_enabled": True,
         "web_metrics_enabled": False,
