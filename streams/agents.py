@@ -10,9 +10,11 @@ delivery, made idempotent by the source offset stored in each user's state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ops import metrics
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
     from streams.worker import Worker
 
 log = logging.getLogger(__name__)
+
+# The updater runs off the event loop, so the loop (Faust's fetcher hand-off, the producer's sender,
+# heartbeats, HTTP) keeps going while torch computes with the GIL released. One thread: batches stay in order.
+_ENCODER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupn-encoder")
 
 
 def register_agents(w: Worker) -> None:
@@ -71,7 +77,11 @@ def _register_lean(w: Worker) -> None:
 
 async def process_batch(w: Worker, messages: Sequence[RawMessage]) -> BatchResult:
     io = _batch_writer(w)
-    result = w.runtime.updater.apply(messages, lambda user_id, msg: io.read(user_id.encode("utf-8"), msg.partition))
+    loop = asyncio.get_running_loop()
+    def load(user_id: str, msg: RawMessage) -> bytes | None:
+        return io.read(user_id.encode(), msg.partition)
+
+    result = await loop.run_in_executor(_ENCODER_THREAD, w.runtime.updater.apply, messages, load)
     states, vectors = [], []
     for up in result.updates:
         key = up.state.user_id.encode("utf-8")
