@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import sys
 import time
 from typing import Any
 
@@ -49,14 +50,34 @@ def _iso_utc(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{ms:03d}Z"
 
 
-def logging_config(s: Settings, stream: str = "ext://sys.stderr") -> dict[str, Any]:
-    """A ``logging.config.dictConfig`` dict for ``s.log_format`` / ``s.log_level`` (also given to Faust)."""
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (tests and tools swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def logging_config(s: Settings, stream: str | None = "ext://sys.stderr") -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` dict for ``s.log_format`` / ``s.log_level``.
+
+    The worker gives it to Faust with the stream fixed at configuration time
+    (Faust then redirects ``sys.stderr`` into logging, which must not loop);
+    ``stream=None`` follows ``sys.stderr`` instead (the CLI).
+    """
     formatter: dict[str, Any] = {"()": JsonFormatter} if s.log_format == "json" else {"format": TEXT_FORMAT}
+    handler: dict[str, Any] = {"class": "logging.StreamHandler", "stream": stream} if stream else {
+        "class": "ops.logs.StderrHandler"
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"dupn": formatter},
-        "handlers": {"dupn": {"class": "logging.StreamHandler", "formatter": "dupn", "stream": stream}},
+        "handlers": {"dupn": {**handler, "formatter": "dupn"}},
         "root": {"level": s.log_level.upper(), "handlers": ["dupn"]},
     }
 
@@ -67,6 +88,6 @@ def configure_logging(s: Settings) -> None:
     Kafka clients log connection chatter at INFO; a command's own output is what
     the user asked for, so they only speak from WARNING up here.
     """
-    config = logging_config(s)
+    config = logging_config(s, stream=None)
     config["loggers"] = {name: {"level": "WARNING"} for name in ("kafka", "aiokafka")}
     logging.config.dictConfig(config)
