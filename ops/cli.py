@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    settings: Settings | None = None
     try:
         settings = load_settings(**_overrides(args))
         configure_logging(settings)
@@ -32,7 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = error_message(exc)
         if message is None:
             raise
-        print(f"dupn: error: {message}", file=sys.stderr)
+        if settings is not None and settings.log_format == "json":
+            logging.getLogger("dupn").error("dupn: error: %s", message)  # one JSON line like every other
+        else:
+            print(f"dupn: error: {message}", file=sys.stderr)
         return 1
 
 
@@ -144,11 +149,11 @@ def _worker(args: argparse.Namespace, s: Settings) -> int:
     from ops.logs import logging_config
     from streams.worker import create_app
 
+    s = s.replace(log_level=args.loglevel)
     app = create_app(s).app
     json_logs = s.log_format == "json"  # every line a JSON object: no banner, Faust logs through our formatter
     FaustWorker(
-        app, loglevel=args.loglevel or s.log_level, quiet=json_logs,
-        logging_config=logging_config(s) if json_logs else None,
+        app, loglevel=s.log_level, quiet=json_logs, logging_config=logging_config(s) if json_logs else None
     ).execute_from_commandline()
     return 0
 

@@ -64,3 +64,23 @@ def test_kafka_errors_point_at_the_kafka_settings() -> None:
 def test_a_bug_still_raises_with_its_traceback() -> None:
     assert error_message(AttributeError("x")) is None
     assert error_message(TypeError("x")) is None
+
+
+@pytest.mark.parametrize(("env", "value"), [("DUPN_LOG_FORMAT", "xml"), ("DUPN_LOG_LEVEL", "verbose")])
+def test_bad_log_setting_names_the_variable(
+    env: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env, value)
+    code, err = run(["dashboards", "export", "--out", str(tmp_path), "--targets", "x:1"], capsys)
+    assert code == 1 and f"{env} must be" in one_line(err)
+
+
+def test_with_json_logs_the_error_is_a_json_line(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setenv("DUPN_LOG_FORMAT", "json")
+    code, err = run(["vector", "u1", "--url", f"http://127.0.0.1:{free_port()}"], capsys)
+    assert code == 1
+    doc = json.loads(err.strip())
+    assert doc["level"] == "error" and "start one with `dupn worker`" in doc["message"]
