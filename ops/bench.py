@@ -49,18 +49,22 @@ def drain_rate(model_dir: Path, users: int, events: int, seed: int = 0, **overri
 
 
 def _time_until_current(s: Settings, last: dict[str, str], timeout_s: float = 900.0) -> float:
+    from tqdm import tqdm
+
     start = time.monotonic()
     seen: dict[str, str] = {}
     behind = set(last)
-    for batch in follow_vectors(s):
-        for msg, _ in batch:
-            seen[msg.user_id] = msg.last_event_id
-            if msg.user_id in behind and seen[msg.user_id] == last[msg.user_id]:
-                behind.discard(msg.user_id)
-        if not behind:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"{len(behind)} users still behind after {timeout_s:.0f}s")
+    with tqdm(total=len(last), unit="user", desc="users current", smoothing=0.1, leave=False) as bar:
+        for batch in follow_vectors(s):
+            for msg, _ in batch:
+                seen[msg.user_id] = msg.last_event_id
+                if msg.user_id in behind and seen[msg.user_id] == last[msg.user_id]:
+                    behind.discard(msg.user_id)
+                    bar.update(1)
+            if not behind:
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError(f"{len(behind)} users still behind after {timeout_s:.0f}s")
     raise RuntimeError("vector reader stopped")
 
 

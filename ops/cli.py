@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.config import Settings, load_settings
+from ops.logs import configure_logging
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -21,14 +23,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    settings: Settings | None = None
     try:
         settings = load_settings(**_overrides(args))
+        configure_logging(settings)
         return int(args.run(args, settings))
-    except (ConnectionError, FileNotFoundError, LookupError, TimeoutError, ValueError, RuntimeError) as exc:
-        print(f"dupn: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = error_message(exc)
+        if message is None:
+            raise
+        if settings is not None and settings.log_format == "json":
+            logging.getLogger("dupn").error("dupn: error: %s", message)  # one JSON line like every other
+        else:
+            print(f"dupn: error: {message}", file=sys.stderr)
+        return 1
+
+
+def error_message(exc: BaseException) -> str | None:
+    """One line for an error a user can fix (the message names the fix); None for a bug (traceback)."""
+    from kafka.errors import KafkaError
+
+    if isinstance(exc, KafkaError):
+        return f"Kafka: {exc!r} — check DUPN_BROKER and the DUPN_KAFKA_* security settings"
+    if isinstance(exc, OSError | LookupError | TimeoutError | ValueError | RuntimeError):
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _drift_parser(sub)
     _bench_parser(sub)
     _explain_parsers(sub)
+    _dashboards_parser(sub)
     return p
 
 
@@ -112,7 +134,7 @@ def _worker_parser(
     wp.add_argument("--model", dest="model_path", help="checkpoint dir (env DUPN_MODEL_PATH)")
     wp.add_argument("--mode", dest="update_mode", choices=("exact", "incremental"), help="env DUPN_UPDATE_MODE")
     wp.add_argument("--reanchor-every", type=int, help="incremental re-anchor period (env DUPN_REANCHOR_EVERY)")
-    wp.add_argument("--loglevel", default="info")
+    wp.add_argument("--loglevel", help="log level (env DUPN_LOG_LEVEL; default info)")
     wp.set_defaults(run=_worker, roles=roles)
 
 
@@ -124,10 +146,15 @@ def _worker(args: argparse.Namespace, s: Settings) -> int:
     admin_client(s).close()  # likewise for an unreachable broker
     from faust.worker import Worker as FaustWorker
 
+    from ops.logs import logging_config
     from streams.worker import create_app
 
+    s = s.replace(log_level=args.loglevel)
     app = create_app(s).app
-    FaustWorker(app, loglevel=args.loglevel).execute_from_commandline()
+    json_logs = s.log_format == "json"  # every line a JSON object: no banner, Faust logs through our formatter
+    FaustWorker(
+        app, loglevel=s.log_level, quiet=json_logs, logging_config=logging_config(s) if json_logs else None
+    ).execute_from_commandline()
     return 0
 
 
@@ -473,6 +500,29 @@ def _report(args: argparse.Namespace, s: Settings) -> int:
 
         title = f"mean attention by type × age, {table.users} users (model {ckpt.model_version})"
         print(f"wrote {write_heatmap_png(args.png, table, title)}")
+    return 0
+
+
+# -- dashboards: Grafana, Prometheus scrape config, alert rules -----------------------------
+def _dashboards_parser(sub: Any) -> None:
+    dp = sub.add_parser("dashboards", help="Grafana dashboard, Prometheus scrape config and alert rules")
+    dsub = dp.add_subparsers(title="actions", required=True)
+    ep = dsub.add_parser("export", help="write dupn-dashboard.json, prometheus.yml and dupn-alerts.yml")
+    ep.add_argument("--out", type=Path, default=Path("dashboards"), help="directory to write to (default dashboards)")
+    ep.add_argument("--targets", help="host:port of each worker, comma-separated (default: from DUPN_WORKER_URLS)")
+    ep.add_argument("--scrape-interval", default="15s", help="Prometheus scrape and rule interval (default 15s)")
+    ep.add_argument("--token-file", help="file holding DUPN_API_TOKEN, for workers that require it")
+    ep.set_defaults(run=_dashboards_export)
+
+
+def _dashboards_export(args: argparse.Namespace, s: Settings) -> int:
+    from ops.dashboards import export, targets_from_urls
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else targets_from_urls(
+        s.worker_urls
+    )
+    for path in export(args.out, targets, scrape_interval=args.scrape_interval, token_file=args.token_file):
+        print(f"wrote {path}")
     return 0
 
 

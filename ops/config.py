@@ -150,4 +150,6 @@ def _check(s: Settings) -> None:
     if s.intake not in ("lean", "stream"):
         raise ValueError(f"intake must be lean or stream, not {s.intake!r}")
     if s.log_format not in ("text", "json"):
-        raise ValueError("log_format must be text or json")
+        raise ValueError(f"DUPN_LOG_FORMAT must be text or json, not {s.log_format!r}")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise ValueError(f"DUPN_LOG_LEVEL must be debug, info, warning, error or critical, not {s.log_level!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -21,8 +21,13 @@ EVENT_TO_VECTOR = Histogram(
     buckets=_FRESHNESS_BUCKETS,
     registry=REGISTRY,
 )
-VECTOR_AGE = Summary(
-    "dupn_vector_age_seconds", "Age of vectors served over HTTP (now - updated_at)", registry=REGISTRY
+VECTOR_AGE = Histogram(
+    "dupn_vector_age_seconds",
+    "Age (now - updated_at) of a vector when a reader gets it: served over HTTP, or read from the "
+    "published topic by the purchasing-power agent",
+    ["source"],
+    buckets=(*_FRESHNESS_BUCKETS, 900, 3600, 21600, 86400),
+    registry=REGISTRY,
 )
 ENCODER_STEP = Histogram(
     "dupn_encoder_step_seconds",
@@ -42,9 +47,12 @@ REBUILDS = Counter(
 )
 STATE_BYTES = Gauge("dupn_state_bytes", "Mean encoded bytes of the user states written in the last batch",
                     registry=REGISTRY)
-USERS = Gauge("dupn_users", "Users with state on this worker (approximate)", registry=REGISTRY)
+USERS = Gauge("dupn_users", "Users with state in the table partitions this worker owns (counted)",
+              registry=REGISTRY)
 CONSUMER_LAG = Gauge(
-    "dupn_consumer_lag_events", "High watermark minus committed position", ["topic", "partition"],
+    "dupn_consumer_lag_events",
+    "Log-end offset minus committed offset, per assigned partition of a source topic",
+    ["topic", "partition"],
     registry=REGISTRY,
 )
 MODEL_INFO = Gauge("dupn_model_info", "The model this worker serves (value 1)", ["model_version"],

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.config import Settings
-from ops.topics import no_broker_message
+from ops.topics import no_broker_message, require_reachable
 
 Event = dict[str, Any]
 
@@ -62,6 +62,7 @@ def producer(s: Settings) -> Any:
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    require_reachable(s)  # seconds and the fix, instead of the client's own retries
     try:
         return KafkaProducer(
             bootstrap_servers=s.bootstrap,

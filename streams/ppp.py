@@ -127,6 +127,7 @@ async def process_vector(
         metrics.PPP_SKIPPED.labels(reason="bad_message").inc()
         log.warning("undecodable user-vectors message (key %r): %s", key, exc)
         return None
+    metrics.VECTOR_AGE.labels(source="published").observe(max(0.0, time.time() - msg.updated_at / 1000))
     body = scorer.score(msg)
     if body is None:
         return None

@@ -70,7 +70,7 @@ def _register_vector_view(w: Worker) -> None:
         body = vector_body(w, state, request.query.get("at"), request.query.get("query"))
         if isinstance(body, str):
             return web.json({"error": body}, status=400)
-        metrics.VECTOR_AGE.observe(max(0.0, time.time() - state.updated_at / 1000))
+        metrics.VECTOR_AGE.labels(source="served").observe(max(0.0, time.time() - state.updated_at / 1000))
         return web.json(body)
 
     @app.page("/users/{user_id}/explain")

@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Worker:
         )
     worker = Worker(s, app, Runtime(s), events_topic, vectors_topic, dlq_topic, table)
     from streams.agents import register_agents
+    from streams.monitoring import register_monitoring
     from streams.ppp import register_ppp
     from streams.web import register_views
 
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Worker:
     if "ppp" in roles:
         register_ppp(worker)
     register_views(worker)
+    register_monitoring(worker)
     return worker
 
 

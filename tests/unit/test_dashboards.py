@@ -1,0 +1,95 @@
+"""The generated dashboard, alert rules and scrape config refer only to metrics a worker exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ops import dashboards, metrics
+from ops.cli import main
+
+SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
+
+
+def exported_names() -> set[str]:
+    return {m.name for m in metrics.REGISTRY.collect()}
+
+
+def base_name(series: str) -> str:
+    for suffix in SUFFIXES:
+        if series.endswith(suffix) and series.removesuffix(suffix) in exported_names():
+            return series.removesuffix(suffix)
+    return series
+
+
+@pytest.mark.parametrize("expr", dashboards.all_expressions())
+def test_every_expression_names_an_exported_metric(expr: str) -> None:
+    names = set(re.findall(r"\b(dupn_[a-z_]+)", expr))
+    assert names or 'up{job="dupn"}' in expr
+    unknown = {n for n in names if base_name(n) not in exported_names()}
+    assert not unknown, f"{expr} refers to metrics no worker exports: {unknown}"
+
+
+def test_dashboard_has_one_panel_per_definition_with_its_queries() -> None:
+    board = dashboards.dashboard_json()
+    assert board["uid"] == dashboards.DASHBOARD_UID
+    assert [p["title"] for p in board["panels"]] == [p.title for p in dashboards.PANELS]
+    for built, panel in zip(board["panels"], dashboards.PANELS, strict=True):
+        assert [t["expr"] for t in built["targets"]] == [q.expr for q in panel.queries]
+        assert built["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert built["fieldConfig"]["defaults"]["unit"] == panel.unit
+        assert built["options"], "a panel without options renders with Grafana's bare defaults"
+    grid = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in board["panels"]]
+    assert len(set(grid)) == len(grid), "panels overlap"
+
+
+def test_required_panels_are_there() -> None:
+    exprs = " ".join(q.expr for p in dashboards.PANELS for q in p.queries)
+    for metric in ("dupn_events_total", "dupn_event_to_vector_seconds", "dupn_consumer_lag_events",
+                   "dupn_events_rejected_total", "dupn_encoder_step_seconds", "dupn_state_bytes",
+                   "dupn_model_info", "dupn_users"):
+        assert metric in exprs
+
+
+def test_alert_rule_is_the_watched_series_compared_to_the_threshold() -> None:
+    rules = {r["alert"]: r for r in dashboards.alert_rules()["groups"][0]["rules"]}
+    assert set(rules) == {"DupnFreshnessP99High", "DupnConsumerLagGrowing", "DupnRejectsSpiking", "DupnWorkerDown"}
+    fresh = rules["DupnFreshnessP99High"]
+    assert fresh["expr"] == f"{dashboards.FRESHNESS_P99} > 5"
+    assert fresh["labels"]["severity"] == "warning" and fresh["for"] == "10m"
+
+
+def test_targets_from_worker_urls() -> None:
+    assert dashboards.targets_from_urls("http://127.0.0.1:6066, http://w2:7000/") == ["127.0.0.1:6066", "w2:7000"]
+    with pytest.raises(ValueError, match="--targets"):
+        dashboards.targets_from_urls(" ")
+
+
+def test_export_command_writes_the_three_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dash"
+    assert main(["dashboards", "export", "--out", str(out), "--targets", "10.0.0.5:6066",
+                 "--token-file", "/etc/dupn/token"]) == 0
+    assert capsys.readouterr().out.count("wrote ") == 3
+    board = json.loads((out / dashboards.DASHBOARD_FILE).read_text())
+    assert len(board["panels"]) == len(dashboards.PANELS)
+    prom = yaml.safe_load((out / dashboards.PROMETHEUS_FILE).read_text())
+    job = prom["scrape_configs"][0]
+    assert job["static_configs"] == [{"targets": ["10.0.0.5:6066"]}]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "/etc/dupn/token"}
+    assert prom["rule_files"] == [dashboards.ALERTS_FILE]
+    assert yaml.safe_load((out / dashboards.ALERTS_FILE).read_text()) == dashboards.alert_rules()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_promtool_accepts_config_and_rules(tmp_path: Path) -> None:
+    dashboards.export(tmp_path, ["127.0.0.1:6066"])
+    done = subprocess.run(["promtool", "check", "config", str(tmp_path / dashboards.PROMETHEUS_FILE)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 rules found" in done.stdout
