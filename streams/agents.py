@@ -49,6 +49,12 @@ def register_agents(w: Worker) -> None:
     async def warm_model() -> None:
         w.runtime.updater  # noqa: B018 - load the checkpoint before the first batch
 
+    @w.app.timer(s.model_poll_s)
+    async def watch_model() -> None:
+        if await asyncio.get_running_loop().run_in_executor(None, w.runtime.check_for_new_model):
+            async with w.runtime.batch_lock:  # between batches: a batch runs on one model
+                w.runtime.install_pending()
+
 
 def _register_lean(w: Worker) -> None:
     """Batches straight from the fetch loop (streams.intake); Faust keeps tables, commits and routing."""
@@ -81,7 +87,8 @@ async def process_batch(w: Worker, messages: Sequence[RawMessage]) -> BatchResul
     def load(user_id: str, msg: RawMessage) -> bytes | None:
         return io.read(user_id.encode(), msg.partition)
 
-    result = await loop.run_in_executor(_ENCODER_THREAD, w.runtime.updater.apply, messages, load)
+    async with w.runtime.batch_lock:
+        result = await loop.run_in_executor(_ENCODER_THREAD, w.runtime.updater.apply, messages, load)
     states, vectors = [], []
     for up in result.updates:
         key = up.state.user_id.encode("utf-8")

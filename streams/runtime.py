@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import threading
 
 import torch
 
-from encoder.checkpoint import load_checkpoint
+from encoder.checkpoint import Checkpoint, load_checkpoint
 from encoder.streaming import StreamingEncoder, UpdatePolicy
 from ops import metrics
 from ops.config import Settings
@@ -17,29 +19,83 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    """Lazily loads the checkpoint once; shared by the agent and the web views."""
+    """The loaded model and the updater; shared by the agent and the web views.
+
+    Model rollout: :meth:`check_for_new_model` (a timer, off the event loop)
+    re-reads the recorded ``model_version`` of ``DUPN_MODEL_PATH`` (re-resolving
+    a symlink each time) and, when it changed, loads and verifies the new
+    checkpoint, then :meth:`install_pending` switches under :attr:`batch_lock`, so
+    a batch runs on one model from start to end. Carried encoder states are
+    cached per (model_version, events_seen): after a switch, each user's first
+    batch rebuilds their run from the stored behaviors with the new model, so no
+    vector ever mixes versions. Rolling back is the same switch in the other
+    direction.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._updater: VectorUpdater | None = None
+        self._pending: Checkpoint | None = None
         self._lock = threading.Lock()
+        self._batch_lock: asyncio.Lock | None = None
+
+    @property
+    def batch_lock(self) -> asyncio.Lock:
+        """Held while a batch is applied; a model switch waits for it."""
+        if self._batch_lock is None:
+            self._batch_lock = asyncio.Lock()
+        return self._batch_lock
 
     @property
     def updater(self) -> VectorUpdater:
         if self._updater is None:
             with self._lock:
                 if self._updater is None:
-                    self._updater = self._load()
+                    self._updater = self._make_updater(load_checkpoint(self.settings.model_dir))
         return self._updater
 
     @property
     def encoder(self) -> StreamingEncoder:
         return self.updater.encoder
 
-    def _load(self) -> VectorUpdater:
+    def check_for_new_model(self) -> str | None:
+        """Load the checkpoint at the model path if its version differs; returns it (installed later)."""
+        current = self.updater.encoder.model_version
+        path = self.settings.model_dir
+        try:
+            recorded = json.loads((path / "config.json").read_text()).get("model_version")
+        except (OSError, ValueError) as exc:
+            log.warning("model path %s unreadable (%s); keeping model %s", path, exc, current)
+            return None
+        if recorded in (current, getattr(self._pending, "model_version", None)):
+            return None
+        try:
+            ckpt = load_checkpoint(path)
+        except Exception as exc:  # a half-written or corrupt checkpoint must not stop the worker
+            log.error("new checkpoint at %s not loaded (%s); keeping model %s", path, exc, current)
+            return None
+        if ckpt.config.window != self.updater.policy.window:
+            log.error("checkpoint %s has window %d, workers run %d: not installed",
+                      ckpt.model_version, ckpt.config.window, self.updater.policy.window)
+            return None
+        self._pending = ckpt
+        return ckpt.model_version
+
+    def install_pending(self) -> str | None:
+        """Switch to a loaded checkpoint (call between batches); returns the new version if it switched."""
+        ckpt, self._pending = self._pending, None
+        if ckpt is None:
+            return None
+        old = self.updater.encoder.model_version
+        self.updater.encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
+        metrics.MODEL_INFO.labels(model_version=old).set(0)
+        metrics.MODEL_INFO.labels(model_version=ckpt.model_version).set(1)
+        log.info("model switched %s -> %s; users are re-encoded with it on their next event", old, ckpt.model_version)
+        return ckpt.model_version
+
+    def _make_updater(self, ckpt: Checkpoint) -> VectorUpdater:
         s = self.settings
         torch.set_num_threads(max(1, s.torch_threads))
-        ckpt = load_checkpoint(s.model_dir)
         policy = UpdatePolicy(s.update_mode, s.reanchor_every, ckpt.config.window)  # type: ignore[arg-type]
         encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
         updater = VectorUpdater(encoder, policy, cache_capacity=s.cache_users)
