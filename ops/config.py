@@ -47,7 +47,8 @@ class Settings:
     reanchor_every: int = 25
     batch_max: int = 2000
     intake: str = "lean"  # lean (batches from the fetch loop, streams/intake.py) | stream (a Faust agent)
-    batch_within_s: float = 0.01
+    batch_within_s: float = 0.01  # stream intake: take_events' wait for a full batch
+    batch_linger_s: float = 0.0  # lean intake: wait for more before taking a non-full batch (0 = natural batching)
     cache_users: int = 20_000
     max_future_ms: int = 600_000
     torch_threads: int = 1

@@ -59,7 +59,7 @@ def register_agents(w: Worker) -> None:
 def _register_lean(w: Worker) -> None:
     """Batches straight from the fetch loop (streams.intake); Faust keeps tables, commits and routing."""
     s = w.settings
-    intake = BatchIntake(s.events_topic, s.batch_max, s.batch_within_s)
+    intake = BatchIntake(s.events_topic, s.batch_max, s.batch_linger_s)
     install(w.app, intake)
     w.app.topics.add(w.events_topic)  # subscribe without an agent: the intake receives its messages
 

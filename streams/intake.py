@@ -21,19 +21,26 @@ acked offsets (after flushing the producer) as it always does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import types
 from collections.abc import Iterable
 from typing import Any
 
 
 class BatchIntake:
-    """A bounded buffer of raw messages of one topic, taken in batches."""
+    """A bounded buffer of raw messages of one topic, taken in batches.
 
-    def __init__(self, topic: str, max_batch: int, within_s: float) -> None:
+    Natural batching: :meth:`take` returns as soon as anything is buffered, with
+    everything buffered (up to ``max_batch``). Under light load a batch is the
+    few events that arrived while the previous one was applied, so an event
+    waits about one batch's processing time; under heavy load the buffer fills
+    while a batch is applied and batches grow to ``max_batch`` by themselves.
+    ``linger_s`` > 0 trades latency for fuller batches.
+    """
+
+    def __init__(self, topic: str, max_batch: int, linger_s: float = 0.0) -> None:
         self.topic = topic
         self.max_batch = max_batch
-        self.within_s = within_s
+        self.linger_s = linger_s
         self._buffer: list[Any] = []
         self._ready: asyncio.Event | None = None
         self._space: asyncio.Event | None = None
@@ -49,8 +56,8 @@ class BatchIntake:
         """Buffer a message; False when the buffer is now full (the caller should wait for space)."""
         ready, space = self._events()
         self._buffer.append(message)
+        ready.set()
         if len(self._buffer) >= self.max_batch:
-            ready.set()
             space.clear()
             return False
         return True
@@ -59,16 +66,16 @@ class BatchIntake:
         await self._events()[1].wait()
 
     async def take(self) -> list[Any]:
-        """The next batch: when ``max_batch`` are buffered, or ``within_s`` after the first arrived."""
+        """The next batch: everything buffered (at most ``max_batch``), as soon as there is something."""
         ready, space = self._events()
-        while not self._buffer:
-            await asyncio.sleep(self.within_s)
+        await ready.wait()
+        if self.linger_s > 0 and len(self._buffer) < self.max_batch:
+            await asyncio.sleep(self.linger_s)
+        batch, self._buffer = self._buffer[: self.max_batch], self._buffer[self.max_batch :]
+        if not self._buffer:
+            ready.clear()
         if len(self._buffer) < self.max_batch:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready.wait(), timeout=self.within_s)
-        batch, self._buffer = self._buffer, []
-        ready.clear()
-        space.set()
+            space.set()
         return batch
 
     def discard(self, tps: Iterable[Any]) -> int:
@@ -77,6 +84,8 @@ class BatchIntake:
         keep = [m for m in self._buffer if m.tp not in gone]
         dropped = len(self._buffer) - len(keep)
         self._buffer = keep
+        if self._ready is not None and not keep:
+            self._ready.clear()
         if len(keep) < self.max_batch and self._space is not None:
             self._space.set()
         return dropped

@@ -14,24 +14,43 @@ class Msg:
     offset: int
 
 
-def test_batches_are_bounded_ordered_and_flushed_by_time() -> None:
+def test_batches_are_bounded_ordered_and_taken_as_soon_as_something_is_buffered() -> None:
     async def scenario() -> None:
-        intake = BatchIntake("events", max_batch=3, within_s=0.01)
+        intake = BatchIntake("events", max_batch=3)
         msgs = [Msg(("events", i % 2), i) for i in range(5)]
-        assert intake.offer(msgs[0]) and intake.offer(msgs[1])
-        assert not intake.offer(msgs[2])  # full: the fetch loop must wait for space
-        assert await intake.take() == msgs[:3]
-        await asyncio.wait_for(intake.wait_space(), 1)
-        intake.offer(msgs[3])
+        waiter = asyncio.ensure_future(intake.take())
+        await asyncio.sleep(0.01)
+        assert not waiter.done()  # nothing buffered: take() waits (no polling, no timeout)
+        assert intake.offer(msgs[0])
+        assert await asyncio.wait_for(waiter, 1) == msgs[:1]  # natural batching: no waiting for a full batch
+        assert intake.offer(msgs[1]) and intake.offer(msgs[2])
+        assert not intake.offer(msgs[3])  # full: the fetch loop must wait for space
+        space = asyncio.ensure_future(intake.wait_space())
+        await asyncio.sleep(0.01)
+        assert not space.done()
+        assert await intake.take() == msgs[1:4]
+        await asyncio.wait_for(space, 1)
         intake.offer(msgs[4])
-        assert await intake.take() == msgs[3:]  # not full: flushed after within_s
+        assert await intake.take() == msgs[4:]
+
+    asyncio.run(scenario())
+
+
+def test_linger_waits_for_a_fuller_batch() -> None:
+    async def scenario() -> None:
+        intake = BatchIntake("events", max_batch=10, linger_s=0.05)
+        intake.offer(Msg(("events", 0), 0))
+        taken = asyncio.ensure_future(intake.take())
+        await asyncio.sleep(0.01)
+        intake.offer(Msg(("events", 0), 1))
+        assert [m.offset for m in await taken] == [0, 1]
 
     asyncio.run(scenario())
 
 
 def test_discard_drops_only_revoked_partitions() -> None:
     async def scenario() -> None:
-        intake = BatchIntake("events", max_batch=10, within_s=0.01)
+        intake = BatchIntake("events", max_batch=10)
         msgs = [Msg(("events", i % 3), i) for i in range(9)]
         for m in msgs:
             intake.offer(m)
