@@ -8,6 +8,7 @@ else.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ MAX_TAGS_ACCEPTED = 64
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 REQUIRED_FIELDS = ("event_id", "user_id", "ts", "event_type", "item_id")
 ID_FIELDS = ("event_id", "user_id", "item_id", "shop_id", "brand_id", "category_id")
+
+#: A rejected message goes to the DLQ whole up to these sizes (4x the event limit), else truncated with
+#: its length and SHA-256 in headers: the DLQ producer (and the broker) must accept the record, or one
+#: huge message would crash the worker, and again on every restart.
+DLQ_MAX_VALUE_BYTES = 4 * MAX_EVENT_BYTES
+DLQ_MAX_KEY_BYTES = 1024
+DLQ_MAX_DETAIL_CHARS = 500
 
 REJECT_REASONS = (
     "too_large",
@@ -186,6 +194,35 @@ def _string_problem(text: str) -> str:
     except UnicodeEncodeError:
         return "contains a lone surrogate (not valid Unicode)"
     return ""
+
+
+def dlq_record(
+    key: bytes | None, value: bytes | None, rejection: Rejection, topic: str, partition: int, offset: int
+) -> tuple[bytes | None, bytes, dict[str, bytes]]:
+    """(key, value, headers) of the ``behavior-events-dlq`` message for one rejected event.
+
+    The original bytes, untouched, with why and where in headers; a value or key too large to
+    forward safely is cut to its first bytes and ``dupn.truncated`` / ``dupn.sha256`` say so.
+    """
+    headers = {
+        "dupn.reason": rejection.reason.encode(),
+        "dupn.detail": rejection.detail[:DLQ_MAX_DETAIL_CHARS].encode("utf-8", "replace"),
+        "dupn.source.topic": topic.encode(),
+        "dupn.source.partition": str(partition).encode(),
+        "dupn.source.offset": str(offset).encode(),
+    }
+    body = value or b""
+    truncated = []
+    if len(body) > DLQ_MAX_VALUE_BYTES:
+        headers["dupn.sha256"] = hashlib.sha256(body).hexdigest().encode()
+        truncated.append(f"value:{len(body)}")
+        body = body[:DLQ_MAX_VALUE_BYTES]
+    if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+        truncated.append(f"key:{len(key)}")
+        key = key[:DLQ_MAX_KEY_BYTES]
+    if truncated:
+        headers["dupn.truncated"] = ",".join(truncated).encode()
+    return key, body, headers
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,7 @@ BAD_EVENTS: tuple[BadCase, ...] = (
     BadCase("absurd_tag_list", _K, _doc(tags=["t"] * 12_000), "bad_value"),
     BadCase("value_over_64kib", _K, _doc(pad="x" * (64 * 1024)), "too_large"),
     BadCase("arbitrary_bytes_over_64kib", None, bytes(range(256)) * 300, "too_large"),
+    BadCase("value_1_mb", _K, b'{"pad": "' + b"x" * 1_000_000 + b'"}', "too_large"),  # > the DLQ copy limit
     # timestamps
     BadCase("ts_year_2100", _K, _doc(ts=4_102_444_800_000), "ts_out_of_range"),
     BadCase("ts_before_2000", _K, _doc(ts=946_684_799_999), "ts_out_of_range"),
@@ -103,6 +104,7 @@ BAD_EVENTS: tuple[BadCase, ...] = (
     BadCase("key_other_user", b"someone-else", _VALID, "key_mismatch"),
     BadCase("key_missing", None, _VALID, "key_mismatch"),
     BadCase("key_case", USER.upper().encode(), _VALID, "key_mismatch"),
+    BadCase("key_2_kib", b"k" * 2048, _VALID, "key_mismatch"),
 )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from ops.testing import (
     running_worker,
     setup_topics,
 )
+from streams.contracts import DLQ_MAX_KEY_BYTES, DLQ_MAX_VALUE_BYTES
 from tests.corpus.bad_events import BAD_EVENTS, USER, reason_counts
 from tests.unit.test_updater import make_events
 
@@ -62,8 +65,7 @@ def test_corpus_goes_to_the_dlq_and_valid_events_are_unaffected(
         assert headers["dupn.reason"] == case.reason, case.name
         assert headers["dupn.source.topic"] == s.events_topic
         assert headers["dupn.detail"]
-        assert rec.value == value, f"{case.name}: DLQ value is not the original bytes"
-        assert rec.key == key, case.name
+        _assert_original(rec, headers, key, value, case.name)
         seen.add(pos)
     assert seen == set(sent), "every corpus message once in the DLQ"
     assert rejected == reason_counts()
@@ -75,6 +77,22 @@ def test_corpus_goes_to_the_dlq_and_valid_events_are_unaffected(
         ref = reference_vectors(encoder, records_from_events(events), UpdatePolicy("exact"))
         assert last[user].events_seen == len(events) and last[user].last_event_id == events[-1]["event_id"]
         assert np.abs(last[user].vector - ref[-1]).max() <= 1e-5
+
+
+def _assert_original(rec: Any, headers: dict[str, str], key: bytes | None, value: bytes, name: str) -> None:
+    """The DLQ holds the original bytes; beyond the DLQ copy limits a prefix, the length and the hash."""
+    cut = []
+    if len(value) > DLQ_MAX_VALUE_BYTES:
+        assert rec.value == value[:DLQ_MAX_VALUE_BYTES] and headers["dupn.sha256"] == hashlib.sha256(value).hexdigest()
+        cut.append(f"value:{len(value)}")
+    else:
+        assert rec.value == value, f"{name}: DLQ value is not the original bytes"
+    if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+        assert rec.key == key[:DLQ_MAX_KEY_BYTES]
+        cut.append(f"key:{len(key)}")
+    else:
+        assert rec.key == key, name
+    assert headers.get("dupn.truncated", "") == ",".join(cut), name
 
 
 def _interleave(users: dict[str, list[dict[str, object]]]) -> list[dict[str, object]]:

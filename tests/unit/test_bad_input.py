@@ -13,6 +13,7 @@ into a fixed stream of valid events. Together the property tests below draw
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,18 @@ from hypothesis import strategies as st
 from encoder.features import EVENT_TYPES, SCENARIOS
 from encoder.streaming import StreamingEncoder, UpdatePolicy
 from state.codec import encode_state
-from streams.contracts import MAX_EVENT_BYTES, MAX_ID_CHARS, MAX_TAGS_ACCEPTED, REJECT_REASONS, Rejection, parse_event
+from streams.contracts import (
+    DLQ_MAX_DETAIL_CHARS,
+    DLQ_MAX_KEY_BYTES,
+    DLQ_MAX_VALUE_BYTES,
+    MAX_EVENT_BYTES,
+    MAX_ID_CHARS,
+    MAX_TAGS_ACCEPTED,
+    REJECT_REASONS,
+    Rejection,
+    dlq_record,
+    parse_event,
+)
 from streams.updater import BatchResult, Incoming, VectorUpdater
 from tests.conftest import tiny_model
 from tests.corpus.bad_events import BAD_EVENTS
@@ -352,3 +364,24 @@ def test_the_valid_stream_exercises_redelivery_duplicates_and_order() -> None:
     expected, duplicates = valid_alone()
     assert duplicates == 2  # the redelivered offset and the repeated event id
     assert {u: row[2] for u, row in expected.items()} == {"va": 7, "vb": 3, "vc": 3}
+
+
+def test_dlq_record_keeps_original_bytes_and_cuts_only_what_cannot_be_forwarded() -> None:
+    why = Rejection("bad_json", "Expecting value " + "x" * 1_000)
+    key, value, headers = dlq_record(b"u1", b"{not json", why, "behavior-events", 3, 42)
+    assert (key, value) == (b"u1", b"{not json")
+    assert headers == {
+        "dupn.reason": b"bad_json",
+        "dupn.detail": why.detail[:DLQ_MAX_DETAIL_CHARS].encode(),
+        "dupn.source.topic": b"behavior-events",
+        "dupn.source.partition": b"3",
+        "dupn.source.offset": b"42",
+    }
+    at_limit = b"v" * DLQ_MAX_VALUE_BYTES
+    assert dlq_record(None, at_limit, why, "t", 0, 0)[:2] == (None, at_limit)
+    huge, long_key = b"h" * (DLQ_MAX_VALUE_BYTES + 1), b"k" * (DLQ_MAX_KEY_BYTES + 1)
+    key, value, headers = dlq_record(long_key, huge, why, "t", 0, 0)
+    assert key == long_key[:DLQ_MAX_KEY_BYTES] and value == huge[:DLQ_MAX_VALUE_BYTES]
+    assert headers["dupn.truncated"] == f"value:{len(huge)},key:{len(long_key)}".encode()
+    assert headers["dupn.sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert dlq_record(b"u1", None, why, "t", 0, 0)[1] == b""
