@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from ops.config import Settings
 from ops.testing import (
     collect_vectors,
+    free_port,
     http_raw,
     http_wire,
     isolated_settings,
@@ -21,6 +24,7 @@ from ops.testing import (
     running_worker,
     setup_topics,
 )
+from ops.topics import USER_STATE_TABLE
 from tests.unit.test_updater import make_events
 
 pytestmark = pytest.mark.integration
@@ -138,3 +142,35 @@ def test_default_bind_is_loopback_only(api: Api) -> None:
         pytest.skip("this host has no non-loopback IPv4 address to try")
     with pytest.raises(ConnectionRefusedError), socket.create_connection((other, api.s.web_port), timeout=5):
         pass
+
+
+def test_token_is_forwarded_when_a_request_is_routed_to_the_owning_worker(
+    tmp_path: Path, broker_url: str, model_dir: Path
+) -> None:
+    # both workers join before any state exists (adding a worker to a group with state is another test's topic)
+    s1 = isolated_settings(broker_url, tmp_path, model_dir, api_token=TOKEN, partitions=2)
+    s2 = s1.replace(web_port=free_port(), data_dir=str(tmp_path / "data2"))
+    setup_topics(s1)
+    users = [f"r{k}" for k in range(8)]
+    with running_worker(s1), running_worker(s2, name="worker2"):
+        first, second = Api(s1), Api(s2)
+        for user in users:
+            produce(s1, make_events(user, 2))
+        deadline = time.monotonic() + 180
+        while True:  # until the group has settled and both workers answer for every user
+            codes = {(w.url, u): w.get(f"/users/{u}/vector") for w in (first, second) for u in users}
+            if set(codes.values()) == {200} or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert set(codes.values()) == {200}, codes
+        owners = {_owner(first, u) for u in users}
+        assert owners == {s1.web_port, s2.web_port}, "each worker answered for users the other one owns"
+        for w in (first, second):
+            assert w.get(f"/users/{users[0]}/vector", token=None) == 401
+
+
+def _owner(api: Api, user: str) -> int:
+    """The web port of the worker that owns the user's state (Faust's /router)."""
+    status, body = http_raw(f"{api.url}/router/{USER_STATE_TABLE}/{user}/", token=TOKEN)
+    assert status == 200, body
+    return int(json.loads(body).rsplit(":", 1)[1].strip("/"))
