@@ -45,18 +45,15 @@ def embedded_broker(state_dir: Path) -> Iterator[str]:
 def isolated_settings(broker_url: str, home: Path, model_path: Path, **overrides: Any) -> Settings:
     """Settings with their own topic names and app id, so tests sharing a broker don't meet."""
     tag = uuid.uuid4().hex[:8]
-    return load_settings(
-        env={},
-        broker=broker_url,
-        home=str(home),
-        model_path=str(model_path),
-        app_id=f"dupn-{tag}",
-        events_topic=f"events-{tag}",
-        vectors_topic=f"vectors-{tag}",
-        dlq_topic=f"dlq-{tag}",
-        web_port=free_port(),
-        **overrides,
-    )
+    own = {
+        "app_id": f"dupn-{tag}",
+        "events_topic": f"events-{tag}",
+        "vectors_topic": f"vectors-{tag}",
+        "dlq_topic": f"dlq-{tag}",
+        "ppp_topic": f"ppp-{tag}",
+        "web_port": free_port(),
+    }
+    return load_settings(env={}, broker=broker_url, home=str(home), model_path=str(model_path), **{**own, **overrides})
 
 
 @contextmanager
