@@ -77,7 +77,10 @@ def request_guard(token: str) -> Any:
         if token and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "").encode("utf-8", "replace")
             if not hmac.compare_digest(given, expected):
-                return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+                return _error(
+                    401, "missing or wrong bearer token: send Authorization: Bearer <DUPN_API_TOKEN>",
+                    {"WWW-Authenticate": "Bearer"},
+                )
         user_id = request.match_info.get("user_id")
         if user_id is not None and not USER_ID_RE.match(user_id):
             return _error(400, "invalid user id (1-128 of A-Z a-z 0-9 _ . : @ ~ -, not only dots)")
