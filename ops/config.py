@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "DUPN_"
 ROLES = frozenset({"vectors", "ppp"})
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,9 @@ class Settings:
     kafka_sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = ""
-    kafka_ssl_cafile: str = ""
+    kafka_ssl_cafile: str = ""  # CA bundle to verify the brokers (default: the system's)
+    kafka_ssl_certfile: str = ""  # client certificate, for brokers that require mutual TLS
+    kafka_ssl_keyfile: str = ""
     partitions: int = 8
     events_topic: str = "behavior-events"
     vectors_topic: str = "user-vectors"
@@ -100,16 +105,44 @@ class Settings:
     def web_url(self) -> str:
         return f"http://{self.web_host}:{self.web_port}"
 
+    # -- Kafka security: the only place Settings become client options (README "Kafka security") --
     def kafka_client_options(self) -> dict[str, Any]:
-        """Security options in kafka-python / aiokafka spelling (same names in both)."""
+        """SASL/TLS keyword arguments for kafka-python clients (producer, consumer, admin)."""
         opts: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
         if self.kafka_sasl_mechanism:
             opts["sasl_mechanism"] = self.kafka_sasl_mechanism
             opts["sasl_plain_username"] = self.kafka_sasl_username
             opts["sasl_plain_password"] = self.kafka_sasl_password
-        if self.kafka_ssl_cafile:
-            opts["ssl_cafile"] = self.kafka_ssl_cafile
+        for name in ("cafile", "certfile", "keyfile"):
+            value = getattr(self, f"kafka_ssl_{name}")
+            if value:
+                opts[f"ssl_{name}"] = value
         return opts
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """A verifying TLS context for SSL / SASL_SSL (CA and client certificate from settings), else None."""
+        if "SSL" not in self.kafka_security_protocol:
+            return None
+        context = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
+        return context
+
+    def faust_broker_credentials(self) -> Any:
+        """The same in Faust's ``broker_credentials`` form (Faust hands it to aiokafka); None for PLAINTEXT."""
+        import faust
+
+        proto = self.kafka_security_protocol
+        if proto == "PLAINTEXT":
+            return None
+        if proto.startswith("SASL"):
+            return faust.SASLCredentials(
+                username=self.kafka_sasl_username,
+                password=self.kafka_sasl_password,
+                mechanism=self.kafka_sasl_mechanism,
+                ssl_context=self.kafka_ssl_context(),
+            )
+        return faust.SSLCredentials(self.kafka_ssl_context())
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -155,3 +188,30 @@ def _check(s: Settings) -> None:
         raise ValueError(f"DUPN_LOG_FORMAT must be text or json, not {s.log_format!r}")
     if s.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ValueError(f"DUPN_LOG_LEVEL must be debug, info, warning, error or critical, not {s.log_level!r}")
+    _check_kafka_security(s)
+
+
+def _check_kafka_security(s: Settings) -> None:
+    """Refuse half-configured security at startup rather than as a handshake error later."""
+    proto, mech = s.kafka_security_protocol, s.kafka_sasl_mechanism
+    if proto not in SECURITY_PROTOCOLS:
+        raise ValueError(f"DUPN_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, not {proto!r}")
+    if proto.startswith("SASL"):
+        if mech not in SASL_MECHANISMS:
+            raise ValueError(
+                f"DUPN_KAFKA_SECURITY_PROTOCOL={proto} needs DUPN_KAFKA_SASL_MECHANISM in {', '.join(SASL_MECHANISMS)}"
+            )
+        if not s.kafka_sasl_username:
+            raise ValueError(f"DUPN_KAFKA_SECURITY_PROTOCOL={proto} needs DUPN_KAFKA_SASL_USERNAME (and _PASSWORD)")
+    elif mech:
+        raise ValueError(
+            f"DUPN_KAFKA_SASL_MECHANISM={mech} needs DUPN_KAFKA_SECURITY_PROTOCOL=SASL_SSL or SASL_PLAINTEXT"
+        )
+    if "SSL" not in proto and (s.kafka_ssl_cafile or s.kafka_ssl_certfile):
+        raise ValueError("DUPN_KAFKA_SSL_* files are set but DUPN_KAFKA_SECURITY_PROTOCOL is not SSL or SASL_SSL")
+    if s.kafka_ssl_keyfile and not s.kafka_ssl_certfile:
+        raise ValueError("DUPN_KAFKA_SSL_KEYFILE needs DUPN_KAFKA_SSL_CERTFILE")
+    for name in ("cafile", "certfile", "keyfile"):
+        path = getattr(s, f"kafka_ssl_{name}")
+        if path and not Path(path).is_file():
+            raise ValueError(f"DUPN_KAFKA_SSL_{name.upper()}={path}: no such file")

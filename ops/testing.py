@@ -7,6 +7,7 @@ subprocesses, produce events and collect what lands on ``user-vectors``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -96,6 +97,21 @@ def produce(s: Settings, events: Iterable[dict[str, Any]], raw: Iterable[tuple[b
     return n
 
 
+def produce_raw(s: Settings, messages: Iterable[tuple[bytes | None, bytes | None]]) -> list[tuple[int, int]]:
+    """Send raw (key, value) messages in order; returns where each landed as (partition, offset)."""
+    from kafka import KafkaProducer
+
+    prod = KafkaProducer(
+        bootstrap_servers=s.bootstrap, linger_ms=2, max_request_size=4 * 1024 * 1024, **s.kafka_client_options()
+    )
+    try:
+        futures = [prod.send(s.events_topic, key=key, value=value) for key, value in messages]
+        prod.flush()
+        return [(meta.partition, meta.offset) for meta in (f.get(timeout=30) for f in futures)]
+    finally:
+        prod.close()
+
+
 def collect_vectors(
     s: Settings, until: Any, timeout_s: float = 120.0
 ) -> list[VectorMessage]:
@@ -121,7 +137,9 @@ def read_dlq(s: Settings, expected: int, timeout_s: float = 60.0) -> list[Any]:
     """The raw DLQ records (value, headers), waiting for ``expected`` of them."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None, auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        bootstrap_servers=s.bootstrap, group_id=None, auto_offset_reset="earliest", **s.kafka_client_options()
+    )
     try:
         parts = consumer.partitions_for_topic(s.dlq_topic) or set()
         consumer.assign([TopicPartition(s.dlq_topic, p) for p in parts])
@@ -151,6 +169,87 @@ def http_get(url: str, token: str | None = None, timeout_s: float = 10.0) -> tup
             return exc.code, json.loads(body)
         except ValueError:
             return exc.code, body.decode("utf-8", "replace")
+
+
+def http_raw(url: str, token: str | None = None, method: str = "GET", body: bytes | None = None,
+             headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> tuple[int, bytes]:
+    """(status, body bytes) of one request, for endpoints that don't answer JSON (``/metrics``)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def http_wire(host: str, port: int, request: bytes, timeout_s: float = 10.0) -> int:
+    """Send bytes as they are (malformed or oversized requests) and return the response status (0: none)."""
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        with contextlib.suppress(OSError):  # the server may answer and close before reading it all
+            sock.sendall(request)
+        head = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+    parts = head.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() else 0
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on ``port`` (Linux ``/proc/net/tcp{,6}``)."""
+    import ipaddress
+
+    found: set[str] = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            host_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A = LISTEN
+                continue
+            raw = bytes.fromhex(host_hex)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
+            found.add(str(ipaddress.ip_address(packed)))
+    return found
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this host that is not loopback, if it has one (no packet is sent)."""
+    import ipaddress
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only, nothing is sent
+            addr = str(sock.getsockname()[0])
+        except OSError:
+            return None
+    ip = ipaddress.ip_address(addr)
+    return None if ip.is_loopback or ip.is_unspecified else addr
+
+
+def metric_samples(text: bytes | str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Values of one metric in a Prometheus exposition, by sorted label pairs."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = text.decode() if isinstance(text, bytes) else text
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == name
+    }
 
 
 def decode(raw: bytes) -> VectorMessage:

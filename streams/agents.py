@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ops import metrics
 from state.codec import encode_state
 from streams.batch_io import BatchWriter, StateWrite
-from streams.contracts import Rejection
+from streams.contracts import Rejection, dlq_record
 from streams.intake import BatchIntake, install
 from streams.updater import BatchResult, RawMessage
 
@@ -108,15 +108,11 @@ def _batch_writer(w: Worker) -> BatchWriter:
 
 
 async def send_to_dlq(w: Worker, msg: RawMessage, rejection: Rejection) -> None:
-    """The original bytes, untouched, with why and where in headers."""
-    headers = {
-        "dupn.reason": rejection.reason.encode(),
-        "dupn.detail": rejection.detail[:500].encode("utf-8", "replace"),
-        "dupn.source.topic": w.settings.events_topic.encode(),
-        "dupn.source.partition": str(msg.partition).encode(),
-        "dupn.source.offset": str(msg.offset).encode(),
-    }
-    await w.dlq_topic.send(key=msg.key, value=msg.value or b"", headers=headers)
+    """The original bytes, untouched, with why and where in headers (streams.contracts.dlq_record)."""
+    key, value, headers = dlq_record(
+        msg.key, msg.value, rejection, w.settings.events_topic, msg.partition, msg.offset
+    )
+    await w.dlq_topic.send(key=key, value=value, headers=headers)
     log.warning(
         "rejected event at %s/%d@%d: %s (%s)",
         w.settings.events_topic, msg.partition, msg.offset, rejection.reason, rejection.detail[:200],

@@ -8,6 +8,7 @@ else.
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -24,6 +25,15 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
 MAX_TAGS_ACCEPTED = 64
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+REQUIRED_FIELDS = ("event_id", "user_id", "ts", "event_type", "item_id")
+ID_FIELDS = ("event_id", "user_id", "item_id", "shop_id", "brand_id", "category_id")
+
+#: A rejected message goes to the DLQ whole up to these sizes (4x the event limit), else truncated with
+#: its length and SHA-256 in headers: the DLQ producer (and the broker) must accept the record, or one
+#: huge message would crash the worker, and again on every restart.
+DLQ_MAX_VALUE_BYTES = 4 * MAX_EVENT_BYTES
+DLQ_MAX_KEY_BYTES = 1024
+DLQ_MAX_DETAIL_CHARS = 500
 
 REJECT_REASONS = (
     "too_large",
@@ -77,8 +87,8 @@ def parse_event(
     key: bytes | None, value: bytes | None, *, now_ms: int | None = None, max_future_ms: int = 600_000
 ) -> BehaviorEvent | Rejection:
     """Validate one raw ``behavior-events`` message against contract v1."""
-    if value is None:
-        return Rejection("bad_json", "empty message value")
+    if not value:
+        return Rejection("bad_json", "empty message value (null or zero bytes)")
     if len(value) > MAX_EVENT_BYTES:
         return Rejection("too_large", f"{len(value)} bytes > {MAX_EVENT_BYTES}")
     try:
@@ -95,42 +105,33 @@ def parse_event(
 
 
 def _validate(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future_ms: int) -> BehaviorEvent | Rejection:
-    for name in ("event_id", "user_id", "ts", "event_type", "item_id"):
-        if name not in doc or doc[name] is None:
+    for name in REQUIRED_FIELDS:
+        if doc.get(name) is None:
             return Rejection("missing_field", name)
     ids: dict[str, str] = {}
-    for name in ("event_id", "user_id", "item_id", "shop_id", "brand_id", "category_id"):
-        raw = doc.get(name, "")
-        if raw is None:
-            raw = ""
-        if not isinstance(raw, str):
-            return Rejection("bad_type", f"{name} must be a string")
-        if len(raw) > MAX_ID_CHARS:
-            return Rejection("bad_value", f"{name} longer than {MAX_ID_CHARS} chars")
-        ids[name] = raw
-    for name in ("event_id", "user_id", "item_id"):
-        if not ids[name]:
-            return Rejection("bad_value", f"{name} is empty")
+    for name in ID_FIELDS:
+        checked = _id_field(name, doc.get(name), required=name in REQUIRED_FIELDS)
+        if isinstance(checked, Rejection):
+            return checked
+        ids[name] = checked
     ts = doc["ts"]
     if isinstance(ts, bool) or not isinstance(ts, int):
         return Rejection("bad_type", "ts must be an integer (epoch ms)")
     if ts < MIN_TS_MS or ts > now_ms + max_future_ms:
         return Rejection("ts_out_of_range", f"ts {ts} outside [2000-01-01, now + {max_future_ms} ms]")
-    event_type = doc["event_type"]
-    if event_type not in EVENT_TYPES:
-        return Rejection("bad_value", f"event_type {str(event_type)[:40]!r} not in {EVENT_TYPES}")
-    scenario = doc.get("scenario") or "other"
-    if scenario not in SCENARIOS:
-        return Rejection("bad_value", f"scenario {str(scenario)[:40]!r} not in {SCENARIOS}")
-    tags = doc.get("tags") or []
-    if not isinstance(tags, list):
-        return Rejection("bad_type", "tags must be a list of strings")
-    if len(tags) > MAX_TAGS_ACCEPTED:
-        return Rejection("bad_value", f"{len(tags)} tags > {MAX_TAGS_ACCEPTED}")
-    for t in tags:
-        if type(t) is not str or len(t) > MAX_ID_CHARS:
-            return Rejection("bad_type", "tags must be a list of strings")
-    if key is not None and key != ids["user_id"].encode("utf-8"):
+    event_type = _choice("event_type", doc["event_type"], EVENT_TYPES)
+    if isinstance(event_type, Rejection):
+        return event_type
+    raw_scenario = doc.get("scenario")
+    scenario = _choice("scenario", "other" if raw_scenario in (None, "") else raw_scenario, SCENARIOS)
+    if isinstance(scenario, Rejection):
+        return scenario
+    tags = _tags(doc.get("tags"))
+    if isinstance(tags, Rejection):
+        return tags
+    if key is None:
+        return Rejection("key_mismatch", "message has no key; produce it with key = user_id")
+    if key != ids["user_id"].encode("utf-8"):
         return Rejection("key_mismatch", "message key differs from user_id")
     return BehaviorEvent(
         event_id=ids["event_id"],
@@ -141,9 +142,84 @@ def _validate(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future_ms
         shop_id=ids["shop_id"],
         brand_id=ids["brand_id"],
         category_id=ids["category_id"],
-        tags=tuple(tags),
+        tags=tags,
         scenario=scenario,
     )
+
+
+def _id_field(name: str, raw: object, *, required: bool) -> str | Rejection:
+    if raw is None:
+        raw = ""
+    if not isinstance(raw, str):
+        return Rejection("bad_type", f"{name} must be a string")
+    problem = _string_problem(raw)
+    if problem:
+        return Rejection("bad_value", f"{name} {problem}")
+    if required and not raw:
+        return Rejection("bad_value", f"{name} is empty")
+    return raw
+
+
+def _choice(name: str, raw: object, allowed: tuple[str, ...]) -> str | Rejection:
+    if not isinstance(raw, str):
+        return Rejection("bad_type", f"{name} must be a string")
+    if raw not in allowed:
+        return Rejection("bad_value", f"{name} {raw[:40]!r} not in {allowed}")
+    return raw
+
+
+def _tags(raw: object) -> tuple[str, ...] | Rejection:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+        return Rejection("bad_type", "tags must be a list of strings")
+    if len(raw) > MAX_TAGS_ACCEPTED:
+        return Rejection("bad_value", f"{len(raw)} tags > {MAX_TAGS_ACCEPTED}")
+    for tag in raw:
+        problem = _string_problem(tag)
+        if problem:
+            return Rejection("bad_value", f"tag {problem}")
+    return tuple(raw)
+
+
+def _string_problem(text: str) -> str:
+    """Why a string can't be an id ('' if it can).
+
+    Every string here came out of orjson, which refuses lone surrogates (``"\\ud800"``):
+    each is valid Unicode, so hashing and key encoding can't fail on it.
+    """
+    if len(text) > MAX_ID_CHARS:
+        return f"longer than {MAX_ID_CHARS} chars"
+    return ""
+
+
+def dlq_record(
+    key: bytes | None, value: bytes | None, rejection: Rejection, topic: str, partition: int, offset: int
+) -> tuple[bytes | None, bytes, dict[str, bytes]]:
+    """(key, value, headers) of the ``behavior-events-dlq`` message for one rejected event.
+
+    The original bytes, untouched, with why and where in headers; a value or key too large to
+    forward safely is cut to its first bytes and ``dupn.truncated`` / ``dupn.sha256`` say so.
+    """
+    headers = {
+        "dupn.reason": rejection.reason.encode(),
+        "dupn.detail": rejection.detail[:DLQ_MAX_DETAIL_CHARS].encode("utf-8", "replace"),
+        "dupn.source.topic": topic.encode(),
+        "dupn.source.partition": str(partition).encode(),
+        "dupn.source.offset": str(offset).encode(),
+    }
+    body = value or b""
+    truncated = []
+    if len(body) > DLQ_MAX_VALUE_BYTES:
+        headers["dupn.sha256"] = hashlib.sha256(body).hexdigest().encode()
+        truncated.append(f"value:{len(body)}")
+        body = body[:DLQ_MAX_VALUE_BYTES]
+    if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+        truncated.append(f"key:{len(key)}")
+        key = key[:DLQ_MAX_KEY_BYTES]
+    if truncated:
+        headers["dupn.truncated"] = ",".join(truncated).encode()
+    return key, body, headers
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,21 @@
 
 ``/users/{user_id}/...`` requests are routed to the worker that owns the user
 (Faust ``table_route``), so any worker can be asked.
+
+Every request, Faust's own routes included, first passes :func:`request_guard`
+(an aiohttp middleware installed through Faust's ``web_application_options``):
+bounded URL, no request body, the bearer token when ``DUPN_API_TOKEN`` is set
+(all but ``/healthz``), a valid ``{user_id}``. Responses are bounded by
+construction: a vector is 256 floats, an explanation at most one window of
+behaviors, errors echo only validated input.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from aiohttp import web as aioweb
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from encoder.data import query_bucket
@@ -27,15 +37,70 @@ from streams.updater import vector_message
 
 if TYPE_CHECKING:
     from encoder.streaming import StreamingEncoder
+    from ops.config import Settings
     from streams.worker import Worker
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@~-]{1,128}$")
+log = logging.getLogger(__name__)
+
+USER_ID_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9_.:@~-]{1,128}$")  # not "." or "..": never a path segment
 MAX_QUERY_CHARS = 256
+MAX_URL_CHARS = 2048  # path + query; the longest valid request is far below (id 128, query 256 chars)
+MAX_HEADER_LINE = 8190  # request line and each header line, enforced by aiohttp's parser (400 beyond)
+MAX_HEADERS = 64
+OPEN_PATHS = frozenset({"/healthz"})  # no token needed: liveness probes carry no secrets
 Handler = Callable[..., Awaitable[Any]]
+
+
+def web_application_options(s: Settings) -> dict[str, Any]:
+    """Keyword arguments for Faust's aiohttp ``Application``: request limits and the guard."""
+    return {
+        "client_max_size": 1024,  # no endpoint reads a body; request_guard refuses any anyway
+        "handler_args": {
+            "max_line_size": MAX_HEADER_LINE,
+            "max_field_size": MAX_HEADER_LINE,
+            "max_headers": MAX_HEADERS,
+        },
+        "middlewares": [request_guard(s.api_token)],
+    }
+
+
+def request_guard(token: str) -> Any:
+    """One gate for every route (ours and Faust's): size, body, token, user id, in that order."""
+    expected = f"Bearer {token}".encode()
+
+    @aioweb.middleware
+    async def guard(request: aioweb.Request, handler: Handler) -> aioweb.StreamResponse:
+        if len(request.raw_path) > MAX_URL_CHARS:
+            return _error(414, f"URL longer than {MAX_URL_CHARS} characters")
+        if request.content_length or "Transfer-Encoding" in request.headers:
+            return _error(413, "request bodies are not accepted")
+        if token and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(given, expected):
+                return _error(
+                    401, "missing or wrong bearer token: send Authorization: Bearer <DUPN_API_TOKEN>",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+        user_id = request.match_info.get("user_id")
+        if user_id is not None and not USER_ID_RE.match(user_id):
+            return _error(400, "invalid user id (1-128 of A-Z a-z 0-9 _ . : @ ~ -, not only dots)")
+        return await handler(request)
+
+    return guard
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> aioweb.Response:
+    return aioweb.json_response({"error": message}, status=status, headers=headers)
 
 
 def register_views(w: Worker) -> None:
     app = w.app
+    if not w.settings.api_token and not _is_loopback(w.settings.web_host):
+        log.warning(
+            "HTTP API on %s without DUPN_API_TOKEN: anyone who can reach port %d can read user vectors; "
+            "set DUPN_API_TOKEN or DUPN_WEB_HOST=127.0.0.1",
+            w.settings.web_host, w.settings.web_port,
+        )
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
@@ -46,7 +111,6 @@ def register_views(w: Worker) -> None:
         return web.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
-    @_guarded(w)
     async def prometheus(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
@@ -60,8 +124,6 @@ def _register_vector_view(w: Worker) -> None:
     app = w.app
 
     @app.page("/users/{user_id}/vector")
-    @_guarded(w)
-    @_valid_user
     @app.table_route(table=w.table, match_info="user_id")
     async def user_vector(web: Any, request: Any, user_id: str) -> Any:
         state, error = _local_state(w, user_id)
@@ -74,8 +136,6 @@ def _register_vector_view(w: Worker) -> None:
         return web.json(body)
 
     @app.page("/users/{user_id}/explain")
-    @_guarded(w)
-    @_valid_user
     @app.table_route(table=w.table, match_info="user_id")
     async def user_explain(web: Any, request: Any, user_id: str) -> Any:
         state, error = _local_state(w, user_id)
@@ -91,8 +151,6 @@ def _register_ppp_view(w: Worker) -> None:
     app = w.app
 
     @app.page("/users/{user_id}/purchasing-power")
-    @_guarded(w)
-    @_valid_user
     @app.table_route(table=w.ppp_table, match_info="user_id")
     async def user_purchasing_power(web: Any, request: Any, user_id: str) -> Any:
         raw = w.ppp_table.get(user_id.encode("utf-8"))
@@ -183,7 +241,7 @@ def _local_state(w: Worker, user_id: str) -> tuple[UserState | None, Callable[[A
 
 
 def _parse_ms(raw: str) -> int | None:
-    return int(raw) if raw.isdigit() and len(raw) <= 15 else None
+    return int(raw) if raw.isascii() and raw.isdecimal() and len(raw) <= 15 else None
 
 
 def _model_version(w: Worker) -> str | None:
@@ -191,30 +249,10 @@ def _model_version(w: Worker) -> str | None:
     return updater.encoder.model_version if updater is not None else None
 
 
-def _guarded(w: Worker) -> Callable[[Handler], Handler]:
-    """Bearer-token check (when DUPN_API_TOKEN is set), before any routing."""
-    token = w.settings.api_token
-
-    def wrap(fun: Handler) -> Handler:
-        async def guarded(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-            if token:
-                given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return view.web.json({"error": "missing or wrong bearer token"}, status=401)
-            return await fun(view, request, *args, **kwargs)
-
-        guarded.__name__ = fun.__name__
-        return guarded
-
-    return wrap
-
-
-def _valid_user(fun: Handler) -> Handler:
-    async def checked(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        user_id = request.match_info.get("user_id", "")
-        if not USER_ID_RE.match(user_id):
-            return view.web.json({"error": "invalid user id (1-128 of A-Z a-z 0-9 _ . : @ ~ -)"}, status=400)
-        return await fun(view, request, *args, **kwargs)
-
-    checked.__name__ = fun.__name__
-    return checked
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -6,7 +6,6 @@ runs; tests and the CLI build their own with :func:`create_app`.
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ import faust
 from ops.config import Settings, load_settings
 from ops.topics import USER_STATE_TABLE
 from streams.runtime import Runtime
+from streams.web import web_application_options
 
 
 @dataclass
@@ -98,27 +98,12 @@ def faust_options(s: Settings) -> dict[str, Any]:
         "web_stats_enabled": False,
         "web_graph_enabled": False,
         "web_tables_enabled": False,
+        "web_application_options": web_application_options(s),  # request limits + token guard
         "table_standby_replicas": 1,
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
-    credentials = broker_credentials(s)
+    credentials = s.faust_broker_credentials()  # the one Settings -> Kafka security translation (ops.config)
     if credentials is not None:
         opts["broker_credentials"] = credentials
     return opts
-
-
-def broker_credentials(s: Settings) -> Any:
-    """SASL/TLS settings in Faust's form; None for PLAINTEXT."""
-    proto = s.kafka_security_protocol.upper()
-    if proto == "PLAINTEXT":
-        return None
-    context = ssl.create_default_context(cafile=s.kafka_ssl_cafile or None) if "SSL" in proto else None
-    if proto.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=s.kafka_sasl_username,
-            password=s.kafka_sasl_password,
-            mechanism=s.kafka_sasl_mechanism or "PLAIN",
-            ssl_context=context,
-        )
-    return faust.SSLCredentials(context)
