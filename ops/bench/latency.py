@@ -106,22 +106,21 @@ def _paced_send(s: Settings, templates: Sequence[tuple[bytes, bytes, bytes]], ra
 
 
 async def _paced(s: Settings, templates: Sequence[tuple[bytes, bytes, bytes]], rate: float, warmup_s: float) -> Pacing:
-    """Keep the schedule: every tick, send every event due by now (ts = now), one record batch per partition.
+    """Keep the schedule: every tick, send every event due by now, each stamped ts = now as it is sent.
 
-    aiokafka's batch API (one append per event, no per-message future) keeps the
-    producer's own cost per event small next to the worker's.
+    ``send`` appends to the partition's open batch and never waits for the one in
+    flight (``send_batch`` would, stalling the schedule while the broker is slow);
+    batches up to 1 MiB make waiting for a full batch practically impossible.
     """
     from aiokafka import AIOKafkaProducer
-    from aiokafka.partitioner import DefaultPartitioner
 
-    prod = AIOKafkaProducer(bootstrap_servers=s.bootstrap, **s.kafka_client_options())
+    prod = AIOKafkaProducer(
+        bootstrap_servers=s.bootstrap, linger_ms=0, max_batch_size=1 << 20, **s.kafka_client_options()
+    )
     await prod.start()
     try:
-        all_parts = sorted(await prod.partitions_for(s.events_topic))
-        partition_of = [DefaultPartitioner()(key, all_parts, all_parts) for key, _, _ in templates]
-        n, sent, max_behind = len(templates), 0, 0.0
+        topic, n, sent, max_behind = s.events_topic, len(templates), 0, 0.0
         steady_at: tuple[float, int] | None = None
-        delivered: list[asyncio.Future[Any]] = []
         start = time.monotonic()
         start_ms = time.time_ns() // 1_000_000
         while sent < n:
@@ -130,24 +129,14 @@ async def _paced(s: Settings, templates: Sequence[tuple[bytes, bytes, bytes]], r
             max_behind = max(max_behind, (due - sent - 1) / rate)
             if steady_at is None and now - start >= warmup_s:
                 steady_at = (now, sent)
-            batches: dict[int, Any] = {}
-            for i in range(sent, due):
-                key, head, tail = templates[i]
-                value = head + str(time.time_ns() // 1_000_000).encode() + tail
-                batch = batches.setdefault(partition_of[i], prod.create_batch())
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-                    delivered.append(await prod.send_batch(batch, s.events_topic, partition=partition_of[i]))
-                    batches[partition_of[i]] = batch = prod.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            for partition, batch in batches.items():
-                batch.close()
-                delivered.append(await prod.send_batch(batch, s.events_topic, partition=partition))
+            for key, head, tail in templates[sent:due]:
+                await prod.send(topic, key=key, value=head + str(time.time_ns() // 1_000_000).encode() + tail)
             sent = due
             ahead = start + (int((time.monotonic() - start) / TICK_S) + 1) * TICK_S - time.monotonic()
             if ahead > 0:
                 await asyncio.sleep(ahead)
         end = time.monotonic()
-        await asyncio.gather(*delivered)
+        await prod.flush()
     finally:
         await prod.stop()
     if steady_at is None:
