@@ -89,10 +89,10 @@ def _template(ev: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
 
 def _start_probe(s: Settings) -> tuple[subprocess.Popen[bytes], Any]:
     out = s.home_path / "latency-probe.npy"
-    log = open(s.home_path / "latency-probe.log", "wb")  # noqa: SIM115 - the child keeps it
-    proc = subprocess.Popen(
-        [sys.executable, *PROBE_ARGV, "--out", str(out)], env=worker_env(s), stdout=subprocess.PIPE, stderr=log,
-    )
+    with open(s.home_path / "latency-probe.log", "wb") as log:  # the child holds its own copy of the fd
+        proc = subprocess.Popen(
+            [sys.executable, *PROBE_ARGV, "--out", str(out)], env=worker_env(s), stdout=subprocess.PIPE, stderr=log,
+        )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if line.strip() != b"ready":
