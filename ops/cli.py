@@ -377,43 +377,60 @@ def _drift(args: argparse.Namespace, s: Settings) -> int:
 
 
 def _bench_parser(sub: Any) -> None:
-    bp = sub.add_parser("bench", help="worker throughput on the embedded broker (pre-produced stream)")
-    bp.add_argument("--users", type=int, default=5000)
-    bp.add_argument("--events", type=int, default=50_000)
-    bp.add_argument("--intake", choices=("lean", "stream"), default="lean")
-    bp.add_argument("--roles", default="vectors")
-    bp.add_argument("--mode", dest="bench_mode", choices=("exact", "incremental"), default="incremental")
-    bp.add_argument("--part", choices=("drain", "ceiling", "encoder", "state", "all"), default="drain",
-                    help="drain: worker events/s; ceiling: aiokafka passthrough events/s; encoder: per-event "
-                    "encoder cost; state: bytes per user/event; all: every part in one run")
+    bp = sub.add_parser("bench", help="the performance figures on fresh embedded brokers (BENCHMARKS.md)")
+    bp.add_argument("--part", default="all", help="all (default), a comma-separated list of ceiling-a, ceiling-b, "
+                    "worker, freshness, encoder, state, recovery, query, scaling; or drain (one worker run "
+                    "configured by --intake/--roles/--mode)")
+    bp.add_argument("--users", type=int, help="users in the stream (default 10000; --quick 200)")
+    bp.add_argument("--events", type=int, help="events in the stream (default 200000; --quick 2000)")
+    bp.add_argument("--seed", type=int, default=0)
+    bp.add_argument("--quick", action="store_true", help="smoke-test sizes and durations (numbers mean nothing)")
+    bp.add_argument("--rate", type=float, help="freshness: events/s (default: half the incremental drain rate)")
+    bp.add_argument("--evicting-users", type=int, help="worker: users of the evicting stream (default users/20; "
+                    "0 skips it)")
+    bp.add_argument("--out", type=Path, help="write the JSON here and the markdown table next to it (.md); "
+                    "default results/bench.json for --part all")
+    bp.add_argument("--intake", choices=("lean", "stream"), default="lean", help="drain only")
+    bp.add_argument("--roles", default="vectors", help="drain only")
+    bp.add_argument("--mode", dest="bench_mode", choices=("exact", "incremental"), default="incremental",
+                    help="drain only")
     bp.set_defaults(run=_bench)
 
 
 def _bench(args: argparse.Namespace, s: Settings) -> int:
-    from ops.bench import aiokafka_ceiling, drain_rate, encoder_costs, run_all, state_sizes
+    from ops.bench import PARTS, BenchConfig, drain, make_stream, markdown, run_parts
 
-    if args.part == "all":
-        print(json.dumps(run_all(s.model_dir, args.users, args.events, s.partitions), indent=2))
+    sizes = {k: v for k, v in (("users", args.users), ("events", args.events)) if v is not None}
+    opts = {"partitions": s.partitions, "seed": args.seed, "freshness_rate": args.rate,
+            "evicting_users": args.evicting_users, **sizes}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    cfg = BenchConfig.quick(s.model_dir, **opts) if args.quick else BenchConfig(s.model_dir, **opts)
+    if args.part == "drain":
+        res = drain(cfg, make_stream(cfg.users, cfg.events, cfg.seed), intake=args.intake, roles=args.roles,
+                    update_mode=args.bench_mode)
+        print(json.dumps(res.to_json(), indent=2))
         return 0
-    if args.part == "ceiling":
-        ceil = aiokafka_ceiling(args.users, args.events, partitions=s.partitions)
-        print(json.dumps({"events": ceil.events, "seconds": round(ceil.seconds, 2),
-                          "events_per_s": round(ceil.events_per_s), **ceil.settings}))
-        return 0
-    if args.part == "encoder":
-        for row in encoder_costs(s.model_dir):
-            print(json.dumps(row))
-        return 0
-    if args.part == "state":
-        print(json.dumps(state_sizes(s.model_dir, users=args.users, events=args.events)))
-        return 0
-    res = drain_rate(
-        s.model_dir, args.users, args.events, intake=args.intake, roles=args.roles, update_mode=args.bench_mode,
-        partitions=s.partitions,
-    )
-    print(json.dumps({"events": res.events, "users": res.users, "seconds": round(res.seconds, 2),
-                      "events_per_s": round(res.events_per_s), **res.settings}))
+    parts = list(PARTS) if args.part == "all" else [p.strip() for p in args.part.split(",") if p.strip()]
+    doc = run_parts(cfg, parts, _bench_command(args, cfg))
+    out = args.out or (Path("results/bench.json") if args.part == "all" else None)
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        out.with_suffix(".md").write_text(markdown(doc))
+        print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
+
+
+def _bench_command(args: argparse.Namespace, cfg: Any) -> str:
+    """The command that reproduces this run, spelled out (for the generated table)."""
+    words = ["dupn bench", f"--part {args.part}", f"--users {cfg.users}", f"--events {cfg.events}"]
+    words += [f"--{k} {v}" for k, v in (("seed", args.seed), ("rate", args.rate),
+                                         ("evicting-users", args.evicting_users)) if v]
+    words += ["--quick"] if args.quick else []
+    env = f"DUPN_PARTITIONS={cfg.partitions} " if cfg.partitions != 8 else ""
+    return env + " ".join(words)
 
 
 # -- explain / report: seeing inside a vector ----------------------------------------------

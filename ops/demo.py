@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -62,9 +63,13 @@ def worker_env(s: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker(s: Settings, log: IO[bytes]) -> subprocess.Popen[bytes]:
+WORKER_ARGV = ("-m", "ops", "worker")
+
+
+def start_worker(s: Settings, log: IO[bytes], argv: Sequence[str] = WORKER_ARGV) -> subprocess.Popen[bytes]:
+    """A Python subprocess (``dupn worker`` by default) configured by ``s`` through DUPN_* env vars."""
     return subprocess.Popen(
-        [sys.executable, "-m", "ops", "worker"],
+        [sys.executable, *argv],
         env=worker_env(s),
         stdout=log,
         stderr=subprocess.STDOUT,

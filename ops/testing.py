@@ -13,14 +13,14 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ops.broker import EmbeddedBroker
 from ops.config import Settings, load_settings
-from ops.demo import start_worker, wait_healthy
+from ops.demo import WORKER_ARGV, start_worker, wait_healthy
 from ops.topics import create_topics
 from streams.contracts import VectorMessage, decode_vector_message
 
@@ -57,23 +57,77 @@ def isolated_settings(broker_url: str, home: Path, model_path: Path, **overrides
 
 
 @contextmanager
-def running_worker(s: Settings, name: str = "worker", ready_timeout_s: float = 60) -> Iterator[subprocess.Popen[bytes]]:
+def running_worker(
+    s: Settings, name: str = "worker", ready_timeout_s: float = 60, argv: Sequence[str] = WORKER_ARGV
+) -> Iterator[subprocess.Popen[bytes]]:
     """A ``dupn worker`` subprocess, healthy on entry, stopped (SIGTERM) on exit."""
-    log_path = s.home_path / f"{name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = start_worker(s, log)
-        try:
-            wait_healthy(s.web_url, proc, ready_timeout_s, log_path)
-            yield proc
-        finally:
+    with running_workers([s], [name], ready_timeout_s, argv) as procs:
+        yield procs[0]
+
+
+@contextmanager
+def running_workers(
+    settings: Sequence[Settings],
+    names: Sequence[str] | None = None,
+    ready_timeout_s: float = 60,
+    argv: Sequence[str] = WORKER_ARGV,
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Several worker subprocesses started together (e.g. one group, own ports and data dirs).
+
+    On entry every one answers ``/healthz`` at the same time, so a group of them has
+    finished its rebalance; each logs to ``<home>/<name>.log``. ``argv`` runs another
+    Faust app with the same settings (the benchmark's passthrough app).
+    """
+    names = list(names or [f"worker-{i}" for i in range(len(settings))])
+    if len(names) != len(settings):
+        raise ValueError("one name per worker")
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    try:
+        for s, name in zip(settings, names, strict=True):
+            log_path = s.home_path / f"{name}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            logs.append(open(log_path, "ab"))  # noqa: SIM115 - closed in finally
+            procs.append(start_worker(s, logs[-1], argv))
+        _wait_all_healthy(settings, names, procs, ready_timeout_s)
+        yield procs
+    finally:
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in logs:
+            log.close()
+
+
+def _wait_all_healthy(
+    settings: Sequence[Settings], names: Sequence[str], procs: Sequence[subprocess.Popen[bytes]], timeout_s: float
+) -> None:
+    """Until all answer 200 in one sweep: a member that was healthy alone goes 503 while a rebalance runs."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = max(1.0, deadline - time.monotonic())
+        for s, name, proc in zip(settings, names, procs, strict=True):
+            wait_healthy(s.web_url, proc, left, s.home_path / f"{name}.log")
+        if len(procs) == 1 or all(_healthy(s.web_url) for s in settings):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(procs)} workers not healthy together after {timeout_s:.0f}s")
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def setup_topics(s: Settings) -> None:

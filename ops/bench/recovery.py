@@ -1,0 +1,137 @@
+"""Recovery from the changelog into an empty data dir, the state a worker leaves behind, and queries on it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ops.bench.common import (
+    WORKER_READY,
+    BenchConfig,
+    Stream,
+    bench_env,
+    log_times,
+    note,
+    produce_pairs,
+    ratio,
+)
+from ops.bench.drain import draining
+from ops.bench.latency import fetch_all, query_load
+from ops.config import Settings
+from ops.testing import running_worker
+from ops.topics import changelog_topic
+
+# Faust's recovery log lines (faust/tables/recovery.py), in the order they appear
+RESTORE_START = "Restoring state from changelog topics"
+RESTORE_DONE = "Done reading from changelog topics"
+
+
+def recovery(cfg: BenchConfig, stream: Stream, then_query: bool = False) -> dict[str, Any]:
+    """Drain the stream, stop the worker, wipe its data dir, start it again: how fast does the table come back?
+
+    ``restore_s`` is Faust's restore phase (first "Restoring state" to "Done reading"
+    in the worker log); ``start_to_ready_s`` is from spawning the process to /healthz
+    answering 200 (imports, model load, group join, restore). ``recovered_users``
+    counts users the restored worker serves with their last event (on Tansu some are
+    lost: its end offsets stop at the last record batch's first record, and Faust's
+    restore stops there). With ``then_query`` the query load runs on the restored worker.
+    """
+    with bench_env(cfg, "recovery") as s:
+        produce_pairs(s, stream.pairs)
+        with draining(cfg, s, stream) as drained:
+            pass
+        out: dict[str, Any] = {"users": stream.users, "events": len(stream)}
+        out["state"] = state_left_behind(s, stream)
+        shutil.rmtree(s.data_path)
+        log = s.home_path / "worker-restarted.log"
+        note(f"recovery: restarting on an empty data dir ({out['state']['changelog_records']} changelog records)")
+        spawned = time.time()
+        with running_worker(s, "worker-restarted", cfg.ready_timeout_s):
+            out["start_to_ready_s"] = round(time.time() - spawned, 2)
+            out.update(restore_phase(log))
+            out["recovered_users"] = fetch_all(s.web_url, stream.last_event_id)
+            out["lost_users"] = stream.users - out["recovered_users"]
+            if then_query:
+                note(f"query: {cfg.query_rate:g} requests/s for {cfg.query_s:g}s on the restored worker")
+                out["query"] = query_load(cfg, s, list(stream.last_event_id))
+    out["users_per_s_restore"] = round(out["users"] / out["restore_s"]) if out.get("restore_s") else None
+    out["users_per_s_start_to_ready"] = round(out["users"] / out["start_to_ready_s"])
+    out["records_per_s_restore"] = (
+        round(out["state"]["changelog_records"] / out["restore_s"]) if out.get("restore_s") else None
+    )
+    out["drain_s"] = round(drained.seconds, 2)
+    out["restore_over_drain_time"] = ratio(out.get("restore_s"), drained.seconds, 3)
+    return out
+
+
+def restore_phase(log_path: Path, wait_s: float = 10.0) -> dict[str, Any]:
+    """Seconds between Faust's restore log lines (the log is flushed a moment after /healthz turns 200).
+
+    From the first "Restoring state" (a rebalance during recovery repeats it) to the
+    last "Done reading" and "Worker ready".
+    """
+    deadline = time.monotonic() + wait_s
+    while not log_times(log_path, WORKER_READY) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    start, done, ready = (log_times(log_path, m) for m in (RESTORE_START, RESTORE_DONE, WORKER_READY))
+    out: dict[str, Any] = {}
+    if not (start and done):
+        note(f"recovery: no restore phase found in {log_path}")
+        return out
+    out["restore_s"] = round(done[-1] - start[0], 3)
+    if ready:
+        out["restore_start_to_worker_ready_s"] = round(ready[-1] - start[0], 3)
+    return out
+
+
+def state_left_behind(s: Settings, stream: Stream) -> dict[str, Any]:
+    """RocksDB bytes on disk per user (worker stopped) and the changelog: records, bytes written, bytes kept."""
+    disk = sum(f.stat().st_size for f in s.data_path.rglob("*") if f.is_file())
+    records, written, last = _read_changelog(s)
+    kept = sum(last.values())
+    return {
+        "rocksdb_dir_bytes_per_user": round(disk / stream.users),
+        "changelog_records": records,
+        "changelog_bytes_written_per_event": round(written / len(stream)),
+        "changelog_bytes_per_user_after_compaction": round(kept / max(1, len(last))),
+        "changelog_keys": len(last),
+        "changelog_records_per_user": round(records / max(1, len(last)), 2),
+    }
+
+
+def _read_changelog(s: Settings, idle_s: float = 2.0) -> tuple[int, int, dict[bytes, int]]:
+    """(records, key+value bytes, {key: bytes of its newest record}): what compaction would keep.
+
+    Read until nothing arrives for ``idle_s`` (the worker is stopped): Tansu's end
+    offsets advance by one per record batch, so they cannot say where the end is.
+    """
+    from ops.bench.common import vector_consumer
+
+    consumer = vector_consumer(s, changelog_topic(s))
+    try:
+        records, written = 0, 0
+        last: dict[bytes, int] = {}
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_s:
+            for recs in consumer.poll(timeout_ms=200, max_records=20_000).values():
+                quiet_since = time.monotonic()
+                for r in recs:
+                    size = len(r.key or b"") + len(r.value or b"")
+                    records += 1
+                    written += size
+                    last[r.key] = size
+        return records, written, last
+    finally:
+        consumer.close()
+
+
+def query(cfg: BenchConfig, stream: Stream) -> dict[str, Any]:
+    """The query load against a worker that has just drained the stream (its state loaded)."""
+    with bench_env(cfg, "query") as s:
+        produce_pairs(s, stream.pairs)
+        with draining(cfg, s, stream):
+            note(f"query: {cfg.query_rate:g} requests/s for {cfg.query_s:g}s")
+            return query_load(cfg, s, list(stream.last_event_id))
+

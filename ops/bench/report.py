@@ -1,0 +1,150 @@
+"""The markdown table of one ``dupn bench`` result document (pasted into BENCHMARKS.md as generated)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    p = doc["parts"]
+    m = doc["machine"]
+    lines = [
+        "```bash",
+        doc["command"],
+        "```",
+        "",
+        f"{doc['stream']['events']:,} events over {doc['stream']['users']:,} users (seed {doc['stream']['seed']}), "
+        f"model `{doc['model_version']}`, {doc['config']['partitions']} partitions, "
+        f"{m['cpus']} CPUs, load average {m['loadavg_start'][0]} at start / {m['loadavg_end'][0]} at end, "
+        f"started {doc['started']}.",
+        "",
+        "| # | figure | value | ratio |",
+        "|---|---|---|---|",
+    ]
+    for row in _rows(p, doc.get("ratios", {})):
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _rows(p: dict[str, Any], r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    if "ceiling-a" in p:
+        rows.append(("1", "A: bare aiokafka consume → JSON → produce", _rate(p["ceiling-a"]), "1"))
+    if "ceiling-b" in p:
+        rows.append(("2", "B: Faust agent, same work, the worker's Faust settings", _rate(p["ceiling-b"]),
+                     _r("B / A", r.get("b_over_a"))))
+    if "worker" in p:
+        rows.extend(_worker_rows(p["worker"], r))
+    if "freshness" in p:
+        rows.extend(_freshness_rows(p["freshness"]))
+    if "encoder" in p:
+        rows.extend(_encoder_rows(p["encoder"]))
+    if "state" in p or "recovery" in p:
+        rows.extend(_state_rows(p.get("state"), p.get("recovery", {}).get("state")))
+    if "recovery" in p:
+        rows.extend(_recovery_rows(p["recovery"]))
+    if "query" in p:
+        q = p["query"]
+        rows.append(("8", f"GET /users/{{id}}/vector, {q['target_requests_per_s']:g} requests/s open loop, "
+                     f"{q['requests']:,} requests, {q['errors']} errors: p50 / p99",
+                     f"{_ms(q['latency_ms']['p50'])} / {_ms(q['latency_ms']['p99'])} ms",
+                     f"achieved {q['achieved_requests_per_s']:g} requests/s"))
+    if "scaling" in p:
+        s = p["scaling"]
+        split = " + ".join(f"{w.get('events_applied', 0):,.0f}" for w in s["workers_2"]["per_worker"])
+        rows.append(("9", f"1 vs 2 workers on {s['partitions']} partitions (events applied per worker: {split})",
+                     f"{_n(s['workers_1']['events_per_s'])} / {_n(s['workers_2']['events_per_s'])} events/s",
+                     _r("2 / 1", s.get("two_over_one"))))
+    return rows
+
+
+def _worker_rows(w: dict[str, Any], r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    inc = w["incremental"]
+    rows = [
+        ("3", f"worker, incremental (R = {inc['reanchor_every']}), roles {inc['roles']}", _rate(inc),
+         f"{_r('3 / A', r.get('worker_incremental_over_a'))}; {_r('3 / B', r.get('worker_incremental_over_b'))}"),
+        ("3", "worker, exact", _rate(w["exact"]), _r("incremental / exact", w.get("incremental_over_exact"))),
+    ]
+    ev = w.get("evicting")
+    if ev:
+        rows.append(("3", f"{ev['users']:,} users (windows fill and evict): incremental / exact",
+                     f"{_n(ev['incremental']['events_per_s'])} / {_n(ev['exact']['events_per_s'])} events/s",
+                     _r("incremental / exact", ev.get("incremental_over_exact"))))
+    return rows
+
+
+def _freshness_rows(f: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    head = (f"at {_n(f['target_events_per_s'])} events/s ({f['rate_source']}), {f['steady_s']:g} s after "
+            f"{f['warmup_s']:g} s warm-up, {f['vectors_measured']:,} vectors")
+    pace = (f"achieved {_n(f['achieved_events_per_s'])} events/s = {f['achieved_over_target']} × target; "
+            f"producer at most {_ms(f['producer_max_behind_ms'])} ms behind")
+    return [
+        ("4", f"freshness {head}: receive − event ts, p50 / p99 / p999", _pct(f["receive_minus_ts_ms"]), pace),
+        ("4", "same vectors: publish (updated_at) − event ts, p50 / p99 / p999", _pct(f["publish_minus_ts_ms"]), ""),
+    ]
+
+
+def _encoder_rows(e: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    observed = ", ".join(f"{k} {v:g}" for k, v in e.get("batches_observed_in_worker", {}).items())
+    for row in e["rows"]:
+        rows.append((
+            "5",
+            f"encoder, batch {row['batch']}: incremental step / step + re-pool / exact 100-window / bare torch cell",
+            f"{row['incremental_step_us_per_event']} / {row['incremental_step_and_repool_us_per_event']} / "
+            f"{row['exact_recompute_us_per_event']} / {row['bare_torch_cell_us_per_event']} µs per event",
+            f"exact / step = {row['exact_over_step']}; exact / (step + re-pool) = {row['exact_over_step_and_repool']}",
+        ))
+    if observed:
+        rows.append(("5", "events per encoder batch the worker reported (mean)", observed, ""))
+    return rows
+
+
+def _state_rows(state: dict[str, Any] | None, worker: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    rows = []
+    if state:
+        rows.append(("6", f"state per user, encoded (in process, {state['events']:,} events over "
+                     f"{state['users']:,} users)", f"{_n(state['state_bytes_per_user_mean'])} bytes", ""))
+        rows.append(("6", "changelog bytes written per event (in process)",
+                     f"{_n(state['changelog_bytes_per_event'])} bytes",
+                     f"{state['changelog_bytes_per_event_over_state']} × a user's state"))
+    if worker:
+        rows.append(("6", "worker: RocksDB dir per user (after stop) / changelog per user after compaction",
+                     f"{_n(worker['rocksdb_dir_bytes_per_user'])} / "
+                     f"{_n(worker['changelog_bytes_per_user_after_compaction'])} bytes", ""))
+        rows.append(("6", f"worker: changelog bytes written per event ({worker['changelog_records']:,} records)",
+                     f"{_n(worker['changelog_bytes_written_per_event'])} bytes",
+                     f"{worker['changelog_records_per_user']} records per user"))
+    return rows
+
+
+def _recovery_rows(rec: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    restore = f"{rec['restore_s']:g} s" if rec.get("restore_s") is not None else "not found in the log"
+    return [
+        ("7", f"recovery into an empty data dir, {rec['users']:,} users: restore phase (Faust log)",
+         f"{restore} = {_n(rec.get('users_per_s_restore'))} users/s ({_n(rec.get('records_per_s_restore'))} "
+         "records/s)", _r("restore / drain time", rec.get("restore_over_drain_time"))),
+        ("7", "same: process start → /healthz 200",
+         f"{rec['start_to_ready_s']:g} s = {_n(rec['users_per_s_start_to_ready'])} users/s",
+         f"users served with their last event after the restore: {rec['recovered_users']:,} of {rec['users']:,}"),
+    ]
+
+
+def _rate(part: dict[str, Any]) -> str:
+    return f"{_n(part['events_per_s'])} events/s"
+
+
+def _n(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def _ms(x: float) -> str:
+    return f"{x:,.1f}"
+
+
+def _pct(p: dict[str, float]) -> str:
+    return f"{_ms(p['p50'])} / {_ms(p['p99'])} / {_ms(p['p999'])} ms"
+
+
+def _r(label: str, value: float | None) -> str:
+    return f"{label} = {value}" if value is not None else ""

@@ -1,0 +1,102 @@
+"""Helper processes of ``dupn bench``, configured like a worker (DUPN_* env vars); not part of the service.
+
+``python -m ops.bench_apps passthrough``: ceiling B, a Faust app with the worker's own
+Faust settings (``streams.worker.faust_options``) whose one agent does ceiling A's
+work per message (JSON decode, JSON encode, send to the vectors topic), and the
+worker's ``/healthz`` readiness rule.
+
+``python -m ops.bench_apps latency-probe --out FILE``: follows the vectors topic,
+prints ``ready`` once assigned, and on SIGTERM writes one row per vector
+(receive ms, last_event_ts, updated_at) to FILE (``.npy``). It runs apart from the
+benchmark's pacing producer so neither delays the other's clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ops.config import Settings, load_settings
+
+
+def create_passthrough(s: Settings) -> Any:
+    import faust
+
+    from streams.worker import faust_options
+
+    app = faust.App(s.faust_app_id, **faust_options(s))
+    source = _raw_topic(app, s.events_topic, s.partitions)
+    sink = _raw_topic(app, s.vectors_topic, s.partitions)
+
+    @app.agent(source, name="passthrough")
+    async def passthrough(stream: Any) -> None:
+        async for event in stream.events():
+            doc = json.loads(event.value)
+            await sink.send(key=event.key, value=json.dumps(doc).encode())
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        recovery = getattr(app.tables, "recovery", None)
+        ready = recovery is not None and recovery.completed.is_set() and not app.rebalancing
+        return web.json({"status": "ok" if ready else "starting"}, status=200 if ready else 503)
+
+    return app
+
+
+def _raw_topic(app: Any, name: str, partitions: int) -> Any:
+    return app.topic(
+        name, partitions=partitions, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+def run_passthrough(s: Settings) -> int:
+    from faust.worker import Worker as FaustWorker
+
+    FaustWorker(create_passthrough(s), loglevel="info").execute_from_commandline()
+    return 0
+
+
+def run_latency_probe(s: Settings, out: Path) -> int:
+    import numpy as np
+
+    from ops.bench.common import vector_consumer
+
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    consumer = vector_consumer(s)
+    rows: list[tuple[int, int, int]] = []
+    print("ready", flush=True)
+    try:
+        while not stopping:
+            polled = consumer.poll(timeout_ms=50)
+            now_ms = time.time_ns() // 1_000_000
+            for records in polled.values():
+                for r in records:
+                    doc = json.loads(r.value)
+                    rows.append((now_ms, int(doc["last_event_ts"]), int(doc["updated_at"])))
+    finally:
+        consumer.close()
+    np.save(out, np.asarray(rows, dtype=np.int64).reshape(-1, 3))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ops.bench_apps", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="app", required=True)
+    sub.add_parser("passthrough", help="ceiling B: a no-op Faust agent with the worker's settings")
+    probe = sub.add_parser("latency-probe", help="receive time of every vector, until SIGTERM")
+    probe.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    s = load_settings()
+    if args.app == "passthrough":
+        return run_passthrough(s)
+    return run_latency_probe(s, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
