@@ -57,6 +57,7 @@ class Settings:
     cache_users: int = 20_000
     max_future_ms: int = 600_000
     torch_threads: int = 1
+    fetch_max_wait_ms: int = 20  # longest a worker's fetch waits for data (see streams.worker.fetch_max_wait)
     model_poll_s: float = 5.0  # how often a worker looks for a new checkpoint at model_path (rollout/rollback)
     # Faust group timeouts: defaults take ~30 s to join a group; these join in seconds
     session_timeout_s: float = 10.0
