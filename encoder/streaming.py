@@ -265,7 +265,11 @@ def _stack_window(
 
 
 def reference_vectors(
-    encoder: StreamingEncoder, history: np.ndarray, policy: UpdatePolicy, chunk: int = 128
+    encoder: StreamingEncoder,
+    history: np.ndarray,
+    policy: UpdatePolicy,
+    chunk: int = 128,
+    at: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Offline: the vector the worker publishes after each of a user's behaviors.
 
@@ -273,10 +277,14 @@ def reference_vectors(
     re-running the policy's LSTM run from zero. Used by tests and by the drift
     measurement; it is the definition the worker must match. (Prefixes are
     replayed in batches of ``chunk``; each is still its own run from zero.)
+    With ``at`` (prefix lengths n >= 1), only those rows, in that order: checking
+    a final state or a few observed answers need not pay for every prefix.
     """
+    prefixes = list(range(1, len(history) + 1)) if at is None else [int(n) for n in at]
+    if any(not 1 <= n <= len(history) for n in prefixes):
+        raise ValueError(f"prefix lengths must be in 1..{len(history)}")
     rows = []
-    prefixes = range(1, len(history) + 1)
-    for lo in range(0, len(history), chunk):
+    for lo in range(0, len(prefixes), chunk):
         ns = prefixes[lo : lo + chunk]
         states = encoder.replay([history[policy.run_start(n) : n] for n in ns])
         rows.append(encoder.represent(states, [int(history[n - 1]["ts"]) for n in ns]))

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ops.broker import EmbeddedBroker
 from ops.config import Settings, load_settings
-from ops.demo import WORKER_ARGV, start_worker, wait_healthy
-from ops.topics import create_topics
+from ops.demo import WORKER_ARGV, start_worker, wait_healthy, worker_env
+from ops.topics import changelog_topic, create_topics
+from state.user_state import UserState
 from streams.contracts import VectorMessage, decode_vector_message
 
 
@@ -208,6 +215,12 @@ def read_dlq(s: Settings, expected: int, timeout_s: float = 60.0) -> list[Any]:
 
 
 def http_get(url: str, token: str | None = None, timeout_s: float = 10.0) -> tuple[int, Any]:
+    status, _, body = http_request(url, token, timeout_s)
+    return status, body
+
+
+def http_request(url: str, token: str | None = None, timeout_s: float = 10.0) -> tuple[int, dict[str, str], Any]:
+    """GET: (status, headers, body as JSON or text); HTTP errors are answers too, not exceptions."""
     import urllib.error
     import urllib.request
 
@@ -216,13 +229,14 @@ def http_get(url: str, token: str | None = None, timeout_s: float = 10.0) -> tup
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return resp.status, json.loads(resp.read())
+            return resp.status, dict(resp.headers.items()), json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         body = exc.read()
+        headers = dict(exc.headers.items()) if exc.headers else {}
         try:
-            return exc.code, json.loads(body)
+            return exc.code, headers, json.loads(body)
         except ValueError:
-            return exc.code, body.decode("utf-8", "replace")
+            return exc.code, headers, body.decode("utf-8", "replace")
 
 
 def http_raw(url: str, token: str | None = None, method: str = "GET", body: bytes | None = None,
@@ -308,3 +322,231 @@ def metric_samples(text: bytes | str, name: str) -> dict[tuple[tuple[str, str], 
 
 def decode(raw: bytes) -> VectorMessage:
     return decode_vector_message(raw)
+
+
+# -- crashes, rebalances, and what the state must be afterwards ---------------------------
+
+
+class WorkerProcess:
+    """One ``dupn worker`` that a test can SIGKILL, wipe and restart (own data dir and web port)."""
+
+    def __init__(self, s: Settings, name: str) -> None:
+        self.settings = s
+        self.name = name
+        self.log_path = s.home_path / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.extra_env: dict[str, str] = {}  # e.g. streams.faults' crash point, for the next start
+
+    @classmethod
+    def member(cls, s: Settings, name: str) -> WorkerProcess:
+        """Another member of ``s``'s group: same topics and app id, its own data dir and port."""
+        return cls(s.replace(data_dir=str(s.home_path / name / "data"), web_port=free_port()), name)
+
+    @property
+    def url(self) -> str:
+        return self.settings.web_url
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, ready_timeout_s: float | None = 120) -> None:
+        """Start (and, unless ``ready_timeout_s`` is None, wait until /healthz says ready)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.settings.data_path.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {self.starts} at {time.time():.3f} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, *WORKER_ARGV],
+                env={**worker_env(self.settings), **self.extra_env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.starts += 1
+        if ready_timeout_s is not None:
+            self.wait_ready(ready_timeout_s)
+
+    def wait_ready(self, timeout_s: float = 120) -> float:
+        return wait_healthy(self.url, self.proc, timeout_s, self.log_path)
+
+    def wait_exit(self, timeout_s: float = 120) -> int:
+        """Wait for the process to end by itself (a crash point); its return code (-9: SIGKILL)."""
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit, no leaving the group."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM: Faust commits, flushes and leaves the group."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def wipe(self) -> None:
+        """Delete the local RocksDB state: the next start restores everything from the changelog."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is running; kill or stop it before wiping its data dir")
+        shutil.rmtree(self.settings.data_path, ignore_errors=True)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def read_topic(s: Settings, topic: str, timeout_s: float = 120.0) -> list[Any]:
+    """Every record of ``topic`` up to its high watermark, each partition in offset order.
+
+    The end is the high watermark of the Fetch responses, not ListOffsets: the
+    embedded broker under-reports the latter (see :mod:`streams.highwater`).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        **s.kafka_client_options(),
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for recs in consumer.poll(timeout_ms=500).values():
+                out.extend(recs)
+            ends = {tp: consumer.highwater(tp) for tp in tps}
+            if all(end is not None and consumer.position(tp) >= end for tp, end in ends.items()):
+                return out
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: read {len(out)} records, not at the end after {timeout_s}s")
+    finally:
+        consumer.close()
+
+
+def latest_vectors(s: Settings) -> dict[str, VectorMessage]:
+    """The last vector per user on ``user-vectors`` (what a compacted topic keeps)."""
+    return {m.user_id: m for m in (decode_vector_message(r.value) for r in read_topic(s, s.vectors_topic))}
+
+
+def latest_states(s: Settings) -> dict[str, UserState]:
+    """The last user state per key in the state table's changelog: what a new owner restores."""
+    from state.codec import decode_state
+
+    out: dict[str, UserState] = {}
+    for r in read_topic(s, changelog_topic(s)):
+        user = bytes(r.key).decode("utf-8")
+        if r.value is None:
+            out.pop(user, None)
+        else:
+            out[user] = decode_state(user, bytes(r.value))
+    return out
+
+
+@dataclass
+class Expected:
+    """What one user's state must be after a given prefix of their events, by the offline definition."""
+
+    events_seen: int
+    last_event_id: str
+    records: np.ndarray  # the behaviors of the current LSTM run, as the worker stores them
+    vector: np.ndarray
+
+
+class Reference:
+    """The offline definition (``encoder.streaming.reference_vectors``) for a known event log."""
+
+    def __init__(self, s: Settings, events: Iterable[dict[str, Any]]) -> None:
+        from encoder.checkpoint import load_checkpoint
+        from encoder.features import records_from_events
+        from encoder.streaming import StreamingEncoder, UpdatePolicy
+
+        ckpt = load_checkpoint(s.model_dir)
+        self.encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
+        self.policy = UpdatePolicy(s.update_mode, s.reanchor_every, ckpt.config.window)  # type: ignore[arg-type]
+        self.events: dict[str, list[dict[str, Any]]] = {}
+        for ev in events:
+            self.events.setdefault(str(ev["user_id"]), []).append(ev)
+        self.records = {u: records_from_events(evs) for u, evs in self.events.items()}
+        self._cache: dict[tuple[str, int], Expected] = {}
+
+    def final(self) -> dict[str, Expected]:
+        return {u: self.after(u, [len(evs)])[0] for u, evs in self.events.items()}
+
+    def after(self, user: str, ns: Sequence[int]) -> list[Expected]:
+        """Expected state of ``user`` after each of their first n events."""
+        from encoder.streaming import reference_vectors
+
+        todo = sorted({n for n in ns if (user, n) not in self._cache})
+        if todo:
+            history = self.records[user]
+            vectors = reference_vectors(self.encoder, history, self.policy, at=todo)
+            for n, vec in zip(todo, vectors, strict=True):
+                self._cache[(user, n)] = Expected(
+                    n, str(self.events[user][n - 1]["event_id"]), history[self.policy.run_start(n) : n], vec
+                )
+        return [self._cache[(user, n)] for n in ns]
+
+
+def state_mismatch(got: UserState, want: Expected, tol: float = 1e-5) -> str | None:
+    """Why a stored user state differs from the offline definition (None when it does not)."""
+    if got.events_seen != want.events_seen:
+        return f"events_seen {got.events_seen} != {want.events_seen}"
+    if got.last_event_id != want.last_event_id:
+        return f"last_event_id {got.last_event_id!r} != {want.last_event_id!r}"
+    if got.records.shape != want.records.shape or not np.array_equal(got.records, want.records):
+        return f"stored run differs ({len(got.records)} vs {len(want.records)} behaviors)"
+    return vector_mismatch(got.vector, want, tol)
+
+
+def answer_mismatch(body: dict[str, Any], want: Expected, tol: float = 1e-5) -> str | None:
+    """Why a ``GET /users/{id}/vector`` body differs from the offline definition (None when it does not)."""
+    if body.get("events_seen") != want.events_seen:
+        return f"events_seen {body.get('events_seen')} != {want.events_seen}"
+    if body.get("last_event_id") != want.last_event_id:
+        return f"last_event_id {body.get('last_event_id')!r} != {want.last_event_id!r}"
+    return vector_mismatch(np.asarray(body.get("vector", []), np.float32), want, tol)
+
+
+def vector_mismatch(vector: np.ndarray | None, want: Expected, tol: float = 1e-5) -> str | None:
+    if vector is None or vector.shape != want.vector.shape:
+        return f"vector shape {None if vector is None else vector.shape} != {want.vector.shape}"
+    err = float(np.abs(vector - want.vector).max())
+    return f"vector differs by {err:.2e} > {tol:.0e}" if err > tol else None
+
+
+def wait_caught_up(
+    url: str, want: dict[str, Expected], timeout_s: float = 300.0, token: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Ask ``url`` for every user until each answer has (at least) the expected events_seen; the last answers."""
+    import urllib.parse
+
+    answers: dict[str, dict[str, Any]] = {}
+    pending = set(want)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for user in sorted(pending):
+            status, body = http_get(f"{url}/users/{urllib.parse.quote(user)}/vector", token)
+            if status == 200:
+                answers[user] = body
+                if body.get("events_seen", 0) >= want[user].events_seen:
+                    pending.discard(user)
+        if pending and time.monotonic() > deadline:
+            sample = {u: answers.get(u, {}).get("events_seen") for u in sorted(pending)[:5]}
+            raise TimeoutError(
+                f"{len(pending)} users not caught up at {url} after {timeout_s:.0f}s (events_seen: {sample})"
+            )
+        if pending:
+            time.sleep(0.5)
+    return answers

@@ -22,7 +22,7 @@ from state.codec import encode_state
 from streams.batch_io import BatchWriter, StateWrite
 from streams.contracts import Rejection, dlq_record
 from streams.intake import BatchIntake, install
-from streams.updater import BatchResult, RawMessage
+from streams.updater import BatchResult, RawMessage, vector_message
 
 if TYPE_CHECKING:
     from streams.worker import Worker
@@ -66,8 +66,9 @@ def _register_lean(w: Worker) -> None:
     @w.app.task
     async def update_vectors() -> None:
         while not w.app.should_stop:
-            messages = await intake.take()
-            async with intake.lock:
+            async with intake.next_batch() as messages:  # taken under intake.lock: see on_revoked
+                if not messages:
+                    continue
                 await process_batch(w, messages)
                 ack = w.app.consumer.ack
                 for m in messages:
@@ -77,6 +78,9 @@ def _register_lean(w: Worker) -> None:
     async def on_revoked(app: Any, revoked: Any, **_: Any) -> None:
         async with intake.lock:  # let the batch in flight finish before the partitions go
             dropped = intake.discard(revoked)
+            # Faust flushed its producer before this signal, i.e. before the batch in flight
+            # finished: its DLQ messages must reach the broker before the partitions move.
+            await app.producer.flush()
         if dropped:
             log.info("revoked partitions: dropped %d buffered events (redelivered to the new owner)", dropped)
 
@@ -94,6 +98,14 @@ async def process_batch(w: Worker, messages: Sequence[RawMessage]) -> BatchResul
         key = up.state.user_id.encode("utf-8")
         states.append(StateWrite(up.last_message.partition, key, encode_state(up.state)))
         vectors.append((key, up.vector.to_bytes()))
+    for state, msg in result.redelivered:
+        # Written again, unchanged: a worker killed after its local RocksDB write but before the
+        # broker acknowledged the changelog and vector records keeps a state only it has, and the
+        # redelivered events are skipped; without this the changelog (what a new owner or a wiped
+        # worker restores) and user-vectors would stay behind it once the offsets are committed.
+        key = state.user_id.encode("utf-8")
+        states.append(StateWrite(msg.partition, key, encode_state(state)))
+        vectors.append((key, vector_message(state).to_bytes()))
     await io.write(states, vectors)
     for msg, rejection in result.rejections:
         await send_to_dlq(w, msg, rejection)

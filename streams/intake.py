@@ -21,8 +21,9 @@ acked offsets (after flushing the producer) as it always does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import types
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 
@@ -67,10 +68,29 @@ class BatchIntake:
 
     async def take(self) -> list[Any]:
         """The next batch: everything buffered (at most ``max_batch``), as soon as there is something."""
-        ready, space = self._events()
-        await ready.wait()
+        await self.wait_batch()
+        return self._swap()
+
+    @contextlib.asynccontextmanager
+    async def next_batch(self) -> AsyncIterator[list[Any]]:
+        """Like :meth:`take`, but taken and held under ``lock`` (possibly empty).
+
+        A revoke discards under the same lock, so a batch can never be taken
+        before a revoke and applied after it: that would write states of
+        partitions whose new owner may already be restoring them.
+        """
+        await self.wait_batch()
+        async with self.lock:
+            yield self._swap()
+
+    async def wait_batch(self) -> None:
+        """Until something is buffered (then ``linger_s`` more, unless the buffer is full)."""
+        await self._events()[0].wait()
         if self.linger_s > 0 and len(self._buffer) < self.max_batch:
             await asyncio.sleep(self.linger_s)
+
+    def _swap(self) -> list[Any]:
+        ready, space = self._events()
         batch, self._buffer = self._buffer[: self.max_batch], self._buffer[self.max_batch :]
         if not self._buffer:
             ready.clear()

@@ -68,6 +68,9 @@ class BatchResult:
     updates: list[UserUpdate] = field(default_factory=list)
     rejections: list[tuple[RawMessage, Rejection]] = field(default_factory=list)
     duplicates: int = 0
+    # users whose events in this batch were all redeliveries (source offset <= stored offset):
+    # their stored state and first message, to be written again (see streams.agents.process_batch)
+    redelivered: list[tuple[UserState, RawMessage]] = field(default_factory=list)
     corrupt_states: int = 0
     steps: int = 0
     rebuilds: int = 0
@@ -97,6 +100,8 @@ class VectorUpdater:
             result.duplicates += ub.add_events(events)
             if ub.rows:
                 batches.append(ub)
+            elif ub.redelivered:
+                result.redelivered.append((ub.state, events[0][0]))
         self._encode(batches, result)
         for ub in batches:
             ub.commit(self.policy.run_start(ub.n))
@@ -211,6 +216,7 @@ class _UserBatch:
         self.encoded: EncoderState | None = None
         self._stored_hashes: set[int] | None = None
         self._new: np.ndarray | None = None
+        self.redelivered = False  # a message at or below the stored source offset came again
 
     def add_events(self, events: Sequence[tuple[RawMessage, BehaviorEvent]]) -> int:
         """Add the user's events of this batch in arrival order; returns how many were duplicates."""
@@ -227,6 +233,7 @@ class _UserBatch:
         """A redelivered source message (offset stored with the state) or a repeated event id."""
         st = self.state
         if partition == st.source_partition and offset <= st.source_offset:
+            self.redelivered = True
             return True
         if event_hash in self.hashes:
             return True

@@ -1,7 +1,10 @@
 """HTTP API of every worker: a user's current vector and its attention explained, health, metrics.
 
-``/users/{user_id}/...`` requests are routed to the worker that owns the user
-(Faust ``table_route``), so any worker can be asked.
+``/users/{user_id}/...`` requests are routed to the worker that owns the user's
+partition (:func:`_owner_routed`), so any worker can be asked. While nobody can
+answer correctly (a rebalance, the owner restoring its table or shutting down,
+the owner gone) the answer is 503 with ``Retry-After``: never another
+partition's copy, a standby's, or a 404 for a user not yet restored.
 
 Every request, Faust's own routes included, first passes :func:`request_guard`
 (an aiohttp middleware installed through Faust's ``web_application_options``):
@@ -48,6 +51,9 @@ MAX_URL_CHARS = 2048  # path + query; the longest valid request is far below (id
 MAX_HEADER_LINE = 8190  # request line and each header line, enforced by aiohttp's parser (400 beyond)
 MAX_HEADERS = 64
 OPEN_PATHS = frozenset({"/healthz"})  # no token needed: liveness probes carry no secrets
+RETRY_AFTER_S = 1
+ROUTED_HEADER = "X-Dupn-Routed-By"
+FORWARD_TIMEOUT_S = 10.0
 Handler = Callable[..., Awaitable[Any]]
 
 
@@ -124,7 +130,7 @@ def _register_vector_view(w: Worker) -> None:
     app = w.app
 
     @app.page("/users/{user_id}/vector")
-    @app.table_route(table=w.table, match_info="user_id")
+    @_owner_routed(w, w.table)
     async def user_vector(web: Any, request: Any, user_id: str) -> Any:
         state, error = _local_state(w, user_id)
         if state is None:
@@ -136,7 +142,7 @@ def _register_vector_view(w: Worker) -> None:
         return web.json(body)
 
     @app.page("/users/{user_id}/explain")
-    @app.table_route(table=w.table, match_info="user_id")
+    @_owner_routed(w, w.table)
     async def user_explain(web: Any, request: Any, user_id: str) -> Any:
         state, error = _local_state(w, user_id)
         if state is None:
@@ -151,12 +157,100 @@ def _register_ppp_view(w: Worker) -> None:
     app = w.app
 
     @app.page("/users/{user_id}/purchasing-power")
-    @app.table_route(table=w.ppp_table, match_info="user_id")
+    @_owner_routed(w, w.ppp_table)
     async def user_purchasing_power(web: Any, request: Any, user_id: str) -> Any:
         raw = w.ppp_table.get(user_id.encode("utf-8"))
         if raw is None:
             return web.json({"error": f"unknown user {user_id!r}"}, status=404)
         return web.json(json.loads(bytes(raw)))
+
+
+def _owner_routed(w: Worker, table: Any) -> Callable[[Handler], Handler]:
+    """Answer here if this worker is the recovered active owner of the user's partition, else forward once.
+
+    Faust's ``table_route`` forwards by the last assignment it saw and answers
+    locally whenever that names this worker: mid-rebalance that can be a revoked
+    or still-recovering partition (a 404 or an old value), and a dead owner gives
+    a 500. Here every such case is a 503 with ``Retry-After``.
+    """
+    app = w.app
+    topic = table.changelog_topic.get_topic_name()
+
+    def wrap(fun: Handler) -> Handler:
+        async def routed(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            partition = partition_of(request.match_info["user_id"].encode("utf-8"), w.settings.partitions)
+            owner = _active_owner(app, topic, partition)
+            if owner is None:
+                return unavailable(view.web, f"partition {partition} has no owner yet (rebalancing)")
+            if owner == str(app.conf.canonical_url):
+                reason = _not_servable_here(app, topic, partition)
+                if reason:
+                    return unavailable(view.web, reason)
+                return await fun(view, request, *args, **kwargs)
+            if request.headers.get(ROUTED_HEADER):
+                return unavailable(view.web, f"ownership of partition {partition} is moving")
+            return await _forward(app, owner, view.web, request)
+
+        routed.__name__ = fun.__name__
+        return routed
+
+    return wrap
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of ``key`` under Kafka's default partitioner (murmur2), as every producer here uses.
+
+    A user's events, state (changelog) and vector all live in this partition:
+    key = user_id and every topic has ``DUPN_PARTITIONS`` partitions.
+    """
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def _active_owner(app: Any, topic: str, partition: int) -> str | None:
+    """URL of the worker the latest assignment made active owner of the partition (None: unknown)."""
+    for url, tps in app.router.tables_metadata().items():
+        if partition in tps.get(topic, ()):
+            return str(url)
+    return None
+
+
+def _not_servable_here(app: Any, topic: str, partition: int) -> str | None:
+    """Why this worker must not answer from its table for the partition now (None: it may)."""
+    if app.should_stop:  # the tables close before the web server does
+        return "shutting down"
+    if app.rebalancing or app.in_recovery:
+        return "rebalancing: the table is being recovered"
+    if not any(tp.topic == topic and tp.partition == partition for tp in app.assignor.assigned_actives()):
+        return f"partition {partition} is not active on this worker"
+    return None
+
+
+async def _forward(app: Any, owner: str, web: Any, request: Any) -> Any:
+    """Ask the owner once (marked, so a disagreeing owner answers 503 instead of bouncing it back)."""
+    import aiohttp
+    from yarl import URL
+
+    dest = URL(owner)
+    url = request.url.with_scheme(dest.scheme or "http").with_host(dest.host or "127.0.0.1").with_port(dest.port)
+    headers = {ROUTED_HEADER: str(app.conf.canonical_url)}
+    if "Authorization" in request.headers:
+        headers["Authorization"] = request.headers["Authorization"]
+    try:
+        async with app.http_client.request(
+            method=request.method, url=url, headers=headers, timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)
+        ) as resp:
+            body = await resp.read()
+            passed = {"Retry-After": resp.headers["Retry-After"]} if "Retry-After" in resp.headers else None
+            return web.bytes(body, content_type=resp.content_type, status=resp.status, headers=passed)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return unavailable(web, f"owner {owner} did not answer ({type(exc).__name__})")
+
+
+def unavailable(web: Any, reason: str) -> Any:
+    return web.json({"error": reason, "retry_after_s": RETRY_AFTER_S}, status=503,
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def vector_body(w: Worker, state: UserState, at: str | None, query: str | None = None) -> dict[str, Any] | str:

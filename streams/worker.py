@@ -13,6 +13,7 @@ import faust
 
 from ops.config import Settings, load_settings
 from ops.topics import USER_STATE_TABLE
+from streams import faults, highwater
 from streams.runtime import Runtime
 from streams.web import web_application_options
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Worker:
     s = settings or load_settings()
     app = faust.App(s.faust_app_id, **faust_options(s))
     fetch_max_wait(s.fetch_max_wait_ms)
+    highwater.install(app)  # recovery must read each changelog to its real end (see streams.highwater)
     events_topic = _raw_topic(app, s.events_topic, s.partitions)
     vectors_topic = _raw_topic(app, s.vectors_topic, s.partitions)
     dlq_topic = _raw_topic(app, s.dlq_topic, s.partitions)
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Worker:
 
     if "vectors" in roles:
         register_agents(worker)
+        faults.install(worker)  # test-only crash point, off unless DUPN_FAULT_KILL_AFTER_STATES is set
     if "ppp" in roles:
         register_ppp(worker)
     register_views(worker)

@@ -58,3 +58,26 @@ def test_discard_drops_only_revoked_partitions() -> None:
         assert [m.offset for m in await intake.take()] == [0, 2, 3, 5, 6, 8]
 
     asyncio.run(scenario())
+
+
+def test_a_batch_taken_while_a_revoke_runs_holds_no_message_of_the_revoked_partitions() -> None:
+    """The revoke discards under the intake lock and a batch is taken under it: never in between."""
+
+    async def scenario() -> None:
+        intake = BatchIntake("events", max_batch=4)
+        for i in range(4):
+            intake.offer(Msg(("events", i % 2), i))  # a full batch is due
+        taken: list[list[Msg]] = []
+
+        async def batch_task() -> None:
+            async with intake.next_batch() as batch:
+                taken.append(batch)
+
+        async with intake.lock:  # the revoke handler, waiting out the batch in flight
+            task = asyncio.create_task(batch_task())
+            await asyncio.sleep(0.05)  # the batch is due; the task now waits for the lock
+            intake.discard([("events", 1)])
+        await task
+        assert [m.offset for m in taken[0]] == [0, 2]
+
+    asyncio.run(scenario())

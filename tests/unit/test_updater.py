@@ -121,6 +121,23 @@ def test_redelivered_and_duplicate_events_are_not_applied_twice(tiny_encoder: St
     assert np.abs(state.vector - ref[-1]).max() <= 1e-5
 
 
+def test_a_user_whose_events_were_all_redelivered_is_reported_with_the_stored_state(
+    tiny_encoder: StreamingEncoder,
+) -> None:
+    """The agent writes such a state again: the changelog may never have received it (kill -9)."""
+    store = Store()
+    updater = VectorUpdater(tiny_encoder, UpdatePolicy("incremental", 10))
+    run(updater, store, make_events("a", 5) + make_events("b", 5), batch=10)
+    stored = {u: decode_state(u, raw) for u, raw in store.data.items()}
+    again = [Incoming(0, i, e["user_id"].encode(), json.dumps(e).encode()) for i, e in enumerate(make_events("a", 5))]
+    repeated = [Incoming(0, 100 + i, b"b", json.dumps(e).encode()) for i, e in enumerate(make_events("b", 5))]
+    res = updater.apply(again + repeated, store.load)
+    assert not res.updates and res.duplicates == 10
+    # only "a" came again at its own offsets; "b"'s events came again as new messages (same ids)
+    assert [(s.user_id, m.offset) for s, m in res.redelivered] == [("a", 0)]
+    assert encode_state(res.redelivered[0][0]) == encode_state(stored["a"])
+
+
 def test_bad_messages_are_rejected_and_the_rest_applied(tiny_encoder: StreamingEncoder) -> None:
     good = make_events("u", 3)
     msgs = [
