@@ -28,7 +28,11 @@ PROBE_TIMEOUT_S = 10.0
 
 
 def install(app: Any) -> None:
-    """Make recovery's ``consumer.highwaters()`` use :func:`fetched_ends`."""
+    """Make ``consumer.highwaters()`` of table changelog partitions use :func:`fetched_ends`.
+
+    Only changelogs: recovery is what must not stop short, and other callers (the
+    lag gauge, every few seconds) should not pay a fetch each time.
+    """
     original_new_consumer = app._new_consumer
 
     def new_consumer() -> Any:
@@ -38,9 +42,10 @@ def install(app: Any) -> None:
 
         async def _highwaters(partitions: Any) -> Mapping[Any, int | None]:
             ends = dict(await listed(partitions))
-            if thread.consumer.in_transaction:
+            changelogs = app.tables.changelog_topics
+            if thread.consumer.in_transaction or not any(tp.topic in changelogs for tp in ends):
                 return ends
-            return await fetched_ends(thread, ends)
+            return {**ends, **await fetched_ends(thread, {tp: e for tp, e in ends.items() if tp.topic in changelogs})}
 
         thread._highwaters = _highwaters
         return consumer

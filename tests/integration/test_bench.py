@@ -64,11 +64,6 @@ def test_new_parts_report_sane_figures(doc: dict[str, Any]) -> None:
     assert "dupn bench --quick" in table
 
 
-@pytest.mark.xfail(
-    reason="Tansu's ListOffsets answers the last record batch's base offset + 1, so Faust's recovery stops "
-    "at that false highwater and can drop the rest of each changelog partition's last batch",
-    strict=False,
-)
 def test_recovery_restores_every_user(doc: dict[str, Any]) -> None:
     rec = doc["parts"]["recovery"]
     assert rec["recovered_users"] == rec["users"]
