@@ -119,7 +119,11 @@ async def consumer_lags(consumer: Any, topics: Iterable[str]) -> dict[tuple[str,
     tps = sorted((tp for tp in consumer.assignment() if tp.topic in wanted), key=lambda tp: (tp.topic, tp.partition))
     if not tps:
         return {}
-    ends = await consumer.highwaters(*tps)
+    ends = dict(await consumer.highwaters(*tps))
+    for tp in tps:  # ListOffsets may under-report (the embedded broker: per batch); the last fetch's high watermark
+        fetched = consumer.highwater(tp)
+        if fetched is not None and (ends.get(tp) is None or fetched > ends[tp]):
+            ends[tp] = fetched
     committed = {tp: consumer._committed_offset.get(tp) for tp in tps}
     missing = [tp for tp, offset in committed.items() if offset is None]
     starts = await consumer.earliest_offsets(*missing) if missing else {}

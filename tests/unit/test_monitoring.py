@@ -21,8 +21,15 @@ class TP(NamedTuple):
 class FakeConsumer:
     """The part of Faust's consumer the lag gauge reads."""
 
-    def __init__(self, ends: dict[TP, int], committed: dict[TP, int], earliest: dict[TP, int]) -> None:
+    def __init__(
+        self,
+        ends: dict[TP, int],
+        committed: dict[TP, int],
+        earliest: dict[TP, int],
+        fetched: dict[TP, int] | None = None,
+    ) -> None:
         self.ends = ends
+        self.fetched = fetched or {}
         self._committed_offset: dict[TP, int | None] = defaultdict(lambda: None, committed)
         self.earliest = earliest
         self.asked_earliest: list[TP] = []
@@ -32,6 +39,9 @@ class FakeConsumer:
 
     async def highwaters(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.ends[tp] for tp in tps}
+
+    def highwater(self, tp: TP) -> int | None:
+        return self.fetched.get(tp)
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         self.asked_earliest.extend(tps)
@@ -51,6 +61,13 @@ def test_consumer_lags_only_for_source_topics_uncommitted_from_earliest() -> Non
     lags = asyncio.run(consumer_lags(consumer, {"events"}))
     assert lags == {("events", 0): 20, ("events", 1): 50}
     assert consumer.asked_earliest == [ev1]
+
+
+def test_lag_uses_the_fetch_high_watermark_when_list_offsets_under_reports() -> None:
+    ev0 = TP("events", 0)
+    # the embedded broker answers ListOffsets with the last batch's base offset + 1
+    consumer = FakeConsumer({ev0: 301}, {ev0: 300}, {}, fetched={ev0: 414})
+    assert asyncio.run(consumer_lags(consumer, {"events"})) == {("events", 0): 114}
 
 
 def test_export_drops_series_of_revoked_partitions() -> None:
