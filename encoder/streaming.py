@@ -135,13 +135,12 @@ class StreamingEncoder:
         """Advance each state by one behavior (events[i] for states[i]), in place; batched."""
         if len(states) != len(events):
             raise ValueError("one event per state")
-        return self.advance(states, [events[i : i + 1] for i in range(len(events))])
+        return self._advance(states, np.asarray(events), np.ones(len(states), np.int64))
 
     def replay(self, histories: Sequence[np.ndarray]) -> list[EncoderState]:
         """Run from zero over each record array: the exact path."""
         return self.advance([self.init_state() for _ in histories], histories)
 
-    @torch.inference_mode()
     def advance(self, states: Sequence[EncoderState], sequences: Sequence[np.ndarray]) -> list[EncoderState]:
         """Advance states[i] over the behaviors sequences[i] (oldest first), in place; all users batched.
 
@@ -156,8 +155,14 @@ class StreamingEncoder:
         lengths = np.fromiter((len(q) for q in sequences), np.int64, len(sequences))
         if not len(states) or not lengths.any():
             return list(states)
+        return self._advance(states, concat_records(sequences), lengths)
+
+    @torch.inference_mode()
+    def _advance(self, states: Sequence[EncoderState], recs: np.ndarray, lengths: np.ndarray) -> list[EncoderState]:
+        """:meth:`advance` over the sequences concatenated (``recs``), user by user, with their ``lengths``."""
+        if not len(states) or not lengths.any():
+            return list(states)
         plan = _PackedPlan.of(lengths)
-        recs = concat_records(sequences)
         b = BehaviorTensors.from_records(recs[plan.time_major], self.cfg)
         m = self.model
         x = m.cell.input_projection(m.items(b), m.props(b))
@@ -174,9 +179,12 @@ class StreamingEncoder:
         h_np, c_np = h.numpy(), c.numpy()
         ends = np.cumsum(lengths)
         for rank, i in enumerate(plan.by_length.tolist()):
-            st, hi = states[i], int(ends[i])
+            st, hi, count = states[i], int(ends[i]), int(lengths[i])
             st.h, st.c = h_np[rank].copy(), c_np[rank].copy()
-            st.push_many(k_np[hi - lengths[i] : hi], v_np[hi - lengths[i] : hi], ts[hi - lengths[i] : hi])
+            if count == 1:
+                st.push(k_np[hi - 1], v_np[hi - 1], int(ts[hi - 1]))
+            elif count:
+                st.push_many(k_np[hi - count : hi], v_np[hi - count : hi], ts[hi - count : hi])
         return list(states)
 
     @torch.inference_mode()
