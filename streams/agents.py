@@ -63,20 +63,21 @@ def _register_lean(w: Worker) -> None:
     install(w.app, intake)
     w.app.topics.add(w.events_topic)  # subscribe without an agent: the intake receives its messages
 
+    in_flight = InFlight(w.app)
+
     @w.app.task
     async def update_vectors() -> None:
         while not w.app.should_stop:
             async with intake.next_batch() as messages:  # taken under intake.lock: see on_revoked
                 if not messages:
                     continue
-                await process_batch(w, messages)
-                ack = w.app.consumer.ack
-                for m in messages:
-                    ack(m)
+                _, delivered = await start_batch(w, messages)
+                await in_flight.add(delivered, messages)
 
     @w.app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **_: Any) -> None:
         async with intake.lock:  # let the batch in flight finish before the partitions go
+            await in_flight.settle()  # ... and its records be acknowledged by the broker
             dropped = intake.discard(revoked)
             # Faust flushed its producer before this signal, i.e. before the batch in flight
             # finished: its DLQ messages must reach the broker before the partitions move.
@@ -85,9 +86,53 @@ def _register_lean(w: Worker) -> None:
             log.info("revoked partitions: dropped %d buffered events (redelivered to the new owner)", dropped)
 
 
+class InFlight:
+    """Batches whose records the broker has not acknowledged yet; their messages are acked when it has.
+
+    The next batch is applied meanwhile (its reads see this one's local writes), so the broker's
+    round trip is not part of every batch cycle. At most ``limit`` batches wait; a failed delivery
+    surfaces in the batch loop (and stops the worker) instead of being acked.
+    """
+
+    def __init__(self, app: Any, limit: int = 4) -> None:
+        self._app = app
+        self._limit = limit
+        self._pending: list[asyncio.Future[None]] = []
+
+    async def add(self, delivered: asyncio.Future[None], messages: Sequence[Any]) -> None:
+        def ack(fut: asyncio.Future[None]) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                ack_message = self._app.consumer.ack
+                for m in messages:
+                    ack_message(m)
+
+        delivered.add_done_callback(ack)
+        self._pending.append(delivered)
+        for fut in [f for f in self._pending if f.done()]:
+            self._pending.remove(fut)
+            fut.result()  # raises a failed delivery
+        while len(self._pending) > self._limit:
+            await self._pending.pop(0)
+
+    async def settle(self) -> None:
+        """Wait until every batch handed over so far is acknowledged (and its messages acked)."""
+        pending, self._pending = self._pending, []
+        for fut in pending:
+            await fut
+
+
 async def process_batch(w: Worker, messages: Sequence[RawMessage]) -> BatchResult:
+    """Apply a batch and wait until its records are acknowledged by the broker."""
+    result, delivered = await start_batch(w, messages)
+    await delivered
+    return result
+
+
+async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchResult, asyncio.Future[None]]:
+    """Apply a batch: states written locally, records handed to the producer; the future is the broker's ack."""
     io = _batch_writer(w)
     loop = asyncio.get_running_loop()
+
     def load(user_id: str, msg: RawMessage) -> bytes | None:
         return io.read(user_id.encode(), msg.partition)
 
@@ -106,11 +151,11 @@ async def process_batch(w: Worker, messages: Sequence[RawMessage]) -> BatchResul
         key = state.user_id.encode("utf-8")
         states.append(StateWrite(msg.partition, key, encode_state(state)))
         vectors.append((key, vector_message(state).to_bytes()))
-    await io.write(states, vectors)
+    delivered = await io.start_write(states, vectors)
     for msg, rejection in result.rejections:
         await send_to_dlq(w, msg, rejection)
     _record_metrics(result, len(messages), sum(len(s.value) for s in states))
-    return result
+    return result, delivered
 
 
 def _batch_writer(w: Worker) -> BatchWriter:

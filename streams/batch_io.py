@@ -16,8 +16,10 @@ does the same four things with the partition passed explicitly:
 - vectors: one produce batch per partition of ``user-vectors``, partitioned
   by the key with Kafka's default partitioner (murmur2), like any producer.
 
-``write`` returns only after the broker acknowledged everything, so the
-caller acks the source messages after their effects are durable. Faust's
+``write`` returns only after the broker acknowledged everything; ``start_write``
+returns once the local writes are done and the records handed to the producer,
+with a future for the broker's acknowledgement. Either way the caller acks the
+source messages only after their effects are durable. Faust's
 recovery, standbys and table reads are unchanged: they only see the same
 changelog records and RocksDB contents Faust would have written.
 """
@@ -61,6 +63,17 @@ class BatchWriter:
         return None if value is None else bytes(value)
 
     async def write(self, states: Sequence[StateWrite], vectors: Sequence[tuple[bytes, bytes]]) -> None:
+        """Write, then wait until the broker acknowledged everything."""
+        await (await self.start_write(states, vectors))
+
+    async def start_write(
+        self, states: Sequence[StateWrite], vectors: Sequence[tuple[bytes, bytes]]
+    ) -> asyncio.Future[None]:
+        """Write the states locally and hand every record to the producer; the returned future is done
+        when the broker acknowledged them all (and the persisted changelog offsets are recorded).
+
+        Local writes are done on return, so the next batch already reads them while this one's
+        records are in flight."""
         producer = self._app.producer._ensure_producer()
         by_partition: dict[int, list[StateWrite]] = defaultdict(list)
         for w in states:
@@ -74,7 +87,10 @@ class BatchWriter:
         ]
         vector_batches = await self._by_vector_partition(producer, vectors)
         delivered = [await _send(producer, self._vectors_topic, p, kvs) for p, kvs in vector_batches.items()]
-        for futures in [f for _, f in sent] + delivered:
+        return asyncio.ensure_future(self._delivered(changelog, sent, delivered))
+
+    async def _delivered(self, changelog: str, sent: list[tuple[int, list[Any]]], vectors: list[list[Any]]) -> None:
+        for futures in [f for _, f in sent] + vectors:
             await asyncio.gather(*futures)
         store = self._store
         for partition, futures in sent:
