@@ -16,10 +16,9 @@ does the same four things with the partition passed explicitly:
 - vectors: one produce batch per partition of ``user-vectors``, partitioned
   by the key with Kafka's default partitioner (murmur2), like any producer.
 
-``write`` returns only after the broker acknowledged everything; ``start_write``
-returns once the local writes are done and the records handed to the producer,
-with a future for the broker's acknowledgement. Either way the caller acks the
-source messages only after their effects are durable. Faust's
+``start_write`` returns once the local writes are done and the records handed
+to the producer, with a future for the broker's acknowledgement; the caller
+acks the source messages only after that future is done. Faust's
 recovery, standbys and table reads are unchanged: they only see the same
 changelog records and RocksDB contents Faust would have written.
 """
@@ -61,10 +60,6 @@ class BatchWriter:
     def read(self, key: bytes, partition: int) -> bytes | None:
         value = self._store._db_for_partition(partition).get(key)
         return None if value is None else bytes(value)
-
-    async def write(self, states: Sequence[StateWrite], vectors: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write, then wait until the broker acknowledged everything."""
-        await (await self.start_write(states, vectors))
 
     async def start_write(
         self, states: Sequence[StateWrite], vectors: Sequence[tuple[bytes, bytes]]

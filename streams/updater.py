@@ -69,7 +69,7 @@ class BatchResult:
     rejections: list[tuple[RawMessage, Rejection]] = field(default_factory=list)
     duplicates: int = 0
     # users whose events in this batch were all redeliveries (source offset <= stored offset):
-    # their stored state and first message, to be written again (see streams.agents.process_batch)
+    # their stored state and first message, to be written again (see streams.agents.start_batch)
     redelivered: list[tuple[UserState, RawMessage]] = field(default_factory=list)
     corrupt_states: int = 0
     steps: int = 0
