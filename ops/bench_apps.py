@@ -5,6 +5,13 @@ Faust settings (``streams.worker.faust_options``) whose one agent does ceiling A
 work per message (JSON decode, JSON encode, send to the vectors topic), and the
 worker's ``/healthz`` readiness rule.
 
+``python -m ops.bench_apps hop``: the freshness floor, ceiling A's path as a process: a
+bare aiokafka consumer (the worker's fetch wait) decodes each event and produces a
+vector-shaped document (``last_event_ts`` = the event's ts, ``updated_at`` = now) to
+the vectors topic; prints ``ready`` once assigned. Measured by the same probe at
+the same paced load as the worker, it is what one Kafka hop costs on this broker
+and machine before any work of ours.
+
 ``python -m ops.bench_apps latency-probe --out FILE``: follows the vectors topic,
 prints ``ready`` once assigned, and on SIGTERM writes one row per vector
 (receive ms, last_event_ts, updated_at) to FILE (``.npy``). It runs apart from the
@@ -62,6 +69,41 @@ def run_passthrough(s: Settings) -> int:
     return 0
 
 
+def run_hop(s: Settings) -> int:
+    return asyncio.run(_hop(s))
+
+
+async def _hop(s: Settings) -> int:
+    import orjson
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    options = s.kafka_client_options()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=s.fetch_max_wait_ms, **options,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, **options)
+    await consumer.start()
+    await producer.start()
+    try:
+        parts = consumer.partitions_for_topic(s.events_topic) or set()
+        consumer.assign([TopicPartition(s.events_topic, p) for p in sorted(parts)])
+        print("ready", flush=True)
+        while not stopping.is_set():
+            for records in (await consumer.getmany(timeout_ms=50)).values():
+                for r in records:
+                    doc = orjson.loads(r.value)
+                    now_ms = time.time_ns() // 1_000_000
+                    out = {"user_id": doc["user_id"], "last_event_ts": doc["ts"], "updated_at": now_ms}
+                    await producer.send(s.vectors_topic, key=r.key, value=orjson.dumps(out))
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return 0
+
+
 def run_latency_probe(s: Settings, out: Path) -> int:
     """Stamp each vector's arrival. Kept light (aiokafka's C record parser, orjson, no vector decode):
     on two cores every percent this reader takes is a percent the worker under test does not get."""
@@ -102,12 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ops.bench_apps", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="app", required=True)
     sub.add_parser("passthrough", help="ceiling B: a no-op Faust agent with the worker's settings")
+    sub.add_parser("hop", help="the freshness floor: bare aiokafka consume -> decode -> produce, until SIGTERM")
     probe = sub.add_parser("latency-probe", help="receive time of every vector, until SIGTERM")
     probe.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     s = load_settings()
     if args.app == "passthrough":
         return run_passthrough(s)
+    if args.app == "hop":
+        return run_hop(s)
     return run_latency_probe(s, args.out)
 
 

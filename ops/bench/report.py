@@ -81,7 +81,22 @@ def _freshness_rows(f: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return [
         ("4", f"freshness {head}: receive − event ts, p50 / p99 / p999", _pct(f["receive_minus_ts_ms"]), pace),
         ("4", "same vectors: publish (updated_at) − event ts, p50 / p99 / p999", _pct(f["publish_minus_ts_ms"]), ""),
+        *_floor_rows(f),
     ]
+
+
+def _floor_rows(f: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    floor = f.get("floor")
+    if not floor:
+        return []
+    over = f["publish_minus_ts_over_floor"]
+    return [(
+        "4",
+        "floor, same load through one bare aiokafka hop (ops.bench_apps hop): publish − event ts, p50 / p99 / p999",
+        _pct(floor["publish_minus_ts_ms"]),
+        f"worker / floor = {over['p50']} / {over['p99']} / {over['p999']}; "
+        f"{floor['measured_over_sent']} of the floor's events measured",
+    )]
 
 
 def _encoder_rows(e: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -40,6 +40,9 @@ def test_new_parts_report_sane_figures(doc: dict[str, Any]) -> None:
     fresh = parts["freshness"]
     assert fresh["achieved_events_per_s"] > 0 and fresh["vectors_measured"] > 0
     assert ordered(fresh["receive_minus_ts_ms"]) and ordered(fresh["publish_minus_ts_ms"])
+    floor = fresh["floor"]  # the same load through one bare aiokafka hop, side by side
+    assert floor["vectors_measured"] > 0 and ordered(floor["publish_minus_ts_ms"])
+    assert floor["measured_over_sent"] > 0.95  # the hop forwarded the steady-state events (±1 pacing tick)
 
     rec = parts["recovery"]
     assert rec["users"] == users and rec["start_to_ready_s"] > 0
