@@ -185,16 +185,44 @@ class AttentionPooling(nn.Module):
 
     def weights(self, k: Tensor, ts: Tensor, mask: Tensor, now: Tensor, ctx: Tensor) -> Tensor:
         """α of shape (B, L); k (B, L, A), ts/mask (B, L), now (B,), ctx (B, Q+P)."""
-        pre = k + self.context(ctx).unsqueeze(1)
-        if self.use_props:
-            pre = pre + self.age(age_buckets(now.unsqueeze(1) - ts))
-        s = self.score(torch.tanh(pre)).squeeze(-1)
-        s = s.masked_fill(~mask, float("-inf"))
-        alpha = torch.softmax(s, dim=-1)
+        return self.weights_projected(k, ts, mask, now, self.context(ctx))
+
+    def weights_projected(self, k: Tensor, ts: Tensor, mask: Tensor, now: Tensor, context: Tensor) -> Tensor:
+        """α given the projected context W_c [q; u], (B, A) or (1, A) for one shared by the batch.
+
+        A context constant across users (the streaming case: no query, default
+        profile) is projected once, not once per user per batch.
+        """
+        ages = age_buckets(now.unsqueeze(1) - ts) if self.use_props else None
+        return self.alpha(self.scores(k, ages, context.unsqueeze(1)), mask)
+
+    def scores(self, k: Tensor, ages: Tensor | None, context: Tensor) -> Tensor:
+        """s_t = w^T tanh(k_t + W_c [q; u] + E_age(bucket_t)): k (..., A), ages (...), context broadcast to k.
+
+        A behavior's score depends only on its key, its age bucket and the
+        context, so with a constant context it can be kept until the bucket moves
+        (see :class:`encoder.streaming.EncoderState`).
+        """
+        pre = k + context
+        if self.use_props and ages is not None:
+            pre = pre + self.age(ages)
+        return self.score(torch.tanh(pre)).squeeze(-1)
+
+    @staticmethod
+    def alpha(s: Tensor, mask: Tensor) -> Tensor:
+        """α = softmax over the valid behaviors of each row; an empty window gets all zeros."""
+        alpha = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
         return torch.nan_to_num(alpha, nan=0.0)  # an empty window pools to zero
 
     def forward(self, k: Tensor, v: Tensor, ts: Tensor, mask: Tensor, now: Tensor, ctx: Tensor) -> Tensor:
-        alpha = self.weights(k, ts, mask, now, ctx)
+        return self.pool_projected(k, v, ts, mask, now, self.context(ctx))
+
+    def pool_projected(self, k: Tensor, v: Tensor, ts: Tensor, mask: Tensor, now: Tensor, context: Tensor) -> Tensor:
+        """pooled = W_o Σ_t α_t v_t, with the context already projected (see :meth:`weights_projected`)."""
+        return self.pool(self.weights_projected(k, ts, mask, now, context), v)
+
+    def pool(self, alpha: Tensor, v: Tensor) -> Tensor:
+        """pooled = W_o Σ_t α_t v_t; α (B, L), v (B, L, V)."""
         return self.out(torch.einsum("bl,blv->bv", alpha, v))
 
 

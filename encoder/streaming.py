@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from encoder.features import concat_records
+from encoder.features import concat_records, time_bucket
 from encoder.model import DUPN, BehaviorTensors, UserContext
 
 Mode = Literal["exact", "incremental"]
@@ -59,6 +59,10 @@ class UpdatePolicy:
         return self.window if self.mode == "exact" else self.window + self.reanchor_every - 1
 
 
+#: ``EncoderState.score_age`` of a behavior whose attention score is not kept (new, or never computed).
+NO_SCORE = 255
+
+
 @dataclass
 class EncoderState:
     """What a user's run carries: final (h, c) and, per window behavior, k_t, v_t, ts_t.
@@ -66,6 +70,12 @@ class EncoderState:
     The per-behavior arrays are ring buffers of W rows (``size`` valid, next
     write at ``head``): attention pooling does not depend on the order of the
     behaviors, so a step writes one row in place instead of shifting W.
+
+    ``scores`` keeps each behavior's attention score s_t under the no-query
+    context for the age bucket in ``score_age`` (:data:`NO_SCORE`: none kept).
+    s_t depends only on k_t, that bucket and the context, and buckets are
+    log-spaced, so a re-pool recomputes the few behaviors whose bucket moved
+    instead of tanh over the whole window (:meth:`StreamingEncoder.represent`).
     """
 
     h: np.ndarray
@@ -73,6 +83,8 @@ class EncoderState:
     keys: np.ndarray
     values: np.ndarray
     ts: np.ndarray
+    scores: np.ndarray
+    score_age: np.ndarray
     size: int = 0
     head: int = 0
     meta: dict[str, int] = field(default_factory=dict)
@@ -81,14 +93,16 @@ class EncoderState:
     def length(self) -> int:
         return self.size
 
-    def push(self, key: np.ndarray, value: np.ndarray, ts: int) -> None:
+    def push(self, key: np.ndarray, value: np.ndarray, ts: int, score: float, age: int) -> None:
         j = self.head
-        self.keys[j], self.values[j], self.ts[j] = key, value, ts
+        self.keys[j], self.values[j], self.ts[j], self.scores[j], self.score_age[j] = key, value, ts, score, age
         cap = self.ts.shape[0]
         self.head = (j + 1) % cap
         self.size = min(self.size + 1, cap)
 
-    def push_many(self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
+    def push_many(
+        self, keys: np.ndarray, values: np.ndarray, ts: np.ndarray, scores: np.ndarray, ages: np.ndarray
+    ) -> None:
         """Push rows oldest first; only the last W can stay (at most two contiguous writes)."""
         cap = self.ts.shape[0]
         m = len(ts)
@@ -98,6 +112,7 @@ class EncoderState:
         split = m - q + first
         for dst, src in ((slice(start, start + first), slice(m - q, split)), (slice(0, q - first), slice(split, m))):
             self.keys[dst], self.values[dst], self.ts[dst] = keys[src], values[src], ts[src]
+            self.scores[dst], self.score_age[dst] = scores[src], ages[src]
         self.head = (self.head + m) % cap
         self.size = min(self.size + m, cap)
 
@@ -108,7 +123,7 @@ class EncoderState:
         return (np.arange(self.size) + self.head) % self.size
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.h, self.c, self.keys, self.values, self.ts))
+        return sum(a.nbytes for a in (self.h, self.c, self.keys, self.values, self.ts, self.scores, self.score_age))
 
 
 class StreamingEncoder:
@@ -119,6 +134,7 @@ class StreamingEncoder:
         self.cfg = model.cfg
         self.model_version = model_version
         self.window = model.cfg.window
+        self._default_context: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- state -------------------------------------------------------------------------
     def init_state(self) -> EncoderState:
@@ -129,6 +145,8 @@ class StreamingEncoder:
             keys=np.zeros((self.window, cfg.attention_dim), np.float32),
             values=np.zeros((self.window, cfg.value_dim), np.float32),
             ts=np.zeros(self.window, np.int64),
+            scores=np.zeros(self.window, np.float32),
+            score_age=np.full(self.window, NO_SCORE, np.uint8),
         )
 
     def step(self, states: Sequence[EncoderState], events: np.ndarray) -> list[EncoderState]:
@@ -175,16 +193,25 @@ class StreamingEncoder:
             h[:n], c[:n] = h_t, c_t
         k, v = m.attention.keys_values(hs, b.event_type, b.scenario)
         order = plan.user_major
-        k_np, v_np, ts = k.numpy()[order], v.numpy()[order], recs["ts"]
-        h_np, c_np = h.numpy(), c.numpy()
         ends = np.cumsum(lengths)
+        ts = recs["ts"]
+        # Scores of the new behaviors as of each user's newest one: the time the worker re-pools at.
+        # A re-pool at another time finds the buckets moved and recomputes (represent).
+        ages = time_bucket(np.repeat(ts[ends[lengths > 0] - 1], lengths[lengths > 0]) - ts)
+        if not m.attention.use_props:
+            ages[:] = 0
+        ages_tm = torch.from_numpy(ages[plan.time_major].astype(np.int64))
+        scores = m.attention.scores(k, ages_tm, self._context(None, 1)[0])
+        k_np, v_np, s_np = k.numpy()[order], v.numpy()[order], scores.numpy()[order]
+        h_np, c_np = h.numpy(), c.numpy()
         for rank, i in enumerate(plan.by_length.tolist()):
             st, hi, count = states[i], int(ends[i]), int(lengths[i])
             st.h, st.c = h_np[rank].copy(), c_np[rank].copy()
             if count == 1:
-                st.push(k_np[hi - 1], v_np[hi - 1], int(ts[hi - 1]))
+                st.push(k_np[hi - 1], v_np[hi - 1], int(ts[hi - 1]), float(s_np[hi - 1]), int(ages[hi - 1]))
             elif count:
-                st.push_many(k_np[hi - count : hi], v_np[hi - count : hi], ts[hi - count : hi])
+                lo = hi - count
+                st.push_many(k_np[lo:hi], v_np[lo:hi], ts[lo:hi], s_np[lo:hi], ages[lo:hi])
         return list(states)
 
     @torch.inference_mode()
@@ -206,9 +233,9 @@ class StreamingEncoder:
     ) -> np.ndarray:
         """α over the window (oldest first), for explaining a vector."""
         k, _, ts, mask = _stack_window([state], self.cfg.attention_dim, self.cfg.value_dim)
-        ctx, _ = self.model.user_context(context or UserContext(), 1)
+        projected, _ = self._context(context, 1)
         now = torch.tensor([now_ms], dtype=torch.int64)
-        alpha = self.model.attention.weights(k, ts, mask, now, ctx)
+        alpha = self.model.attention.weights_projected(k, ts, mask, now, projected)
         return alpha[0, mask[0]].numpy()[state.order()]
 
     def encode_window(
@@ -222,11 +249,67 @@ class StreamingEncoder:
     def _pool(
         self, states: Sequence[EncoderState], now_ms: Sequence[int] | np.ndarray, context: UserContext | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v, ts, mask = _stack_window(states, self.cfg.attention_dim, self.cfg.value_dim)
-        ctx, profile = self.model.user_context(context or UserContext(), len(states))
-        now = torch.from_numpy(np.asarray(now_ms, dtype=np.int64))
-        pooled = self.model.attention(k, v, ts, mask, now, ctx)
-        return pooled, profile
+        attention = self.model.attention
+        projected, profile = self._context(context, len(states))
+        now = np.asarray(now_ms, dtype=np.int64)
+        if context is not None:  # a query context: nothing kept applies
+            k, v, ts, mask = _stack_window(states, self.cfg.attention_dim, self.cfg.value_dim)
+            return attention.pool_projected(k, v, ts, mask, torch.from_numpy(now), projected), profile
+        scores, valid = self._kept_scores(states, now, projected)
+        alpha = attention.alpha(torch.from_numpy(scores), torch.from_numpy(valid)).numpy()
+        # Σ_t α_t v_t user by user, on each ring buffer in place: stacking B windows of values
+        # into one (B, L, V) tensor first cost more than the sums themselves.
+        weighted = np.empty((len(states), self.cfg.value_dim), np.float32)
+        for i, st in enumerate(states):
+            np.dot(alpha[i, : st.size], st.values[: st.size], out=weighted[i])
+        return attention.out(torch.from_numpy(weighted)), profile  # pooled = W_o Σ_t α_t v_t
+
+    def _kept_scores(
+        self, states: Sequence[EncoderState], now: np.ndarray, projected: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (B, L), valid mask (B, L)) as of ``now``: the kept scores, recomputed where a
+        behavior's age bucket is not the one its score was kept for (see :class:`EncoderState`)."""
+        sizes = np.fromiter((st.size for st in states), np.int64, len(states))
+        length = max(int(sizes.max()), 1)
+        mask = np.arange(length)[None, :] < sizes[:, None]
+        if self.model.attention.use_props:
+            ages = time_bucket(now[:, None] - np.stack([st.ts[:length] for st in states]))
+        else:
+            ages = np.zeros((len(states), length), np.uint8)
+        kept = np.stack([st.score_age[:length] for st in states])
+        users, rows = np.nonzero(mask & (kept != ages))
+        if len(users):
+            self._rescore(states, users, rows, ages[users, rows], projected)
+        return np.stack([st.scores[:length] for st in states]), mask
+
+    def _rescore(
+        self, states: Sequence[EncoderState], users: np.ndarray, rows: np.ndarray, ages: np.ndarray,
+        projected: torch.Tensor,
+    ) -> None:
+        """Recompute and keep the scores of ``rows`` of ``users`` (sorted by user) for ``ages``."""
+        bounds = np.searchsorted(users, np.arange(len(states) + 1))
+        present = np.nonzero(bounds[1:] > bounds[:-1])[0].tolist()
+        keys = np.concatenate([states[i].keys[rows[bounds[i] : bounds[i + 1]]] for i in present])
+        fresh = self.model.attention.scores(
+            torch.from_numpy(keys), torch.from_numpy(ages.astype(np.int64)), projected
+        ).numpy()
+        for i in present:
+            lo, hi = bounds[i], bounds[i + 1]
+            states[i].scores[rows[lo:hi]] = fresh[lo:hi]
+            states[i].score_age[rows[lo:hi]] = ages[lo:hi]
+
+    def _context(self, context: UserContext | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_c [q; u], u) for a batch. Without a context (the stream worker's case) both are the same
+        for every user and every batch: computed once per encoder (its model never changes) and broadcast."""
+        if context is not None:
+            ctx, profile = self.model.user_context(context, batch)
+            return self.model.attention.context(ctx), profile
+        if self._default_context is None:
+            with torch.inference_mode():
+                ctx, profile = self.model.user_context(UserContext(), 1)
+                self._default_context = (self.model.attention.context(ctx), profile)
+        projected, profile = self._default_context
+        return projected, profile.expand(batch, -1)
 
 
 @dataclass(frozen=True)

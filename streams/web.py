@@ -135,7 +135,12 @@ def _register_vector_view(w: Worker) -> None:
         state, error = _local_state(w, user_id)
         if state is None:
             return error(web)
-        body = vector_body(w, state, request.query.get("at"), request.query.get("query"))
+        at, query = request.query.get("at"), request.query.get("query")
+        if at is None and query is None:
+            body = vector_body(w, state, at, query)
+        else:
+            async with w.runtime.batch_lock:  # re-pooling reads (and keeps scores in) carried encoder states
+                body = vector_body(w, state, at, query)
         if isinstance(body, str):
             return web.json({"error": body}, status=400)
         metrics.VECTOR_AGE.labels(source="served").observe(max(0.0, time.time() - state.updated_at / 1000))
@@ -147,7 +152,8 @@ def _register_vector_view(w: Worker) -> None:
         state, error = _local_state(w, user_id)
         if state is None:
             return error(web)
-        body = explain_body(w, state, request.query.get("at"), request.query.get("query"))
+        async with w.runtime.batch_lock:  # the carried encoder state must not be advanced meanwhile
+            body = explain_body(w, state, request.query.get("at"), request.query.get("query"))
         if isinstance(body, str):
             return web.json({"error": body}, status=400)
         return web.json(body)

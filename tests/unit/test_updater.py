@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from encoder.features import records_from_events
-from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
+from encoder.model import UserContext
+from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy, _stack_window, reference_vectors
 from state.codec import decode_state, encode_state
 from streams.updater import Incoming, VectorUpdater
 
@@ -171,3 +173,25 @@ def test_advance_over_sequences_of_different_lengths_equals_one_user_at_a_time(
             for i in range(len(seq)):
                 (one,) = tiny_encoder.step([one], seq[i : i + 1])
             assert np.allclose(one.h, st.h, atol=1e-5)
+
+
+def _pooled_by_definition(enc: StreamingEncoder, state: EncoderState, now: int) -> np.ndarray:
+    """The model's own attention over the whole window (nothing kept between calls)."""
+    with torch.inference_mode():
+        k, v, ts, mask = _stack_window([state], enc.cfg.attention_dim, enc.cfg.value_dim)
+        ctx, profile = enc.model.user_context(UserContext(), 1)
+        pooled = enc.model.attention(k, v, ts, mask, torch.tensor([now]), ctx)
+        return enc.model.representation(pooled, profile).numpy()[0]
+
+
+def test_repooling_with_kept_scores_equals_the_definition_as_buckets_move(tiny_encoder: StreamingEncoder) -> None:
+    """Scores are kept per behavior and age bucket: re-pooling later (buckets move), earlier and again
+    must each give what the full attention computes, for users re-pooled together at different times."""
+    seqs = [records_from_events(make_events(f"u{k}", n, seed=k)) for k, n in enumerate([80, 1, 130])]
+    states = tiny_encoder.replay(seqs)
+    last = [int(seq[-1]["ts"]) for seq in seqs]
+    for shift in (0, 45_000, 4 * 86_400_000, 0, 40 * 86_400_000, 0):
+        nows = [t + shift * (1 + k) for k, t in enumerate(last)]
+        got = tiny_encoder.represent(states, nows)
+        for st, now, vec in zip(states, nows, got, strict=True):
+            assert np.abs(vec - _pooled_by_definition(tiny_encoder, st, now)).max() <= 1e-5, shift
