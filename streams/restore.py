@@ -104,8 +104,7 @@ class BulkRecovery(Recovery):
         try:
             for topic, plan in plans.items():
                 stats = await restore(consumer, plan, deadline - time.monotonic())
-                for tp, offset in stats.applied.items():
-                    self.active_offsets[tp] = offset
+                self._applied(stats.applied)
                 stats.seconds, mark = time.monotonic() - mark, time.monotonic()
                 done.append((topic, stats))
         finally:
@@ -113,6 +112,15 @@ class BulkRecovery(Recovery):
         done[-1][1].seconds += time.monotonic() - mark
         for topic, stats in done:
             log.info(stats.line(topic))
+
+    def _applied(self, applied: Mapping[Any, int]) -> None:
+        """Faust's view: these offsets are read. Its changelog buffers (emptied at the revocation and at
+        the start of recovery, fed only while flow is resumed) must not hold an older record of them to
+        write over the restored state; drop any."""
+        for tp, offset in applied.items():
+            self.active_offsets[tp] = offset
+        for buffered in self.buffers.values():
+            buffered[:] = [e for e in buffered if e.message.offset > applied.get(e.message.tp, -1)]
 
     def _plans(self, tps: Iterable[Any]) -> dict[str, dict[Any, Span]]:
         """Per changelog topic of an eligible table: the partitions with records past the persisted offset."""
