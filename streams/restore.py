@@ -100,13 +100,17 @@ class BulkRecovery(Recovery):
         deadline = t0 + float(self.app.conf.broker_request_timeout) * BUDGET_SHARE
         done: list[tuple[str, RestoreStats]] = []
         consumer = changelog_consumer(self.app, "restore")
-        await consumer.start()  # counted in the first table's seconds, the stop in the last one's
         try:
+            await consumer.start()  # counted in the first table's seconds, the stop in the last one's
             for topic, plan in plans.items():
                 stats = await restore(consumer, plan, deadline - time.monotonic())
                 self._applied(stats.applied)
                 stats.seconds, mark = time.monotonic() - mark, time.monotonic()
                 done.append((topic, stats))
+        except Exception as exc:  # not a cancellation: Faust's per-record path does the rest
+            self._applied(_persisted(plans))
+            log.warning("Bulk restore failed (%r); Faust's recovery reads from the persisted offsets", exc)
+            return
         finally:
             await consumer.stop()
         done[-1][1].seconds += time.monotonic() - mark
@@ -135,6 +139,17 @@ class BulkRecovery(Recovery):
             if end >= start:
                 plans.setdefault(tp.topic, {})[tp] = Span(cast(Any, table).data, start, end)
         return plans
+
+
+def _persisted(plans: Mapping[str, Mapping[Any, Span]]) -> dict[Any, int]:
+    """The persisted offsets of the planned partitions, as a partial restore left them."""
+    out = {}
+    for plan in plans.values():
+        for tp, span in plan.items():
+            offset = span.store.persisted_offset(tp)
+            if offset is not None:
+                out[tp] = int(offset)
+    return out
 
 
 def eligible(table: Any) -> bool:
