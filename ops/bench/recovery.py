@@ -13,6 +13,7 @@ from ops.bench.common import (
     BenchConfig,
     Stream,
     bench_env,
+    log_lines,
     log_times,
     note,
     produce_pairs,
@@ -70,8 +71,8 @@ def recovery(cfg: BenchConfig, stream: Stream, then_query: bool = False) -> dict
 def restore_phase(log_path: Path, wait_s: float = 10.0) -> dict[str, Any]:
     """The whole restore, from the worker log (flushed a moment after /healthz turns 200).
 
-    Two paths restore the table: the bulk restore (:mod:`streams.restore`, one line when it
-    ends, with its own seconds) and Faust's per-record recovery ("Restoring state" ...
+    Two paths restore the table: the bulk restore (:mod:`streams.restore`, one line per
+    changelog topic when it ends, with its own seconds) and Faust's per-record recovery ("Restoring state" ...
     "Done reading"), which reads what the bulk restore left (nothing, unless it stopped
     at its time budget). The phase runs from the earlier start to the later end of the
     two (a rebalance during recovery repeats them: first start, last end), and up to the
@@ -104,9 +105,7 @@ _BULK = re.compile(r"(\d+) partitions, (\d+) records, (\d+) users in ([\d.]+) s"
 def bulk_restore_lines(log_path: Path) -> list[tuple[float, dict[str, Any]]]:
     """(log time, {partitions, records, users, seconds}) of each bulk restore line in the worker log."""
     out = []
-    times = log_times(log_path, LOG_MARKER)
-    lines = [line for line in log_path.read_text(errors="replace").splitlines() if LOG_MARKER in line]
-    for t, line in zip(times, lines, strict=False):
+    for t, line in log_lines(log_path, LOG_MARKER):
         m = _BULK.search(line)
         if m:
             parts, records, users, seconds = m.groups()
