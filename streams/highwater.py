@@ -56,21 +56,14 @@ def install(app: Any) -> None:
 async def fetched_ends(thread: Any, listed: Mapping[Any, int | None]) -> dict[Any, int | None]:  # pragma: no cover
     """``listed`` raised to the high watermark a fetch of each partition's last batch reports."""
     import aiokafka
-    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+
+    from streams.restore import changelog_consumer
 
     out = dict(listed)
     todo = {aiokafka.TopicPartition(tp.topic, tp.partition): tp for tp, end in listed.items() if end}
     if not todo:
         return out
-    conf = thread.app.conf
-    transport = thread.consumer.transport
-    probe = aiokafka.AIOKafkaConsumer(
-        bootstrap_servers=server_list(transport.url, transport.default_port),
-        client_id=f"{conf.broker_client_id}-highwater",
-        group_id=None,
-        enable_auto_commit=False,
-        **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
-    )
+    probe = changelog_consumer(thread.app, "highwater")
     await probe.start()
     try:
         probe.assign(list(todo))

@@ -14,6 +14,7 @@ import faust
 from ops.config import Settings, load_settings
 from ops.topics import USER_STATE_TABLE
 from streams import faults, highwater
+from streams.restore import BulkRestoreTableManager
 from streams.runtime import Runtime
 from streams.web import web_application_options
 
@@ -128,6 +129,7 @@ def faust_options(s: Settings) -> dict[str, Any]:
         "web_tables_enabled": False,
         "web_application_options": web_application_options(s),  # request limits + token guard
         "table_standby_replicas": 1,
+        "TableManager": BulkRestoreTableManager,  # restores active table partitions in bulk (streams.restore)
         "key_serializer": "raw",
         "value_serializer": "raw",
     }

@@ -133,11 +133,16 @@ _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 def log_times(log_path: Path, marker: str) -> list[float]:
     """Wall times (epoch s) of the Faust log lines containing ``marker``."""
+    return [t for t, _ in log_lines(log_path, marker)]
+
+
+def log_lines(log_path: Path, marker: str) -> list[tuple[float, str]]:
+    """(wall time in epoch s, line) of the Faust log lines containing ``marker``."""
     out = []
     for line in log_path.read_text(errors="replace").splitlines():
         m = _STAMP.match(line)
         if m and marker in line:
-            out.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+            out.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(), line))
     return out
 
 

@@ -136,7 +136,7 @@ def _state_rows(state: dict[str, Any] | None, worker: dict[str, Any] | None) -> 
 def _recovery_rows(rec: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     restore = f"{rec['restore_s']:g} s" if rec.get("restore_s") is not None else "not found in the log"
     return [
-        ("7", f"recovery into an empty data dir, {rec['users']:,} users: restore phase (Faust log)",
+        ("7", f"recovery into an empty data dir, {rec['users']:,} users: restore phase (bulk + Faust, worker log)",
          f"{restore} = {_n(rec.get('users_per_s_restore'))} users/s ({_n(rec.get('records_per_s_restore'))} "
          "records/s)", _r("restore / drain time", rec.get("restore_over_drain_time"))),
         ("7", "same: process start → /healthz 200",
