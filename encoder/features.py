@@ -226,13 +226,23 @@ def rows_to_records(rows: Sequence[BehaviorRow]) -> np.ndarray:
 
 
 def concat_records(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """Concatenate record arrays with plain copies (``np.concatenate`` re-promotes structured dtypes per call)."""
-    out = np.empty(sum(len(p) for p in parts), dtype=BEHAVIOR_DTYPE)
-    pos = 0
-    for p in parts:
-        out[pos : pos + len(p)] = p
-        pos += len(p)
-    return out
+    """Concatenate record arrays as raw bytes (writable result).
+
+    numpy copies a structured dtype field by field (and ``np.concatenate`` also re-promotes it
+    per call): ~10 us for one user's ~110 records, against ~1.5 us for one bytes join.
+    """
+    return np.frombuffer(bytearray().join([_record_bytes(p) for p in parts]), dtype=BEHAVIOR_DTYPE)
+
+
+def records_from_bytes(raw: bytes | bytearray | memoryview) -> np.ndarray:
+    """A writable record array over a copy of ``raw`` (``frombuffer(...).copy()`` is ~20x slower)."""
+    return np.frombuffer(bytearray(raw), dtype=BEHAVIOR_DTYPE)
+
+
+def _record_bytes(part: np.ndarray) -> bytes:
+    if part.dtype != BEHAVIOR_DTYPE:  # same fields, other layout: convert field by field
+        part = np.asarray(part, dtype=BEHAVIOR_DTYPE)
+    return part.tobytes()
 
 
 def records_from_events(events: Iterable[dict[str, object]]) -> np.ndarray:
