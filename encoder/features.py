@@ -87,17 +87,21 @@ def hash_ids(values: Sequence[str]) -> list[int]:
     emptied when it reaches 65,536 ids (at most ~20 MB with 256-character ids).
     """
     memo = _ID_HASHES
-    out = list(map(memo.get, values))
-    if None in out:
-        for i, known in enumerate(out):
-            if known is None:
-                value = values[i]
-                out[i] = hashed = hash_id(value)
-                if len(memo) >= _ID_HASHES_MAX:
-                    memo.clear()
-                    memo[""] = 0
-                memo[value] = hashed
-    return out  # type: ignore[return-value]  # no None left
+    try:
+        return list(map(memo.__getitem__, values))  # all known: one C-level pass
+    except KeyError:
+        pass
+    out = []
+    for value in values:
+        hashed = memo.get(value)
+        if hashed is None:
+            hashed = hash_id(value)
+            if len(memo) >= _ID_HASHES_MAX:
+                memo.clear()
+                memo[""] = 0
+            memo[value] = hashed
+        out.append(hashed)
+    return out
 
 
 def time_bucket(delta_ms: np.ndarray | int) -> np.ndarray:

@@ -189,7 +189,7 @@ class VectorUpdater:
             return
         t0 = time.perf_counter()
         encoded = [self.encoder_state(ub.state) if ub.encoded is None else ub.encoded for ub in batches]
-        vectors = self.encoder.represent(encoded, [ub.state.last_event_ts for ub in batches])
+        vectors = self.encoder.represent(encoded, [ub.kept[-1].ts for ub in batches])  # = state.last_event_ts
         result.encoder_seconds += time.perf_counter() - t0
         now = int(time.time() * 1000)
         version = self.encoder.model_version
