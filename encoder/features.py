@@ -60,6 +60,7 @@ BEHAVIOR_DTYPE = np.dtype(
 when the behavior is appended. It is a gate property that never changes later,
 which is what makes an incremental LSTM step valid (ages relative to *now*
 belong to the attention instead)."""
+_RECORD_BYTES = np.dtype((np.void, BEHAVIOR_DTYPE.itemsize))  # a record as opaque bytes, for plain copies
 
 
 def hash_id(value: str) -> int:
@@ -236,6 +237,13 @@ def concat_records(parts: Sequence[np.ndarray]) -> np.ndarray:
     per call): ~10 us for one user's ~110 records, against ~1.5 us for one bytes join.
     """
     return np.frombuffer(bytearray().join([_record_bytes(p) for p in parts]), dtype=BEHAVIOR_DTYPE)
+
+
+def take_records(records: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``records[index]`` through an opaque-bytes view: numpy's structured take goes field by field (~5x slower)."""
+    if records.dtype != BEHAVIOR_DTYPE:
+        return records[index]
+    return records.view(_RECORD_BYTES)[index].view(BEHAVIOR_DTYPE)
 
 
 def records_from_bytes(raw: bytes | bytearray | memoryview) -> np.ndarray:
