@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from encoder.features import concat_records, time_bucket
+from encoder.features import concat_records, take_records, time_bucket
 from encoder.model import DUPN, BehaviorTensors, UserContext
 
 Mode = Literal["exact", "incremental"]
@@ -181,7 +181,7 @@ class StreamingEncoder:
         if not len(states) or not lengths.any():
             return list(states)
         plan = _PackedPlan.of(lengths)
-        b = BehaviorTensors.from_records(recs[plan.time_major], self.cfg)
+        b = BehaviorTensors.from_records(take_records(recs, plan.time_major), self.cfg)
         m = self.model
         x = m.cell.input_projection(m.items(b), m.props(b))
         h = torch.from_numpy(np.stack([states[i].h for i in plan.by_length]))

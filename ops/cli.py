@@ -147,10 +147,12 @@ def _worker(args: argparse.Namespace, s: Settings) -> int:
     from faust.worker import Worker as FaustWorker
 
     from ops.logs import logging_config
+    from streams.runtime import tune_gc_for_worker
     from streams.worker import create_app
 
     s = s.replace(log_level=args.loglevel)
     app = create_app(s).app
+    tune_gc_for_worker()
     json_logs = s.log_format == "json"  # every line a JSON object: no banner, Faust logs through our formatter
     FaustWorker(
         app, loglevel=s.log_level, quiet=json_logs, logging_config=logging_config(s) if json_logs else None

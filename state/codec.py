@@ -23,7 +23,7 @@ import struct
 
 import numpy as np
 
-from encoder.features import BEHAVIOR_DTYPE
+from encoder.features import BEHAVIOR_DTYPE, records_from_bytes
 from state.user_state import UserState
 
 FORMAT_VERSION = 1
@@ -75,7 +75,7 @@ def _decode(user_id: str, buf: memoryview) -> UserState:
     (n,) = _U16.unpack_from(buf, pos)
     pos += _U16.size
     size = n * BEHAVIOR_DTYPE.itemsize
-    records = np.frombuffer(buf[pos : pos + size], dtype=BEHAVIOR_DTYPE).copy()
+    records = records_from_bytes(buf[pos : pos + size])
     if len(records) != n:
         raise StateDecodeError("truncated records")
     pos += size

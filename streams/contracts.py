@@ -27,6 +27,8 @@ MAX_TAGS_ACCEPTED = 64
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 REQUIRED_FIELDS = ("event_id", "user_id", "ts", "event_type", "item_id")
 ID_FIELDS = ("event_id", "user_id", "item_id", "shop_id", "brand_id", "category_id")
+_EVENT_TYPE_SET = frozenset(EVENT_TYPES)
+_SCENARIO_OR_EMPTY = frozenset((*SCENARIOS, ""))  # "" (like null) means the default scenario
 
 #: A rejected message goes to the DLQ whole up to these sizes (4x the event limit), else truncated with
 #: its length and SHA-256 in headers: the DLQ producer (and the broker) must accept the record, or one
@@ -105,6 +107,56 @@ def parse_event(
 
 
 def _validate(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future_ms: int) -> BehaviorEvent | Rejection:
+    """A valid event in one pass of cheap checks (the worker's common case, once per event);
+    anything else goes through :func:`_check_rules`, which finds the first broken rule and its reason.
+
+    The fast path accepts exactly what the rules accept: orjson yields only exact ``str``/``int``/
+    ``list``/... types (no subclasses), so ``type(x) is str`` is ``isinstance(x, str)`` here and
+    ``type(ts) is int`` excludes ``bool``.
+    """
+    get = doc.get
+    event_id, user_id, item_id = get("event_id"), get("user_id"), get("item_id")
+    ts, event_type, tags = get("ts"), get("event_type"), get("tags")
+    shop_id, brand_id, category_id = get("shop_id"), get("brand_id"), get("category_id")
+    scenario = get("scenario")
+    if (
+        type(event_id) is str
+        and type(user_id) is str
+        and type(item_id) is str
+        and type(ts) is int
+        and type(event_type) is str
+        and 0 < len(event_id) <= MAX_ID_CHARS
+        and 0 < len(user_id) <= MAX_ID_CHARS
+        and 0 < len(item_id) <= MAX_ID_CHARS
+        and (shop_id is None or (type(shop_id) is str and len(shop_id) <= MAX_ID_CHARS))
+        and (brand_id is None or (type(brand_id) is str and len(brand_id) <= MAX_ID_CHARS))
+        and (category_id is None or (type(category_id) is str and len(category_id) <= MAX_ID_CHARS))
+        and MIN_TS_MS <= ts <= now_ms + max_future_ms
+        and event_type in _EVENT_TYPE_SET
+        and (scenario is None or (type(scenario) is str and scenario in _SCENARIO_OR_EMPTY))
+        and (tags is None or _plain_tags(tags))
+        and key is not None
+        and key == user_id.encode("utf-8")
+    ):
+        return BehaviorEvent(  # positional: the keyword form costs more, once per event
+            event_id, user_id, ts, event_type, item_id, shop_id or "", brand_id or "", category_id or "",
+            () if tags is None else tuple(tags), scenario or "other",
+        )
+    return _check_rules(doc, key, now_ms, max_future_ms)
+
+
+def _plain_tags(tags: object) -> bool:
+    """A tag list the rules accept: a list of at most MAX_TAGS_ACCEPTED strings, none too long."""
+    if type(tags) is not list or len(tags) > MAX_TAGS_ACCEPTED:
+        return False
+    for tag in tags:  # noqa: SIM110 - a plain loop: all() over a generator costs more, once per event
+        if type(tag) is not str or len(tag) > MAX_ID_CHARS:
+            return False
+    return True
+
+
+def _check_rules(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future_ms: int) -> BehaviorEvent | Rejection:
+    """Each contract rule in order: the first broken one is the rejection's reason."""
     for name in REQUIRED_FIELDS:
         if doc.get(name) is None:
             return Rejection("missing_field", name)

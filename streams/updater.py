@@ -25,7 +25,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from encoder.features import BehaviorRow, behavior_row, concat_records, rows_to_records
+from encoder.features import behavior_records, concat_records, hash_event_id
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy
 from state.cache import VersionedLRU
 from state.codec import StateDecodeError, decode_state
@@ -98,10 +98,11 @@ class VectorUpdater:
         for user_id, events in pending.items():
             ub = _UserBatch(self._load(user_id, events[0][0], load, result))
             result.duplicates += ub.add_events(events)
-            if ub.rows:
+            if ub.kept:
                 batches.append(ub)
             elif ub.redelivered:
                 result.redelivered.append((ub.state, events[0][0]))
+        _UserBatch.encode_new(batches)
         self._encode(batches, result)
         for ub in batches:
             ub.commit(self.policy.run_start(ub.n))
@@ -152,7 +153,7 @@ class VectorUpdater:
             if carried is not None:
                 starts.append(carried)
                 sequences.append(ub.new_records())
-                result.steps += len(ub.rows)
+                result.steps += len(ub.kept)
             else:
                 starts.append(self.encoder.init_state())
                 sequences.append(self._run_records(ub.records(), ub.n))
@@ -188,76 +189,99 @@ class VectorUpdater:
             return
         t0 = time.perf_counter()
         encoded = [self.encoder_state(ub.state) if ub.encoded is None else ub.encoded for ub in batches]
-        vectors = self.encoder.represent(encoded, [ub.state.last_event_ts for ub in batches])
+        vectors = self.encoder.represent(encoded, [ub.kept[-1].ts for ub in batches])  # = state.last_event_ts
         result.encoder_seconds += time.perf_counter() - t0
         now = int(time.time() * 1000)
         version = self.encoder.model_version
         for ub, vec in zip(batches, vectors, strict=True):
             state = ub.state
             state.vector, state.model_version, state.updated_at = vec, version, now
-            update = UserUpdate(state, vector_message(state), ub.last_message, applied=len(ub.rows))
+            update = UserUpdate(state, vector_message(state), ub.last_message, applied=len(ub.kept))
             result.updates.append(update)
 
 
 class _UserBatch:
     """One user's events of the current batch, applied on top of the stored state.
 
-    Rows accumulate as tuples and reach ``state.records`` in one concatenation
-    at the end of the batch (per-event numpy concatenation dominated the cost).
+    Duplicates are skipped event by event (cheap set lookups); the kept events of every
+    user of the batch then become records in one column-wise pass (:meth:`encode_new`),
+    and reach ``state.records`` in one concatenation at the end of the batch.
     """
 
     def __init__(self, state: UserState) -> None:
         self.state = state
-        self.rows: list[BehaviorRow] = []
-        self.hashes: set[int] = set()
+        self.kept: list[BehaviorEvent] = []
+        self.hashes: list[int] = []  # event-id hashes of ``kept``
         self.n = state.events_seen
-        self.last_ts: int | None = state.last_event_ts if state.events_seen else None
-        self.last_message: RawMessage = Incoming(-1, -1, None, None)
+        self.last_message: RawMessage = _NO_MESSAGE
         self.encoded: EncoderState | None = None
-        self._stored_hashes: set[int] | None = None
         self._new: np.ndarray | None = None
         self.redelivered = False  # a message at or below the stored source offset came again
 
     def add_events(self, events: Sequence[tuple[RawMessage, BehaviorEvent]]) -> int:
-        """Add the user's events of this batch in arrival order; returns how many were duplicates."""
-        duplicates = 0
-        for msg, ev in events:
-            row = _row(ev, self.last_ts)
-            if self.already_applied(msg.partition, msg.offset, row[1]):
-                duplicates += 1
-            else:
-                self.add(row, msg, ev.event_id)
-        return duplicates
-
-    def already_applied(self, partition: int, offset: int, event_hash: int) -> bool:
-        """A redelivered source message (offset stored with the state) or a repeated event id."""
+        """Keep the user's events of this batch in arrival order, skipping what was already applied:
+        a redelivered source message (offset at or below the one stored with the state, or kept
+        before it in this batch) or an event id seen in the stored run or earlier in this batch.
+        Returns how many were skipped."""
         st = self.state
-        if partition == st.source_partition and offset <= st.source_offset:
-            self.redelivered = True
-            return True
-        if event_hash in self.hashes:
-            return True
-        if self._stored_hashes is None:
-            self._stored_hashes = set(st.records["event_hash"].tolist())
-        return event_hash in self._stored_hashes
+        partition, offset = st.source_partition, st.source_offset
+        seen: set[int] | None = None
+        for msg, ev in events:
+            if msg.partition == partition and msg.offset <= offset:
+                self.redelivered = True
+                continue
+            event_hash = hash_event_id(ev.event_id)
+            if seen is None:
+                seen = set(st.records["event_hash"].tolist())
+            if event_hash in seen:
+                continue
+            seen.add(event_hash)
+            self.kept.append(ev)
+            self.hashes.append(event_hash)
+            partition, offset = msg.partition, msg.offset
+            self.last_message = msg
+        if self.kept:
+            self.n += len(self.kept)
+            st.source_partition, st.source_offset = partition, offset
+            st.last_event_id = self.kept[-1].event_id
+        return len(events) - len(self.kept)
 
-    def add(self, row: BehaviorRow, msg: RawMessage, event_id: str) -> None:
-        self.rows.append(row)
-        self.hashes.add(row[1])
-        self.n += 1
-        self.last_ts = row[0]
-        self.last_message = msg
-        self.state.source_partition, self.state.source_offset = msg.partition, msg.offset
-        self.state.last_event_id = event_id
+    @staticmethod
+    def encode_new(batches: Sequence[_UserBatch]) -> None:
+        """The kept events of all users as records in one pass; each user gets its slice (a view)."""
+        events = [ev for ub in batches for ev in ub.kept]
+        if not events:
+            return
+        (_, _, ts, event_types, item_ids, shop_ids, brand_ids, category_ids, tags, scenarios) = zip(
+            *events, strict=True
+        )
+        runs = [len(ub.kept) for ub in batches]
+        records = behavior_records(
+            ts=ts,
+            event_hashes=[h for ub in batches for h in ub.hashes],
+            event_types=event_types,
+            item_ids=item_ids,
+            shop_ids=shop_ids,
+            brand_ids=brand_ids,
+            category_ids=category_ids,
+            tags=tags,
+            scenarios=scenarios,
+            runs=runs,
+            prev_ts=[ub.state.last_event_ts if ub.state.events_seen else None for ub in batches],
+        )
+        lo = 0
+        for ub, k in zip(batches, runs, strict=True):
+            ub._new = records[lo : lo + k]
+            lo += k
 
     def new_records(self) -> np.ndarray:
         if self._new is None:
-            self._new = rows_to_records(self.rows)
+            raise RuntimeError("encode_new() first")
         return self._new
 
     def records(self) -> np.ndarray:
         """Stored records followed by this batch's, as one array."""
-        if not self.rows:
+        if not self.kept:
             return self.state.records
         return concat_records([self.state.records, self.new_records()])
 
@@ -265,19 +289,7 @@ class _UserBatch:
         self.state.extend(self.new_records(), keep_from)
 
 
-def _row(ev: BehaviorEvent, prev_ts: int | None) -> BehaviorRow:
-    return behavior_row(
-        ts=ev.ts,
-        event_id=ev.event_id,
-        event_type=ev.event_type,
-        item_id=ev.item_id,
-        shop_id=ev.shop_id,
-        brand_id=ev.brand_id,
-        category_id=ev.category_id,
-        tags=ev.tags,
-        scenario=ev.scenario,
-        prev_ts=prev_ts,
-    )
+_NO_MESSAGE = Incoming(-1, -1, None, None)
 
 
 def vector_message(state: UserState) -> VectorMessage:

@@ -13,6 +13,8 @@ from streams.contracts import (
     BehaviorEvent,
     Rejection,
     VectorMessage,
+    _check_rules,
+    _validate,
     decode_vector_message,
     parse_event,
 )
@@ -79,6 +81,40 @@ def test_mistyped_fields_are_rejected_not_raised(overrides: dict[str, object]) -
     assert isinstance(got, BehaviorEvent | Rejection)
     if isinstance(got, Rejection):
         assert got.reason in REJECT_REASONS
+
+
+DROP = object()  # the field is absent
+
+
+def _edge(valid: list[object], invalid: list[object]) -> st.SearchStrategy[object]:
+    """Values on both sides of a field's rules, valid ones three times as likely (so whole events pass too)."""
+    ok = st.sampled_from([*valid, DROP] if None in valid else valid)
+    return st.one_of(ok, ok, ok, st.sampled_from([*invalid, DROP] if None not in valid else invalid) | json_values)
+
+
+LONGEST = "x" * 256  # the longest id or tag allowed
+ID_OK, ID_BAD = ["a", LONGEST], ["x" * 257, "", None, 0, False, [], {}, 1.5]
+OPT_OK, OPT_BAD = ["a", LONGEST, "", None], ["x" * 257, 0, False, [], {}, 1.5]
+EDGES = {
+    "event_id": _edge(ID_OK, ID_BAD),
+    "user_id": _edge(["u1"], ["u2", *ID_BAD]),
+    "item_id": _edge(ID_OK, ID_BAD),
+    "shop_id": _edge(OPT_OK, OPT_BAD),
+    "brand_id": _edge(OPT_OK, OPT_BAD),
+    "category_id": _edge(OPT_OK, OPT_BAD),
+    "ts": _edge([NOW, NOW + 600_000, 946_684_800_000], [NOW + 600_001, 946_684_799_999, True, 1.0, "1", None]),
+    "event_type": _edge(["click", "cart", "fav", "buy"], ["Click", "", None, 0, False]),
+    "scenario": _edge(["search", "recommend", "promotion", "other", "", None], ["x", 0, False, [], {}]),
+    "tags": _edge([None, [], ["t"] * 64, [LONGEST, ""]], [["t"] * 65, ["x" * 257], [1], [None], "t", {}, False, 0]),
+}
+
+
+@settings(max_examples=3_000, deadline=None, derandomize=True, database=None)
+@given(st.fixed_dictionaries({}, optional=EDGES), st.sampled_from([b"u1", b"u1", b"u1", b"u2", None]))
+def test_fast_path_agrees_with_the_rules(overrides: dict[str, object], key: bytes | None) -> None:
+    """The one-pass check accepts exactly what the rule-by-rule check accepts, with the same result."""
+    doc = {k: v for k, v in {**GOOD, **overrides}.items() if v is not DROP}
+    assert _validate(doc, key, NOW, 600_000) == _check_rules(doc, key, NOW, 600_000)
 
 
 def test_vector_message_round_trip() -> None:
