@@ -85,7 +85,8 @@ def hash_ids(values: Sequence[str]) -> list[int]:
 
     A stream repeats the same shops, brands, categories, tags and popular items, and a
     dict lookup costs a fifth of encoding and hashing the string again. The memo is
-    emptied when it reaches 65,536 ids (at most ~20 MB with 256-character ids).
+    emptied when it reaches 65,536 ids (~20 MB with 256-character ASCII ids; up to ~70 MB
+    if they are all characters outside the BMP, 4 bytes each).
     """
     memo = _ID_HASHES
     try:

@@ -252,7 +252,9 @@ class StreamingEncoder:
         attention = self.model.attention
         projected, profile = self._context(context, len(states))
         now = np.asarray(now_ms, dtype=np.int64)
-        if context is not None:  # a query context: nothing kept applies
+        # A query context: nothing kept applies. The same state twice (at two times): keeping its
+        # scores for one time would overwrite them for the other before they are read.
+        if context is not None or len({id(st) for st in states}) < len(states):
             k, v, ts, mask = _stack_window(states, self.cfg.attention_dim, self.cfg.value_dim)
             return attention.pool_projected(k, v, ts, mask, torch.from_numpy(now), projected), profile
         scores, valid = self._kept_scores(states, now, projected)

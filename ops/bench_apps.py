@@ -7,8 +7,10 @@ worker's ``/healthz`` readiness rule.
 
 ``python -m ops.bench_apps hop``: the freshness floor, ceiling A's path as a process: a
 bare aiokafka consumer (the worker's fetch wait) decodes each event and produces a
-vector-shaped document (``last_event_ts`` = the event's ts, ``updated_at`` = now) to
-the vectors topic; prints ``ready`` once assigned. Measured by the same probe at
+document shaped and sized like a vector message (``last_event_ts`` = the event's ts,
+``updated_at`` = now, a 1,368-character ``vector_b64`` of zeros) to the vectors topic,
+one per event (the worker publishes one per user per batch); prints ``ready`` once
+assigned and keeps the count forwarded in ``hop.count`` under its home dir. Measured by the same probe at
 the same paced load as the worker, it is what one Kafka hop costs on this broker
 and machine before any work of ours.
 
@@ -69,11 +71,16 @@ def run_passthrough(s: Settings) -> int:
     return 0
 
 
+HOP_COUNT_FILE = "hop.count"  # events forwarded so far, rewritten every 200 ms
+
+
 def run_hop(s: Settings) -> int:
     return asyncio.run(_hop(s))
 
 
 async def _hop(s: Settings) -> int:
+    import base64
+
     import orjson
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -85,6 +92,8 @@ async def _hop(s: Settings) -> int:
         fetch_max_wait_ms=s.fetch_max_wait_ms, **options,
     )
     producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, **options)
+    padding = base64.b64encode(bytes(4 * 256)).decode()  # as large as a worker's vector message
+    counter, forwarded, counted_at = s.home_path / HOP_COUNT_FILE, 0, 0.0
     await consumer.start()
     await producer.start()
     try:
@@ -96,8 +105,13 @@ async def _hop(s: Settings) -> int:
                 for r in records:
                     doc = orjson.loads(r.value)
                     now_ms = time.time_ns() // 1_000_000
-                    out = {"user_id": doc["user_id"], "last_event_ts": doc["ts"], "updated_at": now_ms}
+                    out = {"user_id": doc["user_id"], "last_event_ts": doc["ts"], "updated_at": now_ms,
+                           "vector_b64": padding}
                     await producer.send(s.vectors_topic, key=r.key, value=orjson.dumps(out))
+                forwarded += len(records)
+            if time.monotonic() - counted_at > 0.2:  # how far it got, for the bench to wait on
+                counter.write_text(str(forwarded))
+                counted_at = time.monotonic()
     finally:
         await consumer.stop()
         await producer.stop()

@@ -137,7 +137,14 @@ async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchR
         return io.read(user_id.encode(), msg.partition)
 
     async with w.runtime.batch_lock:
-        result = await loop.run_in_executor(_ENCODER_THREAD, w.runtime.updater.apply, messages, load)
+        applying = loop.run_in_executor(_ENCODER_THREAD, w.runtime.updater.apply, messages, load)
+        try:
+            result = await asyncio.shield(applying)
+        except asyncio.CancelledError:
+            # The thread runs on regardless: hold the lock until it is done, or an HTTP re-pool
+            # could read (and keep scores in) encoder states it is still advancing.
+            await asyncio.wait([applying])
+            raise
     states, vectors = [], []
     for up in result.updates:
         key = up.state.user_id.encode("utf-8")

@@ -80,7 +80,7 @@ def _paced_run(
             if worker:
                 _wait_applied(s, pacing.sent, timeout_s=max(30.0, cfg.steady_s))
             else:
-                time.sleep(2.0)  # the hop keeps up with a paced load far below ceiling A; see measured_over_sent
+                _wait_forwarded(s, pacing.sent, timeout_s=max(30.0, cfg.steady_s))
             time.sleep(0.5)  # the probe's last fetch
         finally:
             probe.terminate()
@@ -190,6 +190,18 @@ async def _paced(s: Settings, templates: Sequence[tuple[bytes, bytes, bytes]], r
         sent, end - start, start_ms, start_ms + int(warmup_s * 1000), sent - steady_at[1], end - steady_at[0],
         max_behind,
     )
+
+
+def _wait_forwarded(s: Settings, events: int, timeout_s: float) -> None:
+    """Until the floor's hop has forwarded every sent event (its ``hop.count`` file)."""
+    from ops.bench_apps import HOP_COUNT_FILE
+
+    deadline = time.monotonic() + timeout_s
+    path = s.home_path / HOP_COUNT_FILE
+    while not (path.exists() and int(path.read_text() or 0) >= events):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the hop did not forward {events} events within {timeout_s:.0f}s of the last send")
+        time.sleep(0.1)
 
 
 def _wait_applied(s: Settings, events: int, timeout_s: float) -> None:

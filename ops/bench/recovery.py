@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import time
@@ -46,6 +47,7 @@ def recovery(cfg: BenchConfig, stream: Stream, then_query: bool = False) -> dict
             pass
         out: dict[str, Any] = {"users": stream.users, "events": len(stream)}
         out["state"] = state_left_behind(s, stream)
+        out["read_floor"] = read_floor(s, out["state"]["changelog_records"])
         shutil.rmtree(s.data_path)
         log = s.home_path / "worker-restarted.log"
         note(f"recovery: restarting on an empty data dir ({out['state']['changelog_records']} changelog records)")
@@ -66,6 +68,50 @@ def recovery(cfg: BenchConfig, stream: Stream, then_query: bool = False) -> dict
     out["drain_s"] = round(drained.seconds, 2)
     out["restore_over_drain_time"] = ratio(out.get("restore_s"), drained.seconds, 3)
     return out
+
+
+def read_floor(s: Settings, records: int) -> dict[str, Any]:
+    """The client's floor for a restore: read the whole changelog with aiokafka (the bulk restore's fetch
+    sizes) keeping the last value per key, nothing written. Users/s here bounds any restore through this
+    client and broker at this many records per user."""
+    return asyncio.run(_read_floor(s, records))
+
+
+async def _read_floor(s: Settings, records: int) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.restore import CHUNK_RECORDS, FETCH_MAX_BYTES, PARTITION_FETCH_BYTES
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_bytes=FETCH_MAX_BYTES, max_partition_fetch_bytes=PARTITION_FETCH_BYTES, fetch_max_wait_ms=10,
+        **s.kafka_client_options(),
+    )
+    await consumer.start()
+    try:
+        topic = changelog_topic(s)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
+        await consumer.seek_to_beginning()
+        latest: dict[bytes | None, bytes | None] = {}
+        read = 0
+        start = last = time.monotonic()
+        while read < records and time.monotonic() - last < 5.0:  # 5 s without a record: report what was read
+            for batch in (await consumer.getmany(timeout_ms=200, max_records=CHUNK_RECORDS)).values():
+                read += len(batch)
+                last = time.monotonic()
+                for r in batch:
+                    latest[r.key] = r.value
+        seconds = last - start
+    finally:
+        await consumer.stop()
+    return {
+        "path": "aiokafka getmany, last value per key, no writes",
+        "records": read,
+        "users": len(latest),
+        "seconds": round(seconds, 3),
+        "records_per_s": round(read / seconds),
+        "users_per_s": round(len(latest) / seconds),
+    }
 
 
 def restore_phase(log_path: Path, wait_s: float = 10.0) -> dict[str, Any]:

@@ -142,7 +142,23 @@ def _recovery_rows(rec: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("7", "same: process start → /healthz 200",
          f"{rec['start_to_ready_s']:g} s = {_n(rec['users_per_s_start_to_ready'])} users/s",
          f"users served with their last event after the restore: {rec['recovered_users']:,} of {rec['users']:,}"),
+        *_read_floor_rows(rec),
     ]
+
+
+def _read_floor_rows(rec: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    floor = rec.get("read_floor")
+    if not floor:
+        return []
+    return [(
+        "7", "floor: the same changelog read by bare aiokafka (last value per key, nothing written)",
+        f"{floor['seconds']:g} s = {_n(floor['users_per_s'])} users/s ({_n(floor['records_per_s'])} records/s)",
+        _r("restore / floor time", _ratio_of(rec.get("restore_s"), floor["seconds"])),
+    )]
+
+
+def _ratio_of(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
 
 
 def _rate(part: dict[str, Any]) -> str:

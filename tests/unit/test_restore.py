@@ -85,10 +85,10 @@ class Consumer:
 
 def _run(
     store: Store, logs: dict[int, Sequence[Rec]], spans: dict[int, tuple[int, int]],
-    ends: dict[int, int] | None = None, budget_s: float = 60,
+    ends: dict[int, int] | None = None, budget_s: float = 60, chunk: int = 2,
 ) -> Any:
     plan = {TP(TOPIC, p): Span(store, a, b) for p, (a, b) in spans.items()}
-    return asyncio.run(restore(Consumer(logs, ends), plan, budget_s=budget_s))
+    return asyncio.run(restore(Consumer(logs, ends, chunk=chunk), plan, budget_s=budget_s))
 
 
 def test_last_write_wins_tombstones_delete_and_offsets_are_faust_s(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_reads_from_the_start_offset_and_never_past_faust_s_end(tmp_path: Path) 
     """Faust refuses a persisted offset above its end offset, and re-reads nothing below the start."""
     store = Store(tmp_path)
     log0 = [Rec(0, b"u1", b"a1"), Rec(1, b"u1", b"a2"), Rec(2, b"u2", b"b1"), Rec(3, b"u1", b"late")]
-    stats = _run(store, {0: log0, 1: []}, {0: (1, 2)})
+    stats = _run(store, {0: log0, 1: []}, {0: (1, 2)}, chunk=3)  # one chunk: offsets 1..3, past the end
 
     assert store.get(0, b"u1") == b"a2" and store.get(0, b"u2") == b"b1"
     assert store.persisted(0) == 2 and stats.records == 2

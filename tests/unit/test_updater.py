@@ -195,3 +195,11 @@ def test_repooling_with_kept_scores_equals_the_definition_as_buckets_move(tiny_e
         got = tiny_encoder.represent(states, nows)
         for st, now, vec in zip(states, nows, got, strict=True):
             assert np.abs(vec - _pooled_by_definition(tiny_encoder, st, now)).max() <= 1e-5, shift
+
+
+def test_one_state_repooled_at_two_times_in_one_call(tiny_encoder: StreamingEncoder) -> None:
+    (state,) = tiny_encoder.replay([records_from_events(make_events("u", 60))])
+    t = int(state.ts[: state.size].max())
+    got = tiny_encoder.represent([state, state], [t, t + 40 * 86_400_000])
+    for vec, now in zip(got, (t, t + 40 * 86_400_000), strict=True):
+        assert np.abs(vec - _pooled_by_definition(tiny_encoder, state, now)).max() <= 1e-5
