@@ -77,10 +77,11 @@ def _paced_run(
         probe, out = _start_probe(s)
         try:
             pacing = _paced_send(s, templates, rate, cfg.warmup_s)
+            consumed = pacing.sent
             if worker:
                 _wait_applied(s, pacing.sent, timeout_s=max(30.0, cfg.steady_s))
             else:
-                _wait_forwarded(s, pacing.sent, timeout_s=max(30.0, cfg.steady_s))
+                consumed = _wait_consumed(s, pacing.sent, timeout_s=max(30.0, cfg.steady_s))
             time.sleep(0.5)  # the probe's last fetch
         finally:
             probe.terminate()
@@ -103,8 +104,11 @@ def _paced_run(
     if worker:
         result["worker_events_per_batch_mean"] = metrics.get("events_per_batch_mean")
     else:
-        result["path"] = "aiokafka consume -> orjson.loads -> produce (ops.bench_apps hop), one vector per event"
-        result["measured_over_sent"] = ratio(len(steady), pacing.steady_sent, 3)
+        result["path"] = (
+            "aiokafka consume -> orjson.loads -> produce a vector-sized document per user per fetched batch "
+            "(ops.bench_apps hop)"
+        )
+        result["consumed_over_sent"] = ratio(consumed, pacing.sent, 3)
     return result
 
 
@@ -192,16 +196,20 @@ async def _paced(s: Settings, templates: Sequence[tuple[bytes, bytes, bytes]], r
     )
 
 
-def _wait_forwarded(s: Settings, events: int, timeout_s: float) -> None:
-    """Until the floor's hop has forwarded every sent event (its ``hop.count`` file)."""
+def _wait_consumed(s: Settings, events: int, timeout_s: float) -> int:
+    """Until the floor's hop has consumed every sent event (its ``hop.count`` file), or the timeout:
+    how many it consumed. A hop that cannot keep up is a finding, reported, not an error."""
     from ops.bench_apps import HOP_COUNT_FILE
 
     deadline = time.monotonic() + timeout_s
     path = s.home_path / HOP_COUNT_FILE
-    while not (path.exists() and int(path.read_text() or 0) >= events):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the hop did not forward {events} events within {timeout_s:.0f}s of the last send")
+    consumed = 0
+    while consumed < events and time.monotonic() < deadline:
         time.sleep(0.1)
+        consumed = int(path.read_text() or 0) if path.exists() else 0
+    if consumed < events:
+        note(f"freshness floor: the hop consumed {consumed} of {events} events {timeout_s:.0f}s after the last send")
+    return consumed
 
 
 def _wait_applied(s: Settings, events: int, timeout_s: float) -> None:
