@@ -183,12 +183,9 @@ class AttentionPooling(nn.Module):
             k = k + self.key_type(event_type) + self.key_scenario(scenario)
         return k, self.value(h)
 
-    def weights(self, k: Tensor, ts: Tensor, mask: Tensor, now: Tensor, ctx: Tensor) -> Tensor:
-        """α of shape (B, L); k (B, L, A), ts/mask (B, L), now (B,), ctx (B, Q+P)."""
-        return self.weights_projected(k, ts, mask, now, self.context(ctx))
-
     def weights_projected(self, k: Tensor, ts: Tensor, mask: Tensor, now: Tensor, context: Tensor) -> Tensor:
-        """α given the projected context W_c [q; u], (B, A) or (1, A) for one shared by the batch.
+        """α (B, L) given the projected context W_c [q; u]: k (B, L, A), ts/mask (B, L), now (B,),
+        context (B, A), or (1, A) for one shared by the batch.
 
         A context constant across users (the streaming case: no query, default
         profile) is projected once, not once per user per batch.

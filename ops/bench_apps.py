@@ -11,9 +11,9 @@ document shaped and sized like a vector message (``last_event_ts`` = the event's
 ``updated_at`` = now, a 1,368-character ``vector_b64`` of zeros) to the vectors topic,
 one per user per fetched batch, for the user's last event (the worker's publishing
 rule); prints ``ready`` once assigned and keeps the count of events consumed in
-``hop.count`` under its home dir. Measured by the same probe at
-the same paced load as the worker, it is what one Kafka hop costs on this broker
-and machine before any work of ours.
+``hop.count`` under its home dir. Measured by the same probe at the same paced load
+as the worker, it is what one Kafka hop costs on this broker and machine before any
+work of ours.
 
 ``python -m ops.bench_apps latency-probe --out FILE``: follows the vectors topic,
 prints ``ready`` once assigned, and on SIGTERM writes one row per vector
@@ -94,7 +94,7 @@ async def _hop(s: Settings) -> int:
     )
     producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, **options)
     padding = base64.b64encode(bytes(4 * 256)).decode()  # as large as a worker's vector message
-    counter, forwarded, counted_at = s.home_path / HOP_COUNT_FILE, 0, 0.0
+    counter, consumed, counted_at = s.home_path / HOP_COUNT_FILE, 0, 0.0
     await consumer.start()
     await producer.start()
     try:
@@ -111,9 +111,9 @@ async def _hop(s: Settings) -> int:
                     out = {"user_id": doc["user_id"], "last_event_ts": doc["ts"], "updated_at": now_ms,
                            "vector_b64": padding}
                     await producer.send(s.vectors_topic, key=key, value=orjson.dumps(out))
-                forwarded += len(records)
+                consumed += len(records)
             if time.monotonic() - counted_at > 0.2:  # how far it got, for the bench to wait on
-                counter.write_text(str(forwarded))
+                counter.write_text(str(consumed))
                 counted_at = time.monotonic()
     finally:
         await consumer.stop()

@@ -28,10 +28,10 @@ def tune_gc_for_worker() -> None:
     A batch keeps thousands of small containers alive until it is done (parsed events, per-user
     batches, messages). With the default gen-0 threshold, collections run in the middle of every
     batch and promote them, and the full collections that follow walk the whole heap: ~216k objects
-    of Faust, aiokafka, torch and our modules, ~0.1 s each. Freezing what exists once the modules are
-    imported (called before the Faust worker starts and the model loads, so their objects are not
-    frozen) takes it out of every later collection, and a gen-0 threshold of 20,000 lets a batch finish before
-    most collections. Cycles are still collected, only less often; objects frozen here are never
+    of Faust, aiokafka, torch and our modules, ~0.1 s each. Freezing what exists once the modules
+    are imported (called before the Faust worker starts and the model loads, so their objects are
+    not frozen) takes it out of every later collection, and a gen-0 threshold of 20,000 lets a
+    batch finish before most collections. Cycles are still collected, only less often; objects frozen here are never
     collected as cycles, which is fine for what lives as long as the process.
     (Measured in process on the bench stream: updater + hand-off 41 -> 32 us/event of CPU.)
     """

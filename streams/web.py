@@ -16,6 +16,7 @@ behaviors, errors echo only validated input.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -136,11 +137,9 @@ def _register_vector_view(w: Worker) -> None:
         if state is None:
             return error(web)
         at, query = request.query.get("at"), request.query.get("query")
-        if at is None and query is None:
+        repool = at is not None or query is not None  # re-pooling reads (and keeps scores in) carried states
+        async with w.runtime.batch_lock if repool else contextlib.nullcontext():
             body = vector_body(w, state, at, query)
-        else:
-            async with w.runtime.batch_lock:  # re-pooling reads (and keeps scores in) carried encoder states
-                body = vector_body(w, state, at, query)
         if isinstance(body, str):
             return web.json({"error": body}, status=400)
         metrics.VECTOR_AGE.labels(source="served").observe(max(0.0, time.time() - state.updated_at / 1000))

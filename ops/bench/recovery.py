@@ -67,6 +67,7 @@ def recovery(cfg: BenchConfig, stream: Stream, then_query: bool = False) -> dict
     )
     out["drain_s"] = round(drained.seconds, 2)
     out["restore_over_drain_time"] = ratio(out.get("restore_s"), drained.seconds, 3)
+    out["restore_over_read_floor_time"] = ratio(out.get("restore_s"), out["read_floor"]["seconds"])
     return out
 
 

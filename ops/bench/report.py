@@ -154,12 +154,8 @@ def _read_floor_rows(rec: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return [(
         "7", "floor: the same changelog read by bare aiokafka (last value per key, nothing written)",
         f"{floor['seconds']:g} s = {_n(floor['users_per_s'])} users/s ({_n(floor['records_per_s'])} records/s)",
-        _r("restore / floor time", _ratio_of(rec.get("restore_s"), floor["seconds"])),
+        _r("restore / floor time", rec.get("restore_over_read_floor_time")),
     )]
-
-
-def _ratio_of(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a and b else None
 
 
 def _rate(part: dict[str, Any]) -> str:
