@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -103,6 +104,11 @@ def run_demo(
     broker = EmbeddedBroker(home / "broker", host, port)
     owned_broker = not broker.status().running
     print(broker.start().describe(), flush=True)
+    if owned_broker and s.data_path.exists():
+        # The embedded broker keeps nothing across restarts, so a worker state left by an earlier
+        # demo points past the new, empty changelogs (Faust refuses to start on that): start clean.
+        print(f"fresh embedded broker (memory only): removing an earlier worker state {s.data_path}", flush=True)
+        shutil.rmtree(s.data_path)
     for name, what in create_topics(s).items():
         print(f"topic {name}: {what}", flush=True)
     ensure_model(s.model_dir, quick=True, progress=True)
