@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/dupn demo
 
 lint: setup
-	$(BIN)/ruff check encoder state streams ops tests
+	$(BIN)/ruff check core encoder state streams clients training ops tests
 	$(BIN)/mypy
 
 unit: setup

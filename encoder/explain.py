@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from encoder.features import EVENT_TYPES, SCENARIOS, TIME_BUCKET_EDGES_MS, time_bucket
+from core.contracts import EVENT_TYPES, SCENARIOS
+from encoder.features import TIME_BUCKET_EDGES_MS, time_bucket
 from encoder.model import UserContext
 from encoder.streaming import StreamingEncoder
 

@@ -18,8 +18,8 @@ from operator import itemgetter
 
 import numpy as np
 
-EVENT_TYPES: tuple[str, ...] = ("click", "cart", "fav", "buy")
-SCENARIOS: tuple[str, ...] = ("other", "search", "recommend", "promotion")
+from core.contracts import EVENT_TYPES, SCENARIOS
+
 MAX_TAGS = 6
 
 #: Upper edges (ms) of the time buckets; the seed buckets behavior time into
@@ -104,6 +104,19 @@ def hash_ids(values: Sequence[str]) -> list[int]:
             memo[value] = hashed
         out.append(hashed)
     return out
+
+
+def bucketize(hashes: np.ndarray, buckets: int) -> np.ndarray:
+    """Map 32-bit id hashes to embedding rows; hash 0 (absent) → row 0."""
+    h = hashes.astype(np.int64)
+    return np.where(h == 0, 0, h % (buckets - 1) + 1)
+
+
+def query_bucket(query: str | None, buckets: int) -> int:
+    """Query id → embedding row (``buckets`` rows); 0 = no query."""
+    if not query:
+        return 0
+    return int(bucketize(np.array([hash_id(query)], dtype=np.uint32), buckets)[0])
 
 
 def time_bucket(delta_ms: np.ndarray | int) -> np.ndarray:

@@ -14,13 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from encoder.config import EncoderConfig
-from encoder.features import BEHAVIOR_DTYPE, N_TIME_BUCKETS, time_bucket
-
-
-def bucketize(hashes: np.ndarray, buckets: int) -> np.ndarray:
-    """Map 32-bit id hashes to embedding rows; hash 0 (absent) → row 0."""
-    h = hashes.astype(np.int64)
-    return np.where(h == 0, 0, h % (buckets - 1) + 1)
+from encoder.features import BEHAVIOR_DTYPE, N_TIME_BUCKETS, bucketize, time_bucket
 
 
 @dataclass

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ops.config import Settings, load_settings
+from core.settings import Settings, load_settings
 
 
 def create_passthrough(s: Settings) -> Any:
@@ -41,8 +41,8 @@ def create_passthrough(s: Settings) -> Any:
     from streams.worker import faust_options
 
     app = faust.App(s.faust_app_id, **faust_options(s))
-    source = _raw_topic(app, s.events_topic, s.partitions)
-    sink = _raw_topic(app, s.vectors_topic, s.partitions)
+    source = _raw_topic(app, s.kafka.events_topic, s.kafka.partitions)
+    sink = _raw_topic(app, s.kafka.vectors_topic, s.kafka.partitions)
 
     @app.agent(source, name="passthrough")
     async def passthrough(stream: Any) -> None:
@@ -87,19 +87,19 @@ async def _hop(s: Settings) -> int:
 
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-    options = s.kafka_client_options()
+    options = s.kafka.kafka_client_options()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-        fetch_max_wait_ms=s.fetch_max_wait_ms, **options,
+        bootstrap_servers=s.kafka.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=s.kafka.fetch_max_wait_ms, **options,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, **options)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, linger_ms=0, **options)
     padding = base64.b64encode(bytes(4 * 256)).decode()  # as large as a worker's vector message
     counter, consumed, counted_at = s.home_path / HOP_COUNT_FILE, 0, 0.0
     await consumer.start()
     await producer.start()
     try:
-        parts = consumer.partitions_for_topic(s.events_topic) or set()
-        consumer.assign([TopicPartition(s.events_topic, p) for p in sorted(parts)])
+        parts = consumer.partitions_for_topic(s.kafka.events_topic) or set()
+        consumer.assign([TopicPartition(s.kafka.events_topic, p) for p in sorted(parts)])
         print("ready", flush=True)
         while not stopping.is_set():
             for records in (await consumer.getmany(timeout_ms=50)).values():
@@ -110,7 +110,7 @@ async def _hop(s: Settings) -> int:
                 for key, doc in latest.items():
                     out = {"user_id": doc["user_id"], "last_event_ts": doc["ts"], "updated_at": now_ms,
                            "vector_b64": padding}
-                    await producer.send(s.vectors_topic, key=key, value=orjson.dumps(out))
+                    await producer.send(s.kafka.vectors_topic, key=key, value=orjson.dumps(out))
                 consumed += len(records)
             if time.monotonic() - counted_at > 0.2:  # how far it got, for the bench to wait on
                 counter.write_text(str(consumed))
@@ -135,14 +135,14 @@ async def _probe(s: Settings, out: Path) -> int:
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-        fetch_max_wait_ms=20, max_partition_fetch_bytes=8 << 20, security_protocol=s.kafka_security_protocol,
+        bootstrap_servers=s.kafka.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=20, max_partition_fetch_bytes=8 << 20, security_protocol=s.kafka.kafka_security_protocol,
     )
     await consumer.start()
     rows: list[tuple[int, int, int]] = []
     try:
-        parts = consumer.partitions_for_topic(s.vectors_topic) or set()
-        consumer.assign([TopicPartition(s.vectors_topic, p) for p in sorted(parts)])
+        parts = consumer.partitions_for_topic(s.kafka.vectors_topic) or set()
+        consumer.assign([TopicPartition(s.kafka.vectors_topic, p) for p in sorted(parts)])
         print("ready", flush=True)
         while not stopping.is_set():
             polled = await consumer.getmany(timeout_ms=50)

@@ -117,7 +117,7 @@ def bench_scoring(model_dir: Path, n: int = 1000, repeats: int = 7, seed: int = 
 
 def user_window(size: int, seed: int) -> np.ndarray:
     """One simulated user's last ``size`` behaviors as records."""
-    from encoder.simulator import SimConfig, Simulator
+    from training.simulator import SimConfig, Simulator
 
     events = list(Simulator(SimConfig(n_users=50, seed=seed)).stream(1, size))
     return records_from_events(events)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ops.config import Settings, load_settings
+from core.settings import Settings, load_settings
 from ops.logs import configure_logging
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = error_message(exc)
         if message is None:
             raise
-        if settings is not None and settings.log_format == "json":
+        if settings is not None and settings.worker.log_format == "json":
             logging.getLogger("dupn").error("dupn: error: %s", message)  # one JSON line like every other
         else:
             print(f"dupn: error: {message}", file=sys.stderr)
@@ -94,7 +94,7 @@ def _broker_parser(sub: Any) -> None:
 def _broker(args: argparse.Namespace, s: Settings) -> int:
     from ops.broker import EmbeddedBroker
 
-    host, port = s.broker_host_port
+    host, port = s.kafka.broker_host_port
     broker = EmbeddedBroker(s.home_path / "broker", host, port)
     if args.action == "start":
         print(broker.start().describe())
@@ -153,9 +153,9 @@ def _worker(args: argparse.Namespace, s: Settings) -> int:
     s = s.replace(log_level=args.loglevel)
     app = create_app(s).app
     tune_gc_for_worker()
-    json_logs = s.log_format == "json"  # every line a JSON object: no banner, Faust logs through our formatter
+    json_logs = s.worker.log_format == "json"  # every line a JSON object: no banner, Faust logs through our formatter
     FaustWorker(
-        app, loglevel=s.log_level, quiet=json_logs, logging_config=logging_config(s) if json_logs else None
+        app, loglevel=s.worker.log_level, quiet=json_logs, logging_config=logging_config(s) if json_logs else None
     ).execute_from_commandline()
     return 0
 
@@ -187,7 +187,7 @@ def _replay(args: argparse.Namespace, s: Settings) -> int:
     else:
         events = r.taobao_events(args.taobao)
     stats = r.replay(s, events, rate=args.rate, total=total, progress=not args.no_progress)
-    print(f"sent {stats.events} events in {stats.seconds:.1f}s ({stats.rate:.0f}/s) to {s.events_topic}")
+    print(f"sent {stats.events} events in {stats.seconds:.1f}s ({stats.rate:.0f}/s) to {s.kafka.events_topic}")
     return 0
 
 
@@ -201,7 +201,7 @@ def _vector_parser(sub: Any) -> None:
 
 
 def _vector(args: argparse.Namespace, s: Settings) -> int:
-    from ops.vectors import fetch_vector
+    from clients.vectors import fetch_vector
 
     body = fetch_vector(s, args.user_id, at=args.at)
     if args.json:
@@ -233,7 +233,7 @@ def _ppp_parser(sub: Any) -> None:
 
 
 def _ppp(args: argparse.Namespace, s: Settings) -> int:
-    from ops.vectors import fetch_purchasing_power
+    from clients.vectors import fetch_purchasing_power
 
     body = fetch_purchasing_power(s, args.user_id)
     if args.json:
@@ -260,14 +260,14 @@ def _rank_parser(sub: Any) -> None:
 
 
 def _rank(args: argparse.Namespace, s: Settings) -> int:
-    from streams.ranker import Ranker
-    from streams.vector_cache import VectorCache
+    from clients.ranker import Ranker
+    from clients.vector_cache import VectorCache
 
     items = [{"item_id": i.strip()} for i in args.items.split(",") if i.strip()]
     cache = None if args.query else VectorCache(s)
     try:
         if cache is not None and not cache.wait_bootstrapped(args.timeout):
-            raise TimeoutError(f"vector cache not bootstrapped from {s.vectors_topic} after {args.timeout:.0f}s")
+            raise TimeoutError(f"vector cache not bootstrapped from {s.kafka.vectors_topic} after {args.timeout:.0f}s")
         ranked = Ranker(s.model_dir, cache, s).score(args.user_id, items, query=args.query)
     finally:
         if cache is not None:
@@ -321,14 +321,14 @@ def _train_parser(sub: Any) -> None:
     tp.add_argument("--quick", action="store_true", help="the small demo-sized run")
     tp.add_argument("--seed", type=int, default=0, help="simulator seed (new seed = a new day of data)")
     tp.add_argument("--steps", type=int, help="training steps")
-    tp.add_argument("--batch-size", type=int, help="user windows per task and step (see encoder.train presets)")
+    tp.add_argument("--batch-size", type=int, help="user windows per task and step (see training.train presets)")
     tp.set_defaults(run=_train)
 
 
 def _train(args: argparse.Namespace, s: Settings) -> int:
     import dataclasses
 
-    from encoder import train as t
+    from training import daily as t
 
     out = args.out or s.model_dir
     if args.taobao:
@@ -352,7 +352,7 @@ def _eval_parser(sub: Any) -> None:
 
 
 def _eval(args: argparse.Namespace, s: Settings) -> int:
-    from encoder.evaluate import run_eval
+    from training.experiments import run_eval
 
     run_eval(quick=args.quick, out_dir=args.out, seed=args.seed)
     print(f"wrote {args.out / 'eval.md'} and {args.out / 'eval.json'}")
@@ -403,7 +403,7 @@ def _bench(args: argparse.Namespace, s: Settings) -> int:
     from ops.bench import PARTS, BenchConfig, drain, make_stream, markdown, run_parts
 
     sizes = {k: v for k, v in (("users", args.users), ("events", args.events)) if v is not None}
-    opts = {"partitions": s.partitions, "seed": args.seed, "freshness_rate": args.rate,
+    opts = {"partitions": s.kafka.partitions, "seed": args.seed, "freshness_rate": args.rate,
             "evicting_users": args.evicting_users, **sizes}
     opts = {k: v for k, v in opts.items() if v is not None}
     cfg = BenchConfig.quick(s.model_dir, **opts) if args.quick else BenchConfig(s.model_dir, **opts)
@@ -456,8 +456,8 @@ def _explain_parsers(sub: Any) -> None:
 
 
 def _explain(args: argparse.Namespace, s: Settings) -> int:
+    from clients.vectors import fetch_explain
     from encoder.explain import table_from_behaviors
-    from ops.vectors import fetch_explain
 
     body = fetch_explain(s, args.user_id, at=args.at, query=args.query)
     if args.json:
@@ -502,8 +502,8 @@ def _report(args: argparse.Namespace, s: Settings) -> int:
     from encoder.checkpoint import load_checkpoint
     from encoder.explain import attention_report
     from encoder.features import records_from_events
-    from encoder.simulator import SimConfig, Simulator
     from encoder.streaming import StreamingEncoder
+    from training.simulator import SimConfig, Simulator
 
     ckpt = load_checkpoint(s.model_dir)
     per_user: dict[str, list[dict[str, Any]]] = {}
@@ -538,7 +538,7 @@ def _dashboards_export(args: argparse.Namespace, s: Settings) -> int:
     from ops.dashboards import export, targets_from_urls
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else targets_from_urls(
-        s.worker_urls
+        s.http.worker_urls
     )
     for path in export(args.out, targets, scrape_interval=args.scrape_interval, token_file=args.token_file):
         print(f"wrote {path}")

@@ -17,11 +17,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from clients.vectors import follow_vectors
+from core.settings import Settings
 from ops.broker import EmbeddedBroker
-from ops.config import ENV_PREFIX, Settings
 from ops.replay import ReplayStats, replay, synthetic_events
 from ops.topics import create_topics
-from ops.vectors import follow_vectors
 
 
 @dataclass
@@ -58,10 +58,7 @@ class VectorTracker:
 
 
 def worker_env(s: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in vars(s).items():
-        env[ENV_PREFIX + name.upper()] = str(value)
-    return env
+    return {**os.environ, **s.env()}
 
 
 WORKER_ARGV = ("-m", "ops", "worker")
@@ -97,10 +94,10 @@ def run_demo(
     s: Settings, *, users: int, events: int, seed: int, rate: float | None, exit_when_done: bool,
     timeout_s: float = 600.0,
 ) -> int:
-    from encoder.train import ensure_model
+    from training.daily import ensure_model
 
     home = s.home_path
-    host, port = s.broker_host_port
+    host, port = s.kafka.broker_host_port
     broker = EmbeddedBroker(home / "broker", host, port)
     owned_broker = not broker.status().running
     print(broker.start().describe(), flush=True)
@@ -118,8 +115,8 @@ def run_demo(
     try:
         with open(log_path, "ab") as log:
             worker = start_worker(s, log)
-            ready = wait_healthy(s.web_url, worker, 120, log_path)
-            print(f"worker ready in {ready:.1f}s at {s.web_url} (log {log_path})", flush=True)
+            ready = wait_healthy(s.http.web_url, worker, 120, log_path)
+            print(f"worker ready in {ready:.1f}s at {s.http.web_url} (log {log_path})", flush=True)
             return _stream_and_watch(s, users, events, seed, rate, exit_when_done, timeout_s)
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)

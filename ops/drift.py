@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from encoder.checkpoint import load_checkpoint
-from encoder.simulator import SimConfig, Simulator
 from encoder.streaming import StreamingEncoder, UpdatePolicy
 from state.codec import encode_state
 from streams.updater import Incoming, VectorUpdater
+from training.simulator import SimConfig, Simulator
 
 
 @dataclass(frozen=True)

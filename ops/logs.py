@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from ops.config import Settings
+from core.settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -63,13 +63,13 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def logging_config(s: Settings, stream: str | None = "ext://sys.stderr") -> dict[str, Any]:
-    """A ``logging.config.dictConfig`` dict for ``s.log_format`` / ``s.log_level``.
+    """A ``logging.config.dictConfig`` dict for ``s.worker.log_format`` / ``s.worker.log_level``.
 
     The worker gives it to Faust with the stream fixed at configuration time
     (Faust then redirects ``sys.stderr`` into logging, which must not loop);
     ``stream=None`` follows ``sys.stderr`` instead (the CLI).
     """
-    formatter: dict[str, Any] = {"()": JsonFormatter} if s.log_format == "json" else {"format": TEXT_FORMAT}
+    formatter: dict[str, Any] = {"()": JsonFormatter} if s.worker.log_format == "json" else {"format": TEXT_FORMAT}
     handler: dict[str, Any] = {"class": "logging.StreamHandler", "stream": stream} if stream else {
         "class": "ops.logs.StderrHandler"
     }
@@ -78,7 +78,7 @@ def logging_config(s: Settings, stream: str | None = "ext://sys.stderr") -> dict
         "disable_existing_loggers": False,
         "formatters": {"dupn": formatter},
         "handlers": {"dupn": {**handler, "formatter": "dupn"}},
-        "root": {"level": s.log_level.upper(), "handlers": ["dupn"]},
+        "root": {"level": s.worker.log_level.upper(), "handlers": ["dupn"]},
     }
 
 

@@ -18,8 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Patch
 
+from core.contracts import EVENT_TYPES
 from encoder.explain import AGE_BUCKET_LABELS, AttentionTable
-from encoder.features import EVENT_TYPES
 
 #: One color per behavior type, shared by every figure so they read together.
 TYPE_COLORS: dict[str, str] = {"click": "#4c78a8", "cart": "#f58518", "fav": "#54a24b", "buy": "#e45756"}

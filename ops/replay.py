@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ops.config import Settings
-from ops.topics import no_broker_message, require_reachable
+from core.settings import Settings
+from core.topics import no_broker_message
+from ops.topics import require_reachable
 
 Event = dict[str, Any]
 
@@ -32,7 +33,7 @@ def synthetic_events(users: int, events: int, seed: int = 0, live_time: bool = T
     Live time makes freshness (event ts → vector published) meaningful for a
     replay; the simulator's own clock orders the events.
     """
-    from encoder.simulator import SimConfig, Simulator
+    from training.simulator import SimConfig, Simulator
 
     sim = Simulator(SimConfig(n_users=users, seed=seed))
     for ev in sim.stream(users, events):
@@ -53,7 +54,7 @@ def jsonl_events(path: Path) -> Iterator[Event]:
 
 
 def taobao_events(path: Path) -> Iterator[Event]:
-    from encoder.taobao import read_taobao_csv
+    from training.taobao import read_taobao_csv
 
     yield from read_taobao_csv(path)
 
@@ -65,15 +66,15 @@ def producer(s: Settings) -> Any:
     require_reachable(s)  # seconds and the fix, instead of the client's own retries
     try:
         return KafkaProducer(
-            bootstrap_servers=s.bootstrap,
-            client_id=f"{s.app_id}-replay",
+            bootstrap_servers=s.kafka.bootstrap,
+            client_id=f"{s.kafka.app_id}-replay",
             linger_ms=5,
             batch_size=256 * 1024,
             acks=1,
-            **s.kafka_client_options(),
+            **s.kafka.kafka_client_options(),
         )
     except (KafkaError, OSError) as exc:
-        raise ConnectionError(no_broker_message(s)) from exc
+        raise ConnectionError(no_broker_message(s.kafka)) from exc
 
 
 def replay(
@@ -98,7 +99,7 @@ def replay(
             if rate:
                 _pace(start, stats.events, rate)
             user = str(ev.get("user_id", ""))
-            prod.send(s.events_topic, key=user.encode("utf-8"), value=json.dumps(ev).encode("utf-8"))
+            prod.send(s.kafka.events_topic, key=user.encode("utf-8"), value=json.dumps(ev).encode("utf-8"))
             stats.events += 1
             if stats.last_event_id is not None:
                 stats.last_event_id[user] = str(ev.get("event_id", ""))

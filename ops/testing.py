@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from core.contracts import VectorMessage, decode_vector_message
+from core.settings import Settings, load_settings
+from core.topics import changelog_topic
 from ops.broker import EmbeddedBroker
-from ops.config import Settings, load_settings
 from ops.demo import WORKER_ARGV, start_worker, wait_healthy, worker_env
-from ops.topics import changelog_topic, create_topics
+from ops.topics import create_topics
 from state.user_state import UserState
-from streams.contracts import VectorMessage, decode_vector_message
 
 
 def free_port() -> int:
@@ -120,8 +121,8 @@ def _wait_all_healthy(
     while True:
         left = max(1.0, deadline - time.monotonic())
         for s, name, proc in zip(settings, names, procs, strict=True):
-            wait_healthy(s.web_url, proc, left, s.home_path / f"{name}.log")
-        if len(procs) == 1 or all(_healthy(s.web_url) for s in settings):
+            wait_healthy(s.http.web_url, proc, left, s.home_path / f"{name}.log")
+        if len(procs) == 1 or all(_healthy(s.http.web_url) for s in settings):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(procs)} workers not healthy together after {timeout_s:.0f}s")
@@ -145,13 +146,13 @@ def produce(s: Settings, events: Iterable[dict[str, Any]], raw: Iterable[tuple[b
     """Send contract events (keyed by user_id) and raw (key, value) messages; returns the count."""
     from kafka import KafkaProducer
 
-    prod = KafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=2, **s.kafka_client_options())
+    prod = KafkaProducer(bootstrap_servers=s.kafka.bootstrap, linger_ms=2, **s.kafka.kafka_client_options())
     n = 0
     for ev in events:
-        prod.send(s.events_topic, key=str(ev["user_id"]).encode(), value=json.dumps(ev).encode())
+        prod.send(s.kafka.events_topic, key=str(ev["user_id"]).encode(), value=json.dumps(ev).encode())
         n += 1
     for key, value in raw:
-        prod.send(s.events_topic, key=key, value=value)
+        prod.send(s.kafka.events_topic, key=key, value=value)
         n += 1
     prod.flush()
     prod.close()
@@ -163,21 +164,22 @@ def produce_raw(s: Settings, messages: Iterable[tuple[bytes | None, bytes | None
     from kafka import KafkaProducer
 
     prod = KafkaProducer(
-        bootstrap_servers=s.bootstrap, linger_ms=2, max_request_size=4 * 1024 * 1024, **s.kafka_client_options()
+        bootstrap_servers=s.kafka.bootstrap,
+        linger_ms=2,
+        max_request_size=4 * 1024 * 1024,
+        **s.kafka.kafka_client_options(),
     )
     try:
-        futures = [prod.send(s.events_topic, key=key, value=value) for key, value in messages]
+        futures = [prod.send(s.kafka.events_topic, key=key, value=value) for key, value in messages]
         prod.flush()
         return [(meta.partition, meta.offset) for meta in (f.get(timeout=30) for f in futures)]
     finally:
         prod.close()
 
 
-def collect_vectors(
-    s: Settings, until: Any, timeout_s: float = 120.0
-) -> list[VectorMessage]:
+def collect_vectors(s: Settings, until: Any, timeout_s: float = 120.0) -> list[VectorMessage]:
     """Read ``user-vectors`` from the beginning until ``until(messages)`` is true (or time out)."""
-    from ops.vectors import follow_vectors
+    from clients.vectors import follow_vectors
 
     out: list[VectorMessage] = []
     deadline = time.monotonic() + timeout_s
@@ -199,11 +201,14 @@ def read_dlq(s: Settings, expected: int, timeout_s: float = 60.0) -> list[Any]:
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=s.bootstrap, group_id=None, auto_offset_reset="earliest", **s.kafka_client_options()
+        bootstrap_servers=s.kafka.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        **s.kafka.kafka_client_options(),
     )
     try:
-        parts = consumer.partitions_for_topic(s.dlq_topic) or set()
-        consumer.assign([TopicPartition(s.dlq_topic, p) for p in parts])
+        parts = consumer.partitions_for_topic(s.kafka.dlq_topic) or set()
+        consumer.assign([TopicPartition(s.kafka.dlq_topic, p) for p in parts])
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
         while len(out) < expected and time.monotonic() < deadline:
@@ -239,8 +244,14 @@ def http_request(url: str, token: str | None = None, timeout_s: float = 10.0) ->
             return exc.code, headers, body.decode("utf-8", "replace")
 
 
-def http_raw(url: str, token: str | None = None, method: str = "GET", body: bytes | None = None,
-             headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> tuple[int, bytes]:
+def http_raw(
+    url: str,
+    token: str | None = None,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> tuple[int, bytes]:
     """(status, body bytes) of one request, for endpoints that don't answer JSON (``/metrics``)."""
     import urllib.error
     import urllib.request
@@ -345,7 +356,7 @@ class WorkerProcess:
 
     @property
     def url(self) -> str:
-        return self.settings.web_url
+        return self.settings.http.web_url
 
     @property
     def running(self) -> bool:
@@ -414,8 +425,11 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 120.0) -> list[Any]:
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-        **s.kafka_client_options(),
+        bootstrap_servers=s.kafka.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **s.kafka.kafka_client_options(),
     )
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -437,7 +451,7 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 120.0) -> list[Any]:
 
 def latest_vectors(s: Settings) -> dict[str, VectorMessage]:
     """The last vector per user on ``user-vectors`` (what a compacted topic keeps)."""
-    return {m.user_id: m for m in (decode_vector_message(r.value) for r in read_topic(s, s.vectors_topic))}
+    return {m.user_id: m for m in (decode_vector_message(r.value) for r in read_topic(s, s.kafka.vectors_topic))}
 
 
 def latest_states(s: Settings) -> dict[str, UserState]:
@@ -445,7 +459,7 @@ def latest_states(s: Settings) -> dict[str, UserState]:
     from state.codec import decode_state
 
     out: dict[str, UserState] = {}
-    for r in read_topic(s, changelog_topic(s)):
+    for r in read_topic(s, changelog_topic(s.kafka)):
         user = bytes(r.key).decode("utf-8")
         if r.value is None:
             out.pop(user, None)
@@ -474,7 +488,7 @@ class Reference:
 
         ckpt = load_checkpoint(s.model_dir)
         self.encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
-        self.policy = UpdatePolicy(s.update_mode, s.reanchor_every, ckpt.config.window)  # type: ignore[arg-type]
+        self.policy = UpdatePolicy(s.model.update_mode, s.model.reanchor_every, ckpt.config.window)  # type: ignore[arg-type]
         self.events: dict[str, list[dict[str, Any]]] = {}
         for ev in events:
             self.events.setdefault(str(ev["user_id"]), []).append(ev)

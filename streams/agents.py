@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ops import metrics
+from core import metrics
+from core.contracts import Rejection, dlq_record
 from state.codec import encode_state
 from streams.batch_io import BatchWriter, StateWrite
-from streams.contracts import Rejection, dlq_record
 from streams.intake import BatchIntake, install
 from streams.updater import BatchResult, RawMessage, vector_message
 
@@ -36,20 +36,20 @@ _ENCODER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupn-enc
 
 def register_agents(w: Worker) -> None:
     s = w.settings
-    if s.intake == "lean":
+    if s.worker.intake == "lean":
         _register_lean(w)
     else:
 
         @w.app.agent(w.events_topic, name="update-vectors")
         async def update_vectors(stream: Any) -> None:
-            async for events in stream.take_events(s.batch_max, s.batch_within_s):
+            async for events in stream.take_events(s.worker.batch_max, s.worker.batch_within_s):
                 await process_batch(w, [e.message for e in events])
 
     @w.app.task
     async def warm_model() -> None:
         w.runtime.updater  # noqa: B018 - load the checkpoint before the first batch
 
-    @w.app.timer(s.model_poll_s)
+    @w.app.timer(s.model.model_poll_s)
     async def watch_model() -> None:
         if await asyncio.get_running_loop().run_in_executor(None, w.runtime.check_for_new_model):
             async with w.runtime.batch_lock:  # between batches: a batch runs on one model
@@ -59,7 +59,7 @@ def register_agents(w: Worker) -> None:
 def _register_lean(w: Worker) -> None:
     """Batches straight from the fetch loop (streams.intake); Faust keeps tables, commits and routing."""
     s = w.settings
-    intake = BatchIntake(s.events_topic, s.batch_max, s.batch_linger_s)
+    intake = BatchIntake(s.kafka.events_topic, s.worker.batch_max, s.worker.batch_linger_s)
     install(w.app, intake)
     w.app.topics.add(w.events_topic)  # subscribe without an agent: the intake receives its messages
 
@@ -167,19 +167,19 @@ async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchR
 
 def _batch_writer(w: Worker) -> BatchWriter:
     if w.batch_writer is None:
-        w.batch_writer = BatchWriter(w.app, w.table, w.settings.vectors_topic)
+        w.batch_writer = BatchWriter(w.app, w.table, w.settings.kafka.vectors_topic)
     return w.batch_writer
 
 
 async def send_to_dlq(w: Worker, msg: RawMessage, rejection: Rejection) -> None:
-    """The original bytes, untouched, with why and where in headers (streams.contracts.dlq_record)."""
+    """The original bytes, untouched, with why and where in headers (core.contracts.dlq_record)."""
     key, value, headers = dlq_record(
-        msg.key, msg.value, rejection, w.settings.events_topic, msg.partition, msg.offset
+        msg.key, msg.value, rejection, w.settings.kafka.events_topic, msg.partition, msg.offset
     )
     await w.dlq_topic.send(key=key, value=value, headers=headers)
     log.warning(
         "rejected event at %s/%d@%d: %s (%s)",
-        w.settings.events_topic, msg.partition, msg.offset, rejection.reason, rejection.detail[:200],
+        w.settings.kafka.events_topic, msg.partition, msg.offset, rejection.reason, rejection.detail[:200],
     )
 
 

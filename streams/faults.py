@@ -26,7 +26,7 @@ ENV = "DUPN_FAULT_KILL_AFTER_STATES"
 def install(w: Worker) -> None:
     limit = int(os.environ.get(ENV, "0") or 0)
     if limit > 0 and w.table is not None:
-        w.batch_writer = _KillingWriter(w.app, w.table, w.settings.vectors_topic, limit)
+        w.batch_writer = _KillingWriter(w.app, w.table, w.settings.kafka.vectors_topic, limit)
 
 
 class _KillingWriter(BatchWriter):

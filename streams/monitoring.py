@@ -1,7 +1,7 @@
 """Worker metrics that no single event updates: consumer lag, owned users, and Faust's own sensor.
 
 ``register_monitoring(w)`` is the one call from :func:`streams.worker.create_app`.
-Everything lands in :data:`ops.metrics.REGISTRY`, served by the worker's
+Everything lands in :data:`core.metrics.REGISTRY`, served by the worker's
 (token-guarded) ``GET /metrics``.
 """
 
@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ops import metrics
+from core import metrics
 
 if TYPE_CHECKING:
     from streams.worker import Worker
@@ -99,12 +99,12 @@ def _monitor_class() -> Any:
 
 def source_topic_names(w: Worker) -> frozenset[str]:
     """The topics this worker's agents consume (not table changelogs)."""
-    roles = w.settings.role_set
+    roles = w.settings.worker.role_set
     names = set()
     if "vectors" in roles:
-        names.add(w.settings.events_topic)
+        names.add(w.settings.kafka.events_topic)
     if "ppp" in roles:
-        names.add(w.settings.vectors_topic)
+        names.add(w.settings.kafka.vectors_topic)
     return frozenset(names)
 
 

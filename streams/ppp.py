@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from core import metrics
+from core.contracts import VectorMessage, decode_vector_message
+from core.settings import Settings
+from core.topics import PPP_TABLE
 from encoder.checkpoint import META, Checkpoint, load_checkpoint
-from ops import metrics
-from ops.config import Settings
-from ops.topics import PPP_TABLE
-from streams.contracts import VectorMessage, decode_vector_message
 
 if TYPE_CHECKING:
     from streams.worker import Worker
@@ -144,11 +144,11 @@ def register_ppp(w: Worker) -> None:
     from streams.worker import _raw_topic
 
     s = w.settings
-    w.ppp_topic = _raw_topic(w.app, s.ppp_topic, s.partitions)
+    w.ppp_topic = _raw_topic(w.app, s.kafka.ppp_topic, s.kafka.partitions)
     w.ppp_table = w.app.Table(
         PPP_TABLE,
         default=None,
-        partitions=s.partitions,
+        partitions=s.kafka.partitions,
         key_type=bytes,
         value_type=bytes,
         extra_topic_configs={"cleanup.policy": "compact"},

@@ -10,10 +10,10 @@ import threading
 
 import torch
 
+from core import metrics
+from core.settings import Settings
 from encoder.checkpoint import Checkpoint, load_checkpoint
 from encoder.streaming import StreamingEncoder, UpdatePolicy
-from ops import metrics
-from ops.config import Settings
 from streams.updater import VectorUpdater
 
 log = logging.getLogger(__name__)
@@ -118,14 +118,14 @@ class Runtime:
 
     def _make_updater(self, ckpt: Checkpoint) -> VectorUpdater:
         s = self.settings
-        torch.set_num_threads(max(1, s.torch_threads))
-        policy = UpdatePolicy(s.update_mode, s.reanchor_every, ckpt.config.window)  # type: ignore[arg-type]
+        torch.set_num_threads(max(1, s.model.torch_threads))
+        policy = UpdatePolicy(s.model.update_mode, s.model.reanchor_every, ckpt.config.window)  # type: ignore[arg-type]
         encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
-        updater = VectorUpdater(encoder, policy, cache_capacity=s.cache_users)
-        updater.max_future_ms = s.max_future_ms
+        updater = VectorUpdater(encoder, policy, cache_capacity=s.worker.cache_users)
+        updater.max_future_ms = s.worker.max_future_ms
         metrics.MODEL_INFO.labels(model_version=ckpt.model_version).set(1)
         log.info(
             "loaded model %s from %s (mode=%s, reanchor_every=%d)",
-            ckpt.model_version, s.model_dir, s.update_mode, s.reanchor_every,
+            ckpt.model_version, s.model_dir, s.model.update_mode, s.model.reanchor_every,
         )
         return updater

@@ -25,12 +25,12 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from core.contracts import BehaviorEvent, Rejection, VectorMessage, parse_event
 from encoder.features import behavior_records, concat_records, hash_event_id
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy
 from state.cache import VersionedLRU
 from state.codec import StateDecodeError, decode_state
 from state.user_state import UserState
-from streams.contracts import BehaviorEvent, Rejection, VectorMessage, parse_event
 
 
 class RawMessage(Protocol):

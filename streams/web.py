@@ -31,17 +31,17 @@ import torch
 from aiohttp import web as aioweb
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from encoder.data import query_bucket
+from core import metrics
 from encoder.explain import explain_behaviors
+from encoder.features import query_bucket
 from encoder.model import UserContext
-from ops import metrics
 from state.codec import StateDecodeError, decode_state
 from state.user_state import UserState
 from streams.updater import vector_message
 
 if TYPE_CHECKING:
+    from core.settings import Settings
     from encoder.streaming import StreamingEncoder
-    from ops.config import Settings
     from streams.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def web_application_options(s: Settings) -> dict[str, Any]:
             "max_field_size": MAX_HEADER_LINE,
             "max_headers": MAX_HEADERS,
         },
-        "middlewares": [request_guard(s.api_token)],
+        "middlewares": [request_guard(s.http.api_token)],
     }
 
 
@@ -102,11 +102,11 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 def register_views(w: Worker) -> None:
     app = w.app
-    if not w.settings.api_token and not _is_loopback(w.settings.web_host):
+    if not w.settings.http.api_token and not _is_loopback(w.settings.http.web_host):
         log.warning(
             "HTTP API on %s without DUPN_API_TOKEN: anyone who can reach port %d can read user vectors; "
             "set DUPN_API_TOKEN or DUPN_WEB_HOST=127.0.0.1",
-            w.settings.web_host, w.settings.web_port,
+            w.settings.http.web_host, w.settings.http.web_port,
         )
 
     @app.page("/healthz")
@@ -183,7 +183,7 @@ def _owner_routed(w: Worker, table: Any) -> Callable[[Handler], Handler]:
 
     def wrap(fun: Handler) -> Handler:
         async def routed(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-            partition = partition_of(request.match_info["user_id"].encode("utf-8"), w.settings.partitions)
+            partition = partition_of(request.match_info["user_id"].encode("utf-8"), w.settings.kafka.partitions)
             owner = _active_owner(app, topic, partition)
             if owner is None:
                 return unavailable(view.web, f"partition {partition} has no owner yet (rebalancing)")
@@ -323,7 +323,7 @@ def _repool_args(
         return f"query must be 1-{MAX_QUERY_CHARS} characters"
     if not query:
         return as_of, None, {}
-    bucket = query_bucket(query, enc.cfg)
+    bucket = query_bucket(query, enc.cfg.query_buckets)
     context = UserContext(query=torch.tensor([bucket], dtype=torch.int64))
     return as_of, context, {"query": query, "query_bucket": bucket}
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import faust
 
-from ops.config import Settings, load_settings
-from ops.topics import USER_STATE_TABLE
+from core.settings import Settings, load_settings
+from core.topics import USER_STATE_TABLE
 from streams import faults, highwater
 from streams.restore import BulkRestoreTableManager
 from streams.runtime import Runtime
@@ -38,18 +38,18 @@ class Worker:
 def create_app(settings: Settings | None = None) -> Worker:
     s = settings or load_settings()
     app = faust.App(s.faust_app_id, **faust_options(s))
-    fetch_max_wait(s.fetch_max_wait_ms)
+    fetch_max_wait(s.kafka.fetch_max_wait_ms)
     highwater.install(app)  # recovery must read each changelog to its real end (see streams.highwater)
-    events_topic = _raw_topic(app, s.events_topic, s.partitions)
-    vectors_topic = _raw_topic(app, s.vectors_topic, s.partitions)
-    dlq_topic = _raw_topic(app, s.dlq_topic, s.partitions)
-    roles = s.role_set
+    events_topic = _raw_topic(app, s.kafka.events_topic, s.kafka.partitions)
+    vectors_topic = _raw_topic(app, s.kafka.vectors_topic, s.kafka.partitions)
+    dlq_topic = _raw_topic(app, s.kafka.dlq_topic, s.kafka.partitions)
+    roles = s.worker.role_set
     table = None
     if "vectors" in roles:
         table = app.Table(
             USER_STATE_TABLE,
             default=None,
-            partitions=s.partitions,
+            partitions=s.kafka.partitions,
             key_type=bytes,
             value_type=bytes,
             extra_topic_configs={"cleanup.policy": "compact"},
@@ -103,22 +103,22 @@ def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
 
 def faust_options(s: Settings) -> dict[str, Any]:
     opts: dict[str, Any] = {
-        "broker": s.broker,
+        "broker": s.kafka.broker,
         "store": "rocksdb://",
         "datadir": str(s.data_path),
-        "web_host": s.web_host,
-        "web_bind": s.web_host,
-        "web_port": s.web_port,
-        "canonical_url": f"http://{s.web_host}:{s.web_port}",
-        "topic_partitions": s.partitions,
+        "web_host": s.http.web_host,
+        "web_bind": s.http.web_host,
+        "web_port": s.http.web_port,
+        "canonical_url": f"http://{s.http.web_host}:{s.http.web_port}",
+        "topic_partitions": s.kafka.partitions,
         "topic_allow_declare": True,
         "consumer_auto_offset_reset": "earliest",
-        "broker_session_timeout": s.session_timeout_s,
-        "broker_heartbeat_interval": s.heartbeat_interval_s,
-        "broker_rebalance_timeout": s.rebalance_timeout_s,
+        "broker_session_timeout": s.kafka.session_timeout_s,
+        "broker_heartbeat_interval": s.kafka.heartbeat_interval_s,
+        "broker_rebalance_timeout": s.kafka.rebalance_timeout_s,
         "stream_recovery_delay": 0.0,
-        "broker_max_poll_records": max(500, s.batch_max),
-        "stream_buffer_maxsize": max(4096, 4 * s.batch_max),
+        "broker_max_poll_records": max(500, s.worker.batch_max),
+        "stream_buffer_maxsize": max(4096, 4 * s.worker.batch_max),
         "producer_linger": 0.002,
         "producer_max_batch_size": 512 * 1024,  # ~one produce batch per partition per worker batch
         "autodiscover": False,
@@ -133,7 +133,7 @@ def faust_options(s: Settings) -> dict[str, Any]:
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
-    credentials = s.faust_broker_credentials()  # the one Settings -> Kafka security translation (ops.config)
+    credentials = s.kafka.faust_broker_credentials()  # the one Settings -> Kafka security translation (core.settings)
     if credentials is not None:
         opts["broker_credentials"] = credentials
     return opts

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ops.config import Settings
+from core.settings import Settings
 from ops.testing import embedded_broker, isolated_settings, setup_topics
 
 
@@ -104,7 +104,7 @@ def produce_pairs(s: Settings, pairs: Sequence[tuple[bytes, bytes]]) -> None:
     prod = producer(s)
     try:
         for key, value in pairs:
-            prod.send(s.events_topic, key=key, value=value)
+            prod.send(s.kafka.events_topic, key=key, value=value)
         prod.flush()
     finally:
         prod.close()
@@ -115,10 +115,10 @@ def vector_consumer(s: Settings, topic: str | None = None) -> Any:
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-        fetch_max_wait_ms=20, max_partition_fetch_bytes=8 << 20, **s.kafka_client_options(),
+        bootstrap_servers=s.kafka.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=20, max_partition_fetch_bytes=8 << 20, **s.kafka.kafka_client_options(),
     )
-    name = topic or s.vectors_topic
+    name = topic or s.kafka.vectors_topic
     parts = consumer.partitions_for_topic(name) or set()
     if not parts:
         consumer.close()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from core.settings import FIELD_SECTIONS, Settings
 from ops.bench.common import (
     BenchConfig,
     Stream,
@@ -19,7 +20,6 @@ from ops.bench.common import (
     vector_consumer,
     worker_metrics,
 )
-from ops.config import Settings
 from ops.testing import free_port, running_workers
 
 
@@ -159,7 +159,8 @@ def draining(cfg: BenchConfig, s: Settings, stream: Stream, workers: int = 1) ->
         keys = ("update_mode", "reanchor_every", "intake", "roles", "batch_max", "partitions")
         yield Drain(
             len(stream), stream.users, workers, done - start, follower.applied_at(start),
-            [worker_metrics(w.web_url) for w in group], {k: getattr(s, k) for k in keys},
+            [worker_metrics(w.http.web_url) for w in group],
+            {k: getattr(getattr(s, FIELD_SECTIONS[k]), k) for k in keys},
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from core.settings import Settings
 from ops.bench.common import (
     BenchConfig,
     Stream,
@@ -25,7 +26,6 @@ from ops.bench.common import (
     ratio,
     worker_metrics,
 )
-from ops.config import Settings
 from ops.demo import worker_env
 from ops.testing import running_worker
 
@@ -87,7 +87,7 @@ def _paced_run(
             probe.terminate()
             probe.wait(timeout=60)
         rows = np.load(out)
-        metrics = worker_metrics(s.web_url) if worker else {}
+        metrics = worker_metrics(s.http.web_url) if worker else {}
     steady = rows[rows[:, 1] >= pacing.steady_from_ms]
     result: dict[str, Any] = {
         "target_events_per_s": round(rate, 1),
@@ -164,11 +164,11 @@ async def _paced(s: Settings, templates: Sequence[tuple[bytes, bytes, bytes]], r
     from aiokafka import AIOKafkaProducer
 
     prod = AIOKafkaProducer(
-        bootstrap_servers=s.bootstrap, linger_ms=0, max_batch_size=1 << 20, **s.kafka_client_options()
+        bootstrap_servers=s.kafka.bootstrap, linger_ms=0, max_batch_size=1 << 20, **s.kafka.kafka_client_options()
     )
     await prod.start()
     try:
-        topic, n, sent, max_behind = s.events_topic, len(templates), 0, 0.0
+        topic, n, sent, max_behind = s.kafka.events_topic, len(templates), 0, 0.0
         steady_at: tuple[float, int] | None = None
         start = time.monotonic()
         start_ms = time.time_ns() // 1_000_000
@@ -215,7 +215,7 @@ def _wait_consumed(s: Settings, events: int, timeout_s: float) -> int:
 def _wait_applied(s: Settings, events: int, timeout_s: float) -> None:
     """Until the worker counts every sent event as applied (its own Prometheus counter)."""
     deadline = time.monotonic() + timeout_s
-    while worker_metrics(s.web_url).get("events_applied", 0) < events:
+    while worker_metrics(s.http.web_url).get("events_applied", 0) < events:
         if time.monotonic() > deadline:
             raise TimeoutError(f"worker did not apply {events} events within {timeout_s:.0f}s of the last send")
         time.sleep(0.1)
@@ -227,7 +227,7 @@ def query_load(cfg: BenchConfig, s: Settings, users: Sequence[str]) -> dict[str,
     Latency counts from when each request was due, so a stalled server cannot hide
     its queueing by slowing the client down (no coordinated omission).
     """
-    results = asyncio.run(_open_loop(s.web_url, list(users), cfg.query_rate, cfg.query_s, cfg.seed))
+    results = asyncio.run(_open_loop(s.http.web_url, list(users), cfg.query_rate, cfg.query_s, cfg.seed))
     due_ms = np.asarray([r[1] for r in results])
     ok = sum(1 for r in results if r[0] == 200)
     return {

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.settings import Settings
+from core.topics import changelog_topic
 from ops.bench.common import (
     WORKER_READY,
     BenchConfig,
@@ -22,9 +24,7 @@ from ops.bench.common import (
 )
 from ops.bench.drain import draining
 from ops.bench.latency import fetch_all, query_load
-from ops.config import Settings
 from ops.testing import running_worker
-from ops.topics import changelog_topic
 from streams.restore import LOG_MARKER
 
 # Faust's recovery log lines (faust/tables/recovery.py), in the order they appear
@@ -55,7 +55,7 @@ def recovery(cfg: BenchConfig, stream: Stream, then_query: bool = False) -> dict
         with running_worker(s, "worker-restarted", cfg.ready_timeout_s):
             out["start_to_ready_s"] = round(time.time() - spawned, 2)
             out.update(restore_phase(log))
-            out["recovered_users"] = fetch_all(s.web_url, stream.last_event_id)
+            out["recovered_users"] = fetch_all(s.http.web_url, stream.last_event_id)
             out["lost_users"] = stream.users - out["recovered_users"]
             if then_query:
                 note(f"query: {cfg.query_rate:g} requests/s for {cfg.query_s:g}s on the restored worker")
@@ -84,13 +84,13 @@ async def _read_floor(s: Settings, records: int) -> dict[str, Any]:
     from streams.restore import CHUNK_RECORDS, FETCH_MAX_BYTES, PARTITION_FETCH_BYTES
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        bootstrap_servers=s.kafka.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
         fetch_max_bytes=FETCH_MAX_BYTES, max_partition_fetch_bytes=PARTITION_FETCH_BYTES, fetch_max_wait_ms=10,
-        **s.kafka_client_options(),
+        **s.kafka.kafka_client_options(),
     )
     await consumer.start()
     try:
-        topic = changelog_topic(s)
+        topic = changelog_topic(s.kafka)
         consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
         await consumer.seek_to_beginning()
         latest: dict[bytes | None, bytes | None] = {}
@@ -184,7 +184,7 @@ def _read_changelog(s: Settings, idle_s: float = 2.0) -> tuple[int, int, dict[by
     """
     from ops.bench.common import vector_consumer
 
-    consumer = vector_consumer(s, changelog_topic(s))
+    consumer = vector_consumer(s, changelog_topic(s.kafka))
     try:
         records, written = 0, 0
         last: dict[bytes, int] = {}

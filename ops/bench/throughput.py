@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+from core.settings import Settings
 from ops.bench.common import (
     BenchConfig,
     Stream,
@@ -18,7 +19,6 @@ from ops.bench.common import (
     ready_time,
 )
 from ops.bench.drain import drain
-from ops.config import Settings
 from ops.testing import running_worker
 
 PASSTHROUGH_ARGV = ("-m", "ops.bench_apps", "passthrough")
@@ -35,13 +35,15 @@ def ceiling_a(cfg: BenchConfig, stream: Stream) -> dict[str, Any]:
 async def _aiokafka_passthrough(s: Settings, expected: int) -> float:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=2)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, linger_ms=2)
     await consumer.start()
     await producer.start()
     try:
-        parts = consumer.partitions_for_topic(s.events_topic) or set()
-        consumer.assign([TopicPartition(s.events_topic, p) for p in parts])
+        parts = consumer.partitions_for_topic(s.kafka.events_topic) or set()
+        consumer.assign([TopicPartition(s.kafka.events_topic, p) for p in parts])
         await consumer.seek_to_beginning()
         done = 0
         start = time.monotonic()
@@ -50,7 +52,7 @@ async def _aiokafka_passthrough(s: Settings, expected: int) -> float:
             for records in batches.values():
                 for r in records:
                     doc = json.loads(r.value)
-                    await producer.send(s.vectors_topic, key=r.key, value=json.dumps(doc).encode())
+                    await producer.send(s.kafka.vectors_topic, key=r.key, value=json.dumps(doc).encode())
                 done += len(records)
         await producer.flush()
         return time.monotonic() - start
@@ -69,7 +71,7 @@ def ceiling_b(cfg: BenchConfig, stream: Stream) -> dict[str, Any]:
         produce_pairs(s, stream.pairs)
         with running_worker(s, "passthrough", cfg.ready_timeout_s, argv=PASSTHROUGH_ARGV):
             healthy = time.time()
-            wait_topic_holds(s, s.vectors_topic, len(stream), cfg.timeout_s)
+            wait_topic_holds(s, s.kafka.vectors_topic, len(stream), cfg.timeout_s)
             done = time.time()
             seconds = done - (ready_time([s.home_path / "passthrough.log"], done) or healthy)
     path = "Faust agent (streams.worker.faust_options) json.loads -> json.dumps -> send"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.contracts import DLQ_MAX_KEY_BYTES, DLQ_MAX_VALUE_BYTES
 from encoder.checkpoint import load_checkpoint
 from encoder.features import records_from_events
 from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
@@ -25,7 +26,6 @@ from ops.testing import (
     running_worker,
     setup_topics,
 )
-from streams.contracts import DLQ_MAX_KEY_BYTES, DLQ_MAX_VALUE_BYTES
 from tests.corpus.bad_events import BAD_EVENTS, USER, reason_counts
 from tests.unit.test_updater import make_events
 
@@ -51,8 +51,8 @@ def test_corpus_goes_to_the_dlq_and_valid_events_are_unaffected(
             s, until=lambda msgs: {m.user_id for m in msgs if m.events_seen == want.get(m.user_id)} >= want.keys(),
             timeout_s=180,
         )
-        rejected = _rejected_counts(s.web_url)
-        assert http_get(f"{s.web_url}/healthz")[0] == 200
+        rejected = _rejected_counts(s.http.web_url)
+        assert http_get(f"{s.http.web_url}/healthz")[0] == 200
 
     where = {id(msg): pos for msg, pos in zip(messages, positions, strict=True)}
     sent = {where[id(m)]: (case, m) for case, m in zip(BAD_EVENTS, bad, strict=True)}
@@ -63,7 +63,7 @@ def test_corpus_goes_to_the_dlq_and_valid_events_are_unaffected(
         pos = (int(headers["dupn.source.partition"]), int(headers["dupn.source.offset"]))
         case, (key, value) = sent[pos]
         assert headers["dupn.reason"] == case.reason, case.name
-        assert headers["dupn.source.topic"] == s.events_topic
+        assert headers["dupn.source.topic"] == s.kafka.events_topic
         assert headers["dupn.detail"]
         _assert_original(rec, headers, key, value, case.name)
         seen.add(pos)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import load_settings
+from core.settings import load_settings
+from core.topics import changelog_topic
 from ops.testing import free_port
-from ops.topics import admin_client, changelog_topic
+from ops.topics import admin_client
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def test_broker_lifecycle_and_topics(tmp_path: Path) -> None:
             parts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics()}
         finally:
             admin.close()
-        for name in (s.events_topic, s.vectors_topic, s.dlq_topic, changelog_topic(s)):
+        for name in (s.kafka.events_topic, s.kafka.vectors_topic, s.kafka.dlq_topic, changelog_topic(s.kafka)):
             assert parts[name] == 3
         assert "exists" in dupn(tmp_path, port, "topics", "create", "--partitions", "3").stdout
         clash = dupn(tmp_path, port, "topics", "create", "--partitions", "5")

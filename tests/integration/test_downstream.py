@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from clients.ranker import ModelVersionMismatch, Ranker
+from clients.vector_cache import VectorCache
+from core.contracts import VectorMessage
+from core.settings import Settings
 from encoder.checkpoint import load_checkpoint, save_checkpoint
-from encoder.data import query_bucket
-from encoder.features import records_from_events
+from encoder.features import query_bucket, records_from_events
 from encoder.model import UserContext
 from encoder.scoring import score_split
 from encoder.streaming import StreamingEncoder
-from ops.config import Settings
 from ops.testing import collect_vectors, http_get, isolated_settings, produce, running_worker, setup_topics
-from streams.contracts import VectorMessage
-from streams.ranker import ModelVersionMismatch, Ranker
-from streams.vector_cache import VectorCache
 from tests.unit.test_updater import interleave, make_events
 
 pytestmark = pytest.mark.integration
@@ -31,14 +30,14 @@ def read_ppp(s: Settings, until: Any, timeout_s: float = 90.0) -> dict[str, dict
     """Latest user-purchasing-power message per user, polling until ``until(latest)``."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None, auto_offset_reset="earliest")
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka.bootstrap, group_id=None, auto_offset_reset="earliest")
     latest: dict[str, dict[str, Any]] = {}
     try:
         deadline = time.monotonic() + timeout_s
         parts: set[int] = set()
         while not parts and time.monotonic() < deadline:
-            parts = consumer.partitions_for_topic(s.ppp_topic) or set()
-        consumer.assign([TopicPartition(s.ppp_topic, p) for p in parts])
+            parts = consumer.partitions_for_topic(s.kafka.ppp_topic) or set()
+        consumer.assign([TopicPartition(s.kafka.ppp_topic, p) for p in parts])
         while time.monotonic() < deadline:
             for recs in consumer.poll(timeout_ms=200).values():
                 for r in recs:
@@ -99,25 +98,25 @@ def _check_purchasing_power(s: Settings, ckpt: Any, last: dict[str, VectorMessag
         assert np.abs(np.asarray(body["probabilities"]) - want).max() <= 1e-5
         assert body["level"] == int(np.argmax(want)) + 1
         assert body["model_version"] == ckpt.model_version
-        wait_for(lambda u=user, m=msg: http_get(f"{s.web_url}/users/{u}/purchasing-power")[1].get(
+        wait_for(lambda u=user, m=msg: http_get(f"{s.http.web_url}/users/{u}/purchasing-power")[1].get(
             "vector_updated_at") == m.updated_at)
-        status, served = http_get(f"{s.web_url}/users/{user}/purchasing-power")
+        status, served = http_get(f"{s.http.web_url}/users/{user}/purchasing-power")
         assert status == 200 and served["level"] == body["level"] and served["user_id"] == user
-    assert http_get(f"{s.web_url}/users/nobody/purchasing-power")[0] == 404
-    assert http_get(f"{s.web_url}/users/bad%20id/purchasing-power")[0] == 400
+    assert http_get(f"{s.http.web_url}/users/nobody/purchasing-power")[0] == 404
+    assert http_get(f"{s.http.web_url}/users/bad%20id/purchasing-power")[0] == 400
 
 
 def _check_query_aware(s: Settings, ckpt: Any, users: dict[str, list[dict[str, Any]]]) -> None:
     encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
     for user in ("u0", "u3"):
-        _, plain = http_get(f"{s.web_url}/users/{user}/vector")
-        status, aware = http_get(f"{s.web_url}/users/{user}/vector?query=c3")
-        assert status == 200 and aware["query_bucket"] == query_bucket("c3", encoder.cfg) != 0
+        _, plain = http_get(f"{s.http.web_url}/users/{user}/vector")
+        status, aware = http_get(f"{s.http.web_url}/users/{user}/vector?query=c3")
+        assert status == 200 and aware["query_bucket"] == query_bucket("c3", encoder.cfg.query_buckets) != 0
         assert aware["as_of"] == plain["as_of"] == plain["last_event_ts"]
         got = np.asarray(aware["vector"], np.float32)
         assert np.abs(got - np.asarray(plain["vector"], np.float32)).max() > 1e-4
         (state,) = encoder.replay([records_from_events(users[user])[-encoder.window:]])
-        ctx = UserContext(query=torch.tensor([query_bucket("c3", encoder.cfg)]))
+        ctx = UserContext(query=torch.tensor([query_bucket("c3", encoder.cfg.query_buckets)]))
         want = encoder.represent([state], [plain["last_event_ts"]], ctx)[0]
         assert np.abs(got - want).max() <= 1e-5
 
@@ -135,7 +134,7 @@ def _check_cache_and_ranker(
         produce(s, [extra])
         wait_for(lambda: (cache.get("u2") or (None, 0))[0] is not None
                  and cache.get("u2")[0].events_seen == len(users["u2"]) + 1)  # type: ignore[index]
-        ranker = Ranker(s.model_dir, cache, s.replace(worker_urls=s.web_url))
+        ranker = Ranker(s.model_dir, cache, s.replace(worker_urls=s.http.web_url))
         items = [{"item_id": f"i{k}", "category_id": f"c{k % 8}"} for k in range(20)]
         ranked = ranker.score("u0", items)
         assert [r[1] for r in ranked] == sorted((r[1] for r in ranked), reverse=True)
@@ -164,9 +163,9 @@ def test_ppp_worker_alone_scores_known_versions_only(tmp_path: Path, broker_url:
     vec = np.linspace(-0.5, 0.5, 256, dtype=np.float32)
     msgs = [VectorMessage(u, v, vec, 1, "e1", 1_700_000_000_000, 1_700_000_000_000 + k)
             for k, (u, v) in enumerate([("a", version), ("b", "0000unknown00000"), ("c", version)])]
-    prod = KafkaProducer(bootstrap_servers=s.bootstrap)
+    prod = KafkaProducer(bootstrap_servers=s.kafka.bootstrap)
     for m in msgs:
-        prod.send(s.vectors_topic, key=m.user_id.encode(), value=m.to_bytes())
+        prod.send(s.kafka.vectors_topic, key=m.user_id.encode(), value=m.to_bytes())
     prod.flush()
     prod.close()
     log_path = tmp_path / "ppp-worker.log"
@@ -174,13 +173,13 @@ def test_ppp_worker_alone_scores_known_versions_only(tmp_path: Path, broker_url:
         proc = subprocess.Popen([sys.executable, "-m", "ops", "ppp-worker"], env=worker_env(s), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            wait_healthy(s.web_url, proc, 60, log_path)
+            wait_healthy(s.http.web_url, proc, 60, log_path)
             got = read_ppp(s, until=lambda latest: {"a", "c"} <= latest.keys())
             assert "b" not in got and got["a"]["model_version"] == version
-            assert http_get(f"{s.web_url}/users/a/purchasing-power")[0] == 200
-            assert http_get(f"{s.web_url}/users/b/purchasing-power")[0] == 404
-            assert http_get(f"{s.web_url}/users/a/vector")[0] == 404  # no vectors role, no vector route
-            with urllib.request.urlopen(f"{s.web_url}/metrics", timeout=10) as resp:
+            assert http_get(f"{s.http.web_url}/users/a/purchasing-power")[0] == 200
+            assert http_get(f"{s.http.web_url}/users/b/purchasing-power")[0] == 404
+            assert http_get(f"{s.http.web_url}/users/a/vector")[0] == 404  # no vectors role, no vector route
+            with urllib.request.urlopen(f"{s.http.web_url}/metrics", timeout=10) as resp:
                 text = resp.read().decode()
         finally:
             proc.terminate()

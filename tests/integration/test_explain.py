@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from encoder.checkpoint import load_checkpoint
-from encoder.data import query_bucket
-from encoder.features import records_from_events
+from encoder.features import query_bucket, records_from_events
 from encoder.model import UserContext
 from encoder.streaming import StreamingEncoder
 from ops.demo import worker_env
@@ -39,14 +38,14 @@ def test_explain_matches_offline_attention(tmp_path: Path, broker_url: str, mode
         collect_vectors(
             s, until=lambda msgs: {m.user_id for m in msgs if m.events_seen == want[m.user_id]} >= want.keys()
         )
-        answers = {u: http_get(f"{s.web_url}/users/{u}/explain") for u in users}
-        status, with_query = http_get(f"{s.web_url}/users/u0/explain?query=c3")
+        answers = {u: http_get(f"{s.http.web_url}/users/{u}/explain") for u in users}
+        status, with_query = http_get(f"{s.http.web_url}/users/u0/explain?query=c3")
         assert status == 200
-        assert http_get(f"{s.web_url}/users/nobody/explain")[0] == 404
-        assert http_get(f"{s.web_url}/users/u0/explain?at=soon")[0] == 400
+        assert http_get(f"{s.http.web_url}/users/nobody/explain")[0] == 404
+        assert http_get(f"{s.http.web_url}/users/u0/explain?at=soon")[0] == 400
         png = tmp_path / "u0.png"
         cli = subprocess.run(
-            [sys.executable, "-m", "ops", "explain", "u0", "--png", str(png), "--url", s.web_url],
+            [sys.executable, "-m", "ops", "explain", "u0", "--png", str(png), "--url", s.http.web_url],
             env=worker_env(s), capture_output=True, text=True, timeout=120,
         )
     assert cli.returncode == 0, cli.stderr
@@ -68,7 +67,7 @@ def test_explain_matches_offline_attention(tmp_path: Path, broker_url: str, mode
     # the query-aware explanation uses the query bucket of /vector?query=
     records = records_from_events(users["u0"])[-encoder.window :]
     (state,) = encoder.replay([records])
-    bucket = query_bucket("c3", encoder.cfg)
+    bucket = query_bucket("c3", encoder.cfg.query_buckets)
     assert with_query["query_bucket"] == bucket
     ctx = UserContext(query=torch.tensor([bucket], dtype=torch.int64))
     offline = encoder.attention_weights(state, with_query["as_of"], ctx)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import Settings
+from core.settings import Settings
+from core.topics import USER_STATE_TABLE
 from ops.testing import (
     collect_vectors,
     free_port,
@@ -24,7 +25,6 @@ from ops.testing import (
     running_worker,
     setup_topics,
 )
-from ops.topics import USER_STATE_TABLE
 from tests.unit.test_updater import make_events
 
 pytestmark = pytest.mark.integration
@@ -49,13 +49,13 @@ class Api:
 
     @property
     def url(self) -> str:
-        return self.s.web_url
+        return self.s.http.web_url
 
     def get(self, path: str, token: str | None = TOKEN, **kw: object) -> int:
         return http_raw(self.url + path, token=token, **kw)[0]  # type: ignore[arg-type]
 
     def wire(self, request: bytes) -> int:
-        return http_wire(self.s.web_host, self.s.web_port, request)
+        return http_wire(self.s.http.web_host, self.s.http.web_port, request)
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +135,12 @@ def test_worker_still_healthy_after_the_abuse(api: Api) -> None:
 
 
 def test_default_bind_is_loopback_only(api: Api) -> None:
-    assert api.s.web_host == "127.0.0.1"  # isolated_settings keeps the default host
-    assert listening_addresses(api.s.web_port) == {"127.0.0.1"}
+    assert api.s.http.web_host == "127.0.0.1"  # isolated_settings keeps the default host
+    assert listening_addresses(api.s.http.web_port) == {"127.0.0.1"}
     other = non_loopback_address()
     if other is None:
         pytest.skip("this host has no non-loopback IPv4 address to try")
-    with pytest.raises(ConnectionRefusedError), socket.create_connection((other, api.s.web_port), timeout=5):
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((other, api.s.http.web_port), timeout=5):
         pass
 
 
@@ -164,7 +164,7 @@ def test_token_is_forwarded_when_a_request_is_routed_to_the_owning_worker(
             time.sleep(1)
         assert set(codes.values()) == {200}, codes
         owners = {_owner(first, u) for u in users}
-        assert owners == {s1.web_port, s2.web_port}, "each worker answered for users the other one owns"
+        assert owners == {s1.http.web_port, s2.http.web_port}, "each worker answered for users the other one owns"
         for w in (first, second):
             assert w.get(f"/users/{users[0]}/vector", token=None) == 401
 

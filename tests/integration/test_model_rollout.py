@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.contracts import VectorMessage
 from encoder.checkpoint import load_checkpoint, save_checkpoint
 from encoder.features import records_from_events
 from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
 from ops.testing import collect_vectors, http_get, isolated_settings, produce, running_worker, setup_topics
-from streams.contracts import VectorMessage
 from tests.conftest import tiny_model
 from tests.unit.test_updater import make_events
 
@@ -69,15 +69,15 @@ def test_rollout_and_rollback_switch_versions_without_mixing(tmp_path: Path, bro
     setup_topics(s)
     history: dict[str, list[dict[str, object]]] = {u: [] for u in USERS}
     with running_worker(s):
-        wait_for_model(s.web_url, a)
+        wait_for_model(s.http.web_url, a)
         run_phase(s, history, 0)
         point(current, b_dir)  # roll out
-        wait_for_model(s.web_url, b)
+        wait_for_model(s.http.web_url, b)
         run_phase(s, history, 1)
-        status, body = http_get(f"{s.web_url}/users/{USERS[0]}/vector")
+        status, body = http_get(f"{s.http.web_url}/users/{USERS[0]}/vector")
         assert status == 200 and body["model_version"] == b
         point(current, a_dir)  # roll back
-        wait_for_model(s.web_url, a)
+        wait_for_model(s.http.web_url, a)
         published = run_phase(s, history, 2)
 
     encoders = {v: StreamingEncoder(load_checkpoint(d).model, v) for v, d in ((a, a_dir), (b, b_dir))}

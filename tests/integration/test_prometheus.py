@@ -132,7 +132,7 @@ def test_every_panel_and_alert_expression_returns_data(
     events = list(synthetic_events(30, 400, seed=3))
     waves = [events[:200], events[200:]]
     with running_worker(s):
-        target = f"127.0.0.1:{s.web_port}"
+        target = f"127.0.0.1:{s.http.web_port}"
         out = str(prometheus.config_dir)
         assert main(["dashboards", "export", "--out", out, "--targets", target, "--scrape-interval", "1s"]) == 0
         prometheus.start()
@@ -144,7 +144,7 @@ def test_every_panel_and_alert_expression_returns_data(
             produce(s, wave, raw=BAD_EVENTS)
             last = {str(e["user_id"]): str(e["event_id"]) for e in wave}
             collect_vectors(s, lambda ms, last=last: _current(ms, last), timeout_s=120)
-            status, _ = http_get(f"{s.web_url}/users/{next(iter(last))}/vector")
+            status, _ = http_get(f"{s.http.web_url}/users/{next(iter(last))}/vector")
             assert status == 200
             if i == 0:
                 wait_for(lambda: finite_result(url, "sum(dupn_events_total)"), 30, "first wave never scraped")
@@ -163,7 +163,7 @@ def test_every_panel_and_alert_expression_returns_data(
 
         assert finite_result(url, "sum(faust_table_operations_total)"), "Faust's sensor is not on /metrics"
         # caught up: the committed offsets reach the log end (a lag counted from offset 0 would not)
-        events_lag = f'sum(dupn_consumer_lag_events{{topic="{s.events_topic}"}})'
+        events_lag = f'sum(dupn_consumer_lag_events{{topic="{s.kafka.events_topic}"}})'
         wait_for(lambda: _value(url, events_lag) == 0, 30, "events lag never back to 0 after the worker caught up")
         n_users = len({str(e["user_id"]) for e in events})
         wait_for(lambda: _value(url, dashboards.USERS) == n_users, 30, "dupn_users never counted the stream's users")

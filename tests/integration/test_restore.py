@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from core.topics import changelog_topic
 from ops.replay import replay, synthetic_events
 from ops.testing import (
     Reference,
@@ -24,7 +25,6 @@ from ops.testing import (
     setup_topics,
     wait_caught_up,
 )
-from ops.topics import changelog_topic
 from streams.restore import LOG_MARKER
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
@@ -47,7 +47,7 @@ def test_wiped_worker_restores_every_user_exactly_through_the_bulk_restore(
         replay(s, events, progress=False)
         wait_caught_up(worker.url, want)
         worker.stop()
-        records = len(read_topic(s, changelog_topic(s)))
+        records = len(read_topic(s, changelog_topic(s.kafka)))
         worker.wipe()
         mark = len(worker.log_text())
         worker.start()
@@ -58,7 +58,7 @@ def test_wiped_worker_restores_every_user_exactly_through_the_bulk_restore(
 
     wrong = {u: why for u, e in want.items() if (why := answer_mismatch(answers[u], e)) is not None}
     assert not wrong, f"{len(wrong)} of {len(want)} users differ after the restore: {dict(sorted(wrong.items())[:5])}"
-    topic = changelog_topic(s)
+    topic = changelog_topic(s.kafka)
     lines = [line for line in log.splitlines() if f"{LOG_MARKER} {topic}:" in line]
     assert len(lines) == 1, f"expected one bulk restore line in the restarted worker's log, got {lines}"
     m = re.search(r"(\d+) partitions, (\d+) records, (\d+) users", lines[0])

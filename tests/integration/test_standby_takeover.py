@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from core.topics import changelog_topic
 from ops.replay import replay, synthetic_events
 from ops.testing import Reference, WorkerProcess, answer_mismatch, http_get, isolated_settings, setup_topics
-from ops.topics import changelog_topic
 from streams.restore import LOG_MARKER
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
@@ -61,7 +61,7 @@ def test_survivor_takes_over_from_its_standby_without_a_full_replay(
         victim.stop()
 
     log = survivor.log_text()
-    taken, read, full = _takeover_replay(log[:log_mark], log[log_mark:], changelog_topic(s))
+    taken, read, full = _takeover_replay(log[:log_mark], log[log_mark:], changelog_topic(s.kafka))
     print(f"\nstandby takeover: every user fresh on the survivor {takeover_s:.1f} s after SIGKILL; restoring the "
           f"{len(taken)} partitions it took over read {read} changelog records, a full replay {full}")
     assert taken and full > 0, "the survivor logged no takeover of the lost worker's user-state partitions"

@@ -56,15 +56,15 @@ def test_vectors_match_offline_encoder_and_http(tmp_path: Path, broker_url: str,
         )
         last = {m.user_id: m for m in published}
         for user in users:
-            status, body = http_get(f"{s.web_url}/users/{user}/vector")
+            status, body = http_get(f"{s.http.web_url}/users/{user}/vector")
             assert status == 200
             assert body["events_seen"] == want[user]
             assert body["last_event_id"] == last[user].last_event_id
             assert body["model_version"] == last[user].model_version
             assert np.array_equal(np.asarray(body["vector"], np.float32), last[user].vector)
-        assert http_get(f"{s.web_url}/users/nobody/vector")[0] == 404
-        assert http_get(f"{s.web_url}/users/bad%20id/vector")[0] == 400
-        status, later = http_get(f"{s.web_url}/users/u0/vector?at=now")
+        assert http_get(f"{s.http.web_url}/users/nobody/vector")[0] == 404
+        assert http_get(f"{s.http.web_url}/users/bad%20id/vector")[0] == 400
+        status, later = http_get(f"{s.http.web_url}/users/u0/vector?at=now")
         assert status == 200 and later["as_of"] > last["u0"].last_event_ts
         dlq = read_dlq(s, expected=2)
     # every published vector equals the encoder run offline over the same events
@@ -103,7 +103,7 @@ def _read_state_from_rocksdb(data_path: Path, user: str):  # type: ignore[no-unt
 
 
 def test_worker_uses_fast_group_join_settings() -> None:
-    from ops.config import load_settings
+    from core.settings import load_settings
     from streams.worker import faust_options
 
     opts = faust_options(load_settings(env={}))

@@ -21,21 +21,22 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encoder.features import EVENT_TYPES, SCENARIOS
-from encoder.streaming import StreamingEncoder, UpdatePolicy
-from state.codec import encode_state
-from streams.contracts import (
+from core.contracts import (
     DLQ_MAX_DETAIL_CHARS,
     DLQ_MAX_KEY_BYTES,
     DLQ_MAX_VALUE_BYTES,
+    EVENT_TYPES,
     MAX_EVENT_BYTES,
     MAX_ID_CHARS,
     MAX_TAGS_ACCEPTED,
     REJECT_REASONS,
+    SCENARIOS,
     Rejection,
     dlq_record,
     parse_event,
 )
+from encoder.streaming import StreamingEncoder, UpdatePolicy
+from state.codec import encode_state
 from streams.updater import BatchResult, Incoming, VectorUpdater
 from tests.conftest import tiny_model
 from tests.corpus.bad_events import BAD_EVENTS

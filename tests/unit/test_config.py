@@ -2,19 +2,19 @@ from __future__ import annotations
 
 import pytest
 
-from ops.config import load_settings
+from core.settings import load_settings
 
 
 def test_defaults_need_no_flags() -> None:
     s = load_settings(env={})
-    assert s.bootstrap == "127.0.0.1:9092"
-    assert s.partitions == 8 and s.web_host == "127.0.0.1"
+    assert s.kafka.bootstrap == "127.0.0.1:9092"
+    assert s.kafka.partitions == 8 and s.http.web_host == "127.0.0.1"
 
 
 def test_env_vars_with_prefix_then_overrides() -> None:
     s = load_settings(env={"DUPN_PARTITIONS": "12", "DUPN_BROKER": "kafka://k1:9093;kafka://k2:9093"}, web_port=7000)
-    assert s.partitions == 12 and s.web_port == 7000
-    assert s.bootstrap == "k1:9093,k2:9093"
+    assert s.kafka.partitions == 12 and s.http.web_port == 7000
+    assert s.kafka.bootstrap == "k1:9093,k2:9093"
 
 
 def test_bad_env_value_names_the_variable() -> None:
@@ -33,6 +33,6 @@ def test_security_settings_reach_kafka_clients() -> None:
             "DUPN_KAFKA_SASL_PASSWORD": "pw",
         }
     )
-    opts = s.kafka_client_options()
+    opts = s.kafka.kafka_client_options()
     assert opts["security_protocol"] == "SASL_SSL" and opts["sasl_mechanism"] == "SCRAM-SHA-512"
     assert opts["sasl_plain_username"] == "svc"

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.contracts import (
+from core.contracts import (
     REJECT_REASONS,
     BehaviorEvent,
     Rejection,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops import dashboards, metrics
+from core import metrics
+from ops import dashboards
 from ops.cli import main
 
 SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.contracts import EVENT_TYPES
 from encoder.explain import (
     AGE_BUCKET_LABELS,
     AttentionTable,
@@ -14,7 +15,7 @@ from encoder.explain import (
     explain_behaviors,
     table_from_behaviors,
 )
-from encoder.features import EVENT_TYPES, TIME_BUCKET_EDGES_MS, records_from_events
+from encoder.features import TIME_BUCKET_EDGES_MS, records_from_events
 from encoder.streaming import StreamingEncoder
 from tests.unit.test_updater import make_events
 

@@ -1,4 +1,4 @@
-"""SASL/TLS settings reach every Kafka client the project builds, through one translation in ops.config.
+"""SASL/TLS settings reach every Kafka client the project builds, through one translation in core.settings.
 
 Each client factory is called with the Kafka classes replaced by recorders, so
 the test sees exactly the keyword arguments a real cluster would get.
@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from ops.config import Settings, load_settings
+from core.settings import Settings, load_settings
 
 SECURE = {
     "DUPN_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
@@ -105,8 +105,8 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[s
 def assert_secure(kwargs: dict[str, Any], s: Settings) -> None:
     for key, value in EXPECTED_KAFKA_PYTHON.items():
         assert kwargs.get(key) == value, (key, kwargs.get(key))
-    assert kwargs["ssl_cafile"] == s.kafka_ssl_cafile
-    assert kwargs["ssl_certfile"] == s.kafka_ssl_certfile and kwargs["ssl_keyfile"] == s.kafka_ssl_keyfile
+    assert kwargs["ssl_cafile"] == s.kafka.kafka_ssl_cafile
+    assert kwargs["ssl_certfile"] == s.kafka.kafka_ssl_certfile and kwargs["ssl_keyfile"] == s.kafka.kafka_ssl_keyfile
     assert kwargs["bootstrap_servers"] == "kafka-1:9093"
 
 
@@ -135,7 +135,7 @@ def test_topic_admin(
 
 
 def test_vector_reader(secure: Settings, recorded: list[tuple[str, dict[str, Any]]]) -> None:
-    from ops.vectors import follow_vectors
+    from clients.vectors import follow_vectors
 
     gen = follow_vectors(secure)
     next(gen)
@@ -146,7 +146,7 @@ def test_vector_reader(secure: Settings, recorded: list[tuple[str, dict[str, Any
 
 
 def test_vector_cache(secure: Settings, recorded: list[tuple[str, dict[str, Any]]]) -> None:
-    from streams.vector_cache import VectorCache
+    from clients.vector_cache import VectorCache
 
     VectorCache(secure, start=False)
     ((kind, kwargs),) = recorded
@@ -186,15 +186,15 @@ def test_tls_without_sasl(tls_files: tuple[Path, Path]) -> None:
 
     cert, _ = tls_files
     s = load_settings(env={"DUPN_KAFKA_SECURITY_PROTOCOL": "SSL", "DUPN_KAFKA_SSL_CAFILE": str(cert)})
-    assert s.kafka_client_options() == {"security_protocol": "SSL", "ssl_cafile": str(cert)}
-    auth = credentials_to_aiokafka_auth(s.faust_broker_credentials())
+    assert s.kafka.kafka_client_options() == {"security_protocol": "SSL", "ssl_cafile": str(cert)}
+    auth = credentials_to_aiokafka_auth(s.kafka.faust_broker_credentials())
     assert auth["security_protocol"] == "SSL" and isinstance(auth["ssl_context"], ssl.SSLContext)
 
 
 def test_plaintext_is_the_default() -> None:
     s = load_settings(env={})
-    assert s.kafka_client_options() == {"security_protocol": "PLAINTEXT"}
-    assert s.faust_broker_credentials() is None
+    assert s.kafka.kafka_client_options() == {"security_protocol": "PLAINTEXT"}
+    assert s.kafka.faust_broker_credentials() is None
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import logging
 import logging.config
 import sys
 
-from ops.config import load_settings
+from core.settings import load_settings
 from ops.logs import JsonFormatter, logging_config
 
 

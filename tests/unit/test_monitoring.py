@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import rocksdict
 
-from ops import metrics
+from core import metrics
 from streams.monitoring import consumer_lags, count_owned_users, export_lag, lag_of
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from core import metrics
+from core.contracts import VectorMessage
 from encoder.checkpoint import save_checkpoint
-from ops import metrics
-from streams.contracts import VectorMessage
 from streams.ppp import ModelRegistry, PurchasingPowerScorer, process_vector
 from tests.conftest import tiny_model
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from encoder.simulator import (
+from training.simulator import (
     BEHAVIOR_WEIGHTS,
     DAY_MS,
     HOUR_MS,

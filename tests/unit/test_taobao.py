@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from encoder.simulator import BEHAVIOR_WEIGHTS, N_RANKING_FEATURES
-from encoder.taobao import TAOBAO_BEHAVIOR, TaobaoReadStats, group_by_user, read_taobao_csv, taobao_examples
+from training.simulator import BEHAVIOR_WEIGHTS, N_RANKING_FEATURES
+from training.taobao import TAOBAO_BEHAVIOR, TaobaoReadStats, group_by_user, read_taobao_csv, taobao_examples
 
 T0 = 1_511_600_000  # epoch seconds, inside the dataset's 2017-11-25 .. 12-03 range
 

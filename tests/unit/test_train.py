@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from encoder.baselines import BASELINES, make_baseline
 from encoder.checkpoint import load_checkpoint, save_checkpoint
 from encoder.config import EncoderConfig
-from encoder.data import MultiTaskBatches, collate
-from encoder.evaluate import auc, evaluate_model
 from encoder.model import DUPN
-from encoder.simulator import SimConfig, Simulator, split_by_time
 from encoder.streaming import StreamingEncoder
-from encoder.train import Prepared, TrainConfig, TrainData, fit, prepare, train, train_and_save
+from training.baselines import BASELINES, make_baseline
+from training.daily import train_and_save
+from training.data import MultiTaskBatches, collate
+from training.metrics import auc, evaluate_model
+from training.simulator import SimConfig, Simulator, split_by_time
+from training.train import Prepared, TrainConfig, TrainData, fit, prepare, train
 
 TINY_ENC = EncoderConfig(
     item_buckets=1 << 10,

@@ -14,9 +14,9 @@ import threading
 import time
 from typing import Any
 
-from ops.config import Settings
-from ops.topics import no_broker_message
-from streams.contracts import VectorMessage, decode_vector_message
+from core.contracts import VectorMessage, decode_vector_message
+from core.settings import Settings
+from core.topics import no_broker_message
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +73,21 @@ class VectorCache:
         s = self.settings
         try:
             return KafkaConsumer(
-                bootstrap_servers=s.bootstrap,
-                client_id=f"{s.app_id}-vector-cache",
+                bootstrap_servers=s.kafka.bootstrap,
+                client_id=f"{s.kafka.app_id}-vector-cache",
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
-                **s.kafka_client_options(),
+                **s.kafka.kafka_client_options(),
             )
         except (KafkaError, OSError) as exc:
-            raise ConnectionError(no_broker_message(s)) from exc
+            raise ConnectionError(no_broker_message(s.kafka)) from exc
 
     def _assign(self) -> dict[Any, int]:
         """Assign every partition from offset 0; return the high watermarks to bootstrap to."""
         from kafka import TopicPartition
 
-        topic = self.settings.vectors_topic
+        topic = self.settings.kafka.vectors_topic
         parts: set[int] = set()
         while not parts and not self._stop.is_set():
             parts = self._consumer.partitions_for_topic(topic) or set()

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clients.vector_cache import VectorCache
+from clients.vectors import fetch_vector
+from core.settings import Settings
 from encoder.checkpoint import load_checkpoint
 from encoder.scoring import Candidate, score_split
-from ops.config import Settings
-from ops.vectors import fetch_vector
-from streams.vector_cache import VectorCache
 
 Ranked = tuple[str, float, float]  # (item_id, ctr probability, l2r score)
 
@@ -41,7 +41,7 @@ class Ranker:
             raise LookupError("no vector cache: pass a VectorCache or a query")
         hit = self.cache.get(user_id)
         if hit is None:
-            raise LookupError(f"no vector for user {user_id!r} in {self.settings.vectors_topic}")
+            raise LookupError(f"no vector for user {user_id!r} in {self.settings.kafka.vectors_topic}")
         return hit[0].vector, hit[0].model_version
 
     def score(

@@ -9,9 +9,9 @@ import urllib.request
 from collections.abc import Generator
 from typing import Any
 
-from ops.config import Settings
-from ops.topics import no_broker_message
-from streams.contracts import VectorMessage, decode_vector_message
+from core.contracts import VectorMessage, decode_vector_message
+from core.settings import Settings
+from core.topics import no_broker_message
 
 
 def follow_vectors(
@@ -25,18 +25,18 @@ def follow_vectors(
 
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=s.bootstrap,
-            client_id=f"{s.app_id}-vector-reader",
+            bootstrap_servers=s.kafka.bootstrap,
+            client_id=f"{s.kafka.app_id}-vector-reader",
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest" if from_beginning else "latest",
-            **s.kafka_client_options(),
+            **s.kafka.kafka_client_options(),
         )
     except (KafkaError, OSError) as exc:
-        raise ConnectionError(no_broker_message(s)) from exc
+        raise ConnectionError(no_broker_message(s.kafka)) from exc
     try:
-        parts = consumer.partitions_for_topic(s.vectors_topic) or set()
-        consumer.assign([TopicPartition(s.vectors_topic, p) for p in sorted(parts)])
+        parts = consumer.partitions_for_topic(s.kafka.vectors_topic) or set()
+        consumer.assign([TopicPartition(s.kafka.vectors_topic, p) for p in sorted(parts)])
         while True:
             polled = consumer.poll(timeout_ms=poll_ms)
             now = int(time.time() * 1000)
@@ -69,13 +69,13 @@ def fetch_purchasing_power(s: Settings, user_id: str, timeout_s: float = 5.0) ->
 
 def _get_user(s: Settings, user_id: str, what: str, params: dict[str, str], timeout_s: float) -> dict[str, Any]:
     errors = []
-    for base in [u.strip().rstrip("/") for u in s.worker_urls.split(",") if u.strip()]:
+    for base in [u.strip().rstrip("/") for u in s.http.worker_urls.split(",") if u.strip()]:
         url = f"{base}/users/{urllib.parse.quote(user_id, safe='')}/{what}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
         req = urllib.request.Request(url)
-        if s.api_token:
-            req.add_header("Authorization", f"Bearer {s.api_token}")
+        if s.http.api_token:
+            req.add_header("Authorization", f"Bearer {s.http.api_token}")
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:
                 return dict(json.loads(resp.read()))

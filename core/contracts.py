@@ -16,7 +16,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
-from encoder.features import EVENT_TYPES, SCENARIOS
+#: The behavior vocabulary of the events contract (the model's property codes index these tuples).
+EVENT_TYPES: tuple[str, ...] = ("click", "cart", "fav", "buy")
+SCENARIOS: tuple[str, ...] = ("other", "search", "recommend", "promotion")
 
 EVENTS_SCHEMA_VERSION = 1
 VECTORS_SCHEMA_VERSION = 1

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from encoder.simulator import BEHAVIOR_WEIGHTS, N_RANKING_FEATURES, TaskExample
+from training.simulator import BEHAVIOR_WEIGHTS, N_RANKING_FEATURES, TaskExample
 
 # ``_add_click_examples`` builds exactly these features; keep them in sync.
 _FEATURES = ("item_popularity", "recent_category_share", "category_popularity", "seen_item")

@@ -38,15 +38,15 @@ import torch
 from torch import Tensor
 
 from encoder.config import EncoderConfig
-from encoder.features import BEHAVIOR_DTYPE, hash_id, item_record, records_from_events
-from encoder.model import BehaviorTensors, UserContext, bucketize
+from encoder.features import BEHAVIOR_DTYPE, bucketize, hash_id, item_record, query_bucket, records_from_events
+from encoder.model import BehaviorTensors, UserContext
 
 TASKS: tuple[str, ...] = ("ctr", "l2r", "talent", "ppp", "shop")
 BINARY_TASKS: frozenset[str] = frozenset({"ctr", "l2r", "talent", "shop"})
 
 
 class Example(Protocol):
-    """What a task example must provide (``encoder.simulator.TaskExample`` and Taobao's)."""
+    """What a task example must provide (``training.simulator.TaskExample`` and Taobao's)."""
 
     @property
     def task(self) -> str: ...
@@ -153,7 +153,7 @@ def build_table(
         ctx_user=np.array([k[0] for k in ctx_keys], dtype=np.int64),
         ctx_len=np.array([k[1] for k in ctx_keys], dtype=np.int64),
         ctx_now=np.array([k[2] for k in ctx_keys], dtype=np.int64),
-        ctx_query=np.array([query_bucket(k[3], cfg) for k in ctx_keys], dtype=np.int64),
+        ctx_query=np.array([query_bucket(k[3], cfg.query_buckets) for k in ctx_keys], dtype=np.int64),
         ctx_start=np.array([*firsts, len(examples)], dtype=np.int64),
         label=np.array([e.label for e in examples], dtype=np.float32),
         weight=np.array([e.weight for e in examples], dtype=np.float32),
@@ -161,13 +161,6 @@ def build_table(
         features=_task_features(task, examples, cfg),
         target=_targets(task, examples, cfg),
     )
-
-
-def query_bucket(query: str | None, cfg: EncoderConfig) -> int:
-    """Query id → embedding row; 0 = no query."""
-    if not query:
-        return 0
-    return int(bucketize(np.array([hash_id(query)], dtype=np.uint32), cfg.query_buckets)[0])
 
 
 def _item_records(examples: Sequence[Example]) -> np.ndarray:
