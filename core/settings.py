@@ -44,6 +44,9 @@ class KafkaSettings:
     kafka_ssl_certfile: str = ""  # client certificate, for brokers that require mutual TLS
     kafka_ssl_keyfile: str = ""
     partitions: int = 8
+    # replicas per topic when `dupn topics create` makes it; -1 = the cluster's default.replication.factor
+    # (a real cluster's 3, the embedded broker's 1)
+    replication_factor: int = -1
     events_topic: str = "behavior-events"
     vectors_topic: str = "user-vectors"
     dlq_topic: str = "behavior-events-dlq"
@@ -58,6 +61,8 @@ class KafkaSettings:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError("partitions must be >= 1")
+        if self.replication_factor == 0 or self.replication_factor < -1:
+            raise ValueError("DUPN_REPLICATION_FACTOR must be >= 1, or -1 for the cluster's default")
         if self.fetch_max_wait_ms < 0:
             raise ValueError("DUPN_FETCH_MAX_WAIT_MS must be >= 0")
         if not 0 < self.heartbeat_interval_s < self.session_timeout_s:

@@ -58,10 +58,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def _version() -> str:
+    """The installed distribution's version (what a bug report needs), or the source tree's marker."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dupn-stream")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dupn", description="Streaming DUPN user-vector updater")
     p.add_argument("--broker", help="Kafka bootstrap, e.g. kafka://127.0.0.1:9092 (env DUPN_BROKER)")
     p.add_argument("--home", help="state dir for broker pid/logs, data, demo model (env DUPN_HOME; default var)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(title="commands")
     _broker_parser(sub)
     _topics_parser(sub)

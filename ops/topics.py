@@ -36,7 +36,6 @@ def require_reachable(s: Settings, timeout_s: float = 2.0) -> None:
     raise ConnectionError(no_broker_message(s.kafka))
 
 
-
 def create_topics(s: Settings) -> dict[str, str]:
     """Create missing topics; return {name: "created" | "exists (N partitions)"}; idempotent."""
     admin = admin_client(s)
@@ -55,7 +54,11 @@ def create_topics(s: Settings) -> dict[str, str]:
                 out[spec.name] = f"exists ({have} partitions)"
                 continue
             configs = {"cleanup.policy": "compact"} if spec.compact else {}
-            todo[spec.name] = {"num_partitions": spec.partitions, "replication_factor": 1, "configs": configs}
+            todo[spec.name] = {
+                "num_partitions": spec.partitions,
+                "replication_factor": s.kafka.replication_factor,
+                "configs": configs,
+            }
             out[spec.name] = f"created ({spec.partitions} partitions)"
         if todo:
             admin.create_topics(todo, raise_errors=True)
