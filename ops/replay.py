@@ -27,6 +27,27 @@ class ReplayStats:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+class ReplayError(RuntimeError):
+    """Some events were not acknowledged by the broker (they may be missing from the topic)."""
+
+
+@dataclass
+class SendFailures:
+    """Counts sends the broker did not acknowledge (the producer's error callbacks), keeping the first error."""
+
+    count: int = 0
+    first: BaseException | None = None
+
+    def record(self, exc: BaseException) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = exc
+
+    def raise_if_any(self, sent: int) -> None:
+        if self.count:
+            raise ReplayError(f"{self.count} of {sent} events were not acknowledged by the broker: {self.first!r}")
+
+
 def synthetic_events(users: int, events: int, seed: int = 0, live_time: bool = True) -> Iterator[Event]:
     """Simulator events; with ``live_time`` each event's ts is the wall clock when it is produced.
 
@@ -70,7 +91,7 @@ def producer(s: Settings) -> Any:
             client_id=f"{s.kafka.app_id}-replay",
             linger_ms=5,
             batch_size=256 * 1024,
-            acks=1,
+            acks="all",  # an event counts as sent once every in-sync replica has it
             **s.kafka.kafka_client_options(),
         )
     except (KafkaError, OSError) as exc:
@@ -92,6 +113,7 @@ def replay(
 
     prod = producer(s)
     stats = ReplayStats(last_event_id={} if track_last else None)
+    failures = SendFailures()
     start = time.monotonic()
     bar = tqdm(total=total, unit="ev", disable=not progress, desc="replay", smoothing=0.1)
     try:
@@ -99,7 +121,8 @@ def replay(
             if rate:
                 _pace(start, stats.events, rate)
             user = str(ev.get("user_id", ""))
-            prod.send(s.kafka.events_topic, key=user.encode("utf-8"), value=json.dumps(ev).encode("utf-8"))
+            future = prod.send(s.kafka.events_topic, key=user.encode("utf-8"), value=json.dumps(ev).encode("utf-8"))
+            future.add_errback(failures.record)
             stats.events += 1
             if stats.last_event_id is not None:
                 stats.last_event_id[user] = str(ev.get("event_id", ""))
@@ -109,6 +132,7 @@ def replay(
                 bar.update(1000)
         prod.flush()
         bar.update(stats.events % 1000)
+        failures.raise_if_any(stats.events)
     finally:
         bar.close()
         prod.close()
