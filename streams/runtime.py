@@ -14,6 +14,7 @@ from core import metrics
 from core.settings import Settings
 from encoder.checkpoint import Checkpoint, load_checkpoint
 from encoder.streaming import StreamingEncoder, UpdatePolicy
+from encoder.validation import serving_problems
 from streams.updater import VectorUpdater
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,12 @@ class Runtime:
         except Exception as exc:  # a half-written or corrupt checkpoint must not stop the worker
             log.error("new checkpoint at %s not loaded (%s); keeping model %s", path, exc, current)
             return None
-        if ckpt.config.window != self.updater.policy.window:
-            log.error("checkpoint %s has window %d, workers run %d: not installed",
-                      ckpt.model_version, ckpt.config.window, self.updater.policy.window)
+        problems = serving_problems(
+            ckpt.model, window=self.updater.policy.window, rep_dim=self.updater.encoder.cfg.rep_dim
+        )
+        if problems:
+            log.error("checkpoint %s not installed: %s; keeping model %s",
+                      ckpt.model_version, "; ".join(problems), current)
             return None
         self._pending = ckpt
         return ckpt.model_version
@@ -118,6 +122,9 @@ class Runtime:
 
     def _make_updater(self, ckpt: Checkpoint) -> VectorUpdater:
         s = self.settings
+        problems = serving_problems(ckpt.model, window=ckpt.config.window, rep_dim=ckpt.config.rep_dim)
+        if problems:  # NaN weights would publish NaN vectors to every reader: refuse to start instead
+            raise RuntimeError(f"model at {s.model_dir} cannot serve: {'; '.join(problems)}")
         torch.set_num_threads(max(1, s.model.torch_threads))
         policy = UpdatePolicy(s.model.update_mode, s.model.reanchor_every, ckpt.config.window)  # type: ignore[arg-type]
         encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
