@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +31,10 @@ def test_broker_stop_never_signals_a_process_that_is_not_its_broker(tmp_path: Pa
 def test_process_argv_reads_a_command_line() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "marker-arg"])
     try:
+        # right after fork the child still shows the parent's command line until it execs: wait for that
+        deadline = time.monotonic() + 10
+        while "marker-arg" not in process_argv(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert "marker-arg" in process_argv(proc.pid)
     finally:
         proc.kill()
