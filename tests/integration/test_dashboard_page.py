@@ -151,6 +151,15 @@ async def _drive(browser: Browser, s1: Any, s2: Any, events: list[dict[str, Any]
         await page.wait("window.dupnDashboard && window.dupnDashboard.polls >= 2 && window.dupnDashboard.workers",
                         60, "the page never polled the workers")
         assert await page.js("location.hash") == "", "the token must leave the URL"
+        # the page's histogram_quantile is Prometheus': linear inside the bucket holding the rank, the
+        # second-highest bound when the rank falls in +Inf, nothing without observations
+        cases = {"[[0.1, 5], [0.5, 10], [Infinity, 10]], 0.5": 0.1, "[[0.1, 5], [0.5, 10], [Infinity, 10]], 0.75": 0.3,
+                 "[[0.1, 0], [1, 0], [Infinity, 4]], 0.99": 1.0, "[[0.1, 0], [Infinity, 0]], 0.5": None}
+        for args, want in cases.items():
+            buckets, q = args.rsplit(", ", 1)
+            got = await page.js(f"(() => {{ const v = histogramQuantile({q}, new Map({buckets})); "
+                                "return Number.isFinite(v) ? v : null; })()")
+            assert got == pytest.approx(want) if want is not None else got is None, (args, got)
         assert await page.js("sessionStorage.getItem('dupn.token')") == TOKEN
 
         # stream while the page watches: three waves, so rates and quantiles move over several polls
