@@ -294,7 +294,7 @@ function drawChart(c) {
   const unit = c.spec.unit;
   c.plot = new uPlot({
     width, height: 190,
-    legend: { live: true },
+    legend: { live: false }, // the current values are in the chart's title line
     cursor: { points: { size: 5 } },
     scales: { x: { time: true }, y: { range: (u, lo, hi) => [Math.min(0, lo), hi > 0 ? hi * 1.1 : 1] } },
     axes: [{ stroke: "#667085" }, { stroke: "#667085", size: 64, values: (u, vals) => vals.map((v) => fmt(v, unit)) }],

@@ -135,6 +135,13 @@ def test_live_page_draws_every_chart_from_both_workers(
         status, _ = http_get(f"{s1.http.web_url}/dashboard/metrics", token=TOKEN)
         assert status == 200
         asyncio.run(_drive(browser, s1, s2, events))
+        # the page's own requests, counted by route template and status (never by raw path)
+        with urllib.request.urlopen(urllib.request.Request(
+            f"{s1.http.web_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}), timeout=10) as resp:
+            exposition = resp.read().decode()
+        assert 'dupn_http_requests_total{route="/dashboard/metrics",status="200"}' in exposition
+        assert 'route="/users/{user_id}/explain"' in exposition or 'route="/users/{user_id}/vector"' in exposition
+        assert f"/users/{events[-1]['user_id']}/" not in exposition
     assert SCREENSHOT.stat().st_size > 20_000
 
 
