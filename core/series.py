@@ -6,8 +6,10 @@ summed gauge, or a ratio of two of them. :meth:`Series.promql` renders it as
 PromQL for the Grafana export and the alert rules (``ops/dashboards.py``), and
 :meth:`Series.spec` gives the same definition as JSON to the live page
 (``GET /dashboard``, ``streams/static/dashboard.js``), which evaluates it on the
-workers' own ``/metrics`` samples the way Prometheus would (rate = increase over
-the window divided by its length; ``histogram_quantile`` = linear interpolation
+workers' own ``/metrics`` samples the way Prometheus would (rate = the increase
+between the first and the last sample in the window over the time between them,
+counter resets handled; Prometheus also extrapolates to the window's edges, which
+changes nothing for a steady rate; ``histogram_quantile`` = linear interpolation
 inside the bucket holding the rank). So the page and Grafana cannot drift apart.
 """
 

@@ -1,7 +1,7 @@
 // dupn-stream live dashboard: polls /dashboard/metrics every 2 s, keeps a rolling window of the workers'
-// samples and evaluates core/series.py's definitions on it the way Prometheus does (rate = increase over
-// the window / its length, counter resets handled; histogram_quantile = linear interpolation in the bucket
-// holding the rank). No external requests: same origin only (the page's CSP enforces it).
+// samples and evaluates core/series.py's definitions on it the way Prometheus does (rate = increase between
+// the first and last sample in the window / the time between them, counter resets handled, no extrapolation
+// to the window's edges; histogram_quantile = linear interpolation in the bucket holding the rank). No external requests: same origin only (the page's CSP enforces it).
 "use strict";
 
 const POLL_MS = 2000;
