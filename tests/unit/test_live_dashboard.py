@@ -125,3 +125,30 @@ def test_request_metrics_count_route_templates_and_statuses() -> None:
 def test_the_page_loads_nothing_from_elsewhere(name: str) -> None:
     text = dashboard._static(name).decode()
     assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+def test_fan_out_reads_a_peer_with_the_token_and_reports_one_that_is_down() -> None:
+    import aiohttp
+
+    from ops.testing import free_port
+
+    seen: list[str | None] = []
+
+    async def peer_metrics(request: aioweb.Request) -> aioweb.Response:
+        seen.append(request.headers.get("Authorization"))
+        return aioweb.Response(text='dupn_users 7.0\ndupn_events_total{result="applied"} 3.0\nother_total 1.0\n')
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        app = aioweb.Application()
+        app.router.add_get("/metrics", peer_metrics)
+        wanted = frozenset({"dupn_users", "dupn_events_total"})
+        async with TestServer(app) as server, aiohttp.ClientSession() as session:
+            up = await dashboard._scrape(session, str(server.make_url("")).rstrip("/"), "tok", wanted)
+            down = await dashboard._scrape(session, f"http://127.0.0.1:{free_port()}", "tok", wanted)
+        return up, down
+
+    up, down = asyncio.run(run())
+    assert up["up"] and up["error"] is None
+    assert up["samples"] == [["dupn_users", {}, 7.0], ["dupn_events_total", {"result": "applied"}, 3.0]]
+    assert seen == ["Bearer tok"]
+    assert down == {**down, "up": False, "samples": []} and down["error"]
