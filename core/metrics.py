@@ -68,3 +68,16 @@ PPP_SKIPPED = Counter(
     "dupn_ppp_skipped", "Vectors not scored, by reason (unknown_model_version|bad_message)", ["reason"],
     registry=REGISTRY,
 )
+HTTP_REQUESTS = Counter(
+    "dupn_http_requests",
+    "HTTP requests answered, by route template (\"other\" for unmatched paths) and status code",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "dupn_http_request_duration_seconds",
+    "Time to answer an HTTP request (forwarding to the owner included), by route template",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+    registry=REGISTRY,
+)

@@ -2,65 +2,49 @@
 Prometheus scrape config are all generated from here (``dupn dashboards export``), and the end-to-end
 test evaluates exactly these expressions against a real Prometheus scraping a real worker.
 
+The series and charts themselves live in :mod:`core.series`, shared with the worker's live page
+(``GET /dashboard``): this module renders them for Grafana (each metric selector narrowed by the
+``$instance`` template variable) and adds the alerts.
+
 An alert is a watched series (:attr:`Alert.expr`), a comparison and a threshold rather than one
 opaque string, so a test can check that the series exists while the system is healthy (when the
-full rule, rightly, returns nothing).
+full rule, rightly, returns nothing). Each alert carries its runbook: the steps an on-call engineer
+takes, exported as the ``runbook`` annotation beside ``summary`` and ``description``.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-JOB = "dupn"  # the Prometheus job name in the generated scrape config
+from core import series as S
+from core.series import CHARTS, JOB, Chart
+
 DASHBOARD_UID = "dupn-stream"
 DASHBOARD_FILE = "dupn-dashboard.json"
 PROMETHEUS_FILE = "prometheus.yml"
 ALERTS_FILE = "dupn-alerts.yml"
+INSTANCE_SELECTOR = 'instance=~"$instance"'  # the dashboard's per-instance template variable
 
+# -- the expressions (PromQL of core.series, as Prometheus evaluates them) -------------------
+THROUGHPUT = S.THROUGHPUT.promql()
+FRESHNESS_P50 = S.FRESHNESS_P50.promql()
+FRESHNESS_P99 = S.FRESHNESS_P99.promql()
+LAG = S.LAG.promql()
+LAG_SECONDS = S.LAG_SECONDS.promql()
+LAG_GROWTH = S.LAG_GROWTH.promql()
+REJECTS = S.REJECTS.promql()
+REJECT_RATIO = S.REJECT_RATIO.promql()
+USERS = S.USERS.promql()
+WORKERS_UP = S.WORKERS_UP.promql()
+WORKER_UP = S.WORKER_UP.promql()
+HTTP_ERROR_SHARE = S.HTTP_ERROR_SHARE.promql()
 
-def _quantile(q: float, histogram: str, by: str = "le", window: str = "5m") -> str:
-    return f"histogram_quantile({q}, sum by ({by}) (rate({histogram}_bucket[{window}])))"
-
-
-# -- the expressions ------------------------------------------------------------------------
-THROUGHPUT = "sum by (result) (rate(dupn_events_total[1m]))"
-FRESHNESS_P50 = _quantile(0.5, "dupn_event_to_vector_seconds")
-FRESHNESS_P99 = _quantile(0.99, "dupn_event_to_vector_seconds")
-VECTOR_AGE_P50 = _quantile(0.5, "dupn_vector_age_seconds", by="le, source")
-VECTOR_AGE_P99 = _quantile(0.99, "dupn_vector_age_seconds", by="le, source")
-LAG = "sum by (topic) (dupn_consumer_lag_events)"
-LAG_GROWTH = "sum by (topic) (deriv(dupn_consumer_lag_events[10m]))"
-REJECTS = "sum by (reason) (rate(dupn_events_rejected_total[5m]))"
-REJECT_RATIO = "sum(rate(dupn_events_rejected_total[5m])) / clamp_min(sum(rate(dupn_events_total[5m])), 1e-9)"
-ENCODER_P50 = _quantile(0.5, "dupn_encoder_step_seconds")
-ENCODER_P99 = _quantile(0.99, "dupn_encoder_step_seconds")
-BATCH_MEAN = "sum(rate(dupn_encoder_batch_size_sum[5m])) / sum(rate(dupn_encoder_batch_size_count[5m]))"
-STATE_BYTES = "avg(dupn_state_bytes)"
-USERS = "sum(dupn_users)"
-MODEL_VERSIONS = "count by (model_version) (dupn_model_info == 1)"
-WORKERS_UP = f'sum(up{{job="{JOB}"}})'
-WORKER_UP = f'up{{job="{JOB}"}}'
-
-
-@dataclass(frozen=True)
-class Query:
-    expr: str
-    legend: str = ""
-
-
-@dataclass(frozen=True)
-class Panel:
-    title: str
-    description: str  # what it shows and what a healthy value looks like
-    unit: str  # Grafana unit id
-    queries: tuple[Query, ...]
-    kind: Literal["timeseries", "stat"] = "timeseries"
-    width: int = 12
+PANELS: tuple[Chart, ...] = CHARTS
 
 
 @dataclass(frozen=True)
@@ -73,61 +57,68 @@ class Alert:
     severity: Literal["warning", "critical"]
     summary: str
     description: str
+    runbook: tuple[str, ...]  # the on-call steps, in order
 
     @property
     def rule_expr(self) -> str:
         return f"{self.expr} {self.op} {self.threshold:g}"
 
+    @property
+    def runbook_text(self) -> str:
+        return "\n".join(f"{i}. {step}" for i, step in enumerate(self.runbook, 1))
 
-PANELS: tuple[Panel, ...] = (
-    Panel("Workers up", "Scraped workers answering /metrics. Healthy: the number you run.", "short",
-          (Query(WORKERS_UP, "up"),), "stat", 6),
-    Panel("Model version", "Workers per served model_version. Healthy: one version, except briefly during "
-          "a rollout.", "short", (Query(MODEL_VERSIONS, "{{model_version}}"),), "stat", 6),
-    Panel("Users", "Users with state in the table partitions the workers own.", "short",
-          (Query(USERS, "users"),), "stat", 6),
-    Panel("State bytes per user", "Mean encoded user state written in the last batch. Healthy: ≈ 7–8 KiB "
-          "(incremental R=25), at most ≈ 8.4 KiB.", "bytes", (Query(STATE_BYTES, "bytes"),), "stat", 6),
-    Panel("Throughput", "Events consumed per second by result. Healthy: applied ≈ the producers' rate, "
-          "duplicate and rejected near 0.", "ops", (Query(THROUGHPUT, "{{result}}"),)),
-    Panel("Freshness: event → vector", "Event time to the vector reflecting it being published. Healthy: p50 "
-          "tens of ms, p99 well under a second; it grows with lag.", "s",
-          (Query(FRESHNESS_P50, "p50"), Query(FRESHNESS_P99, "p99"))),
-    Panel("Consumer lag", "Events on the log not yet committed, per source topic. Healthy: near 0 and "
-          "flat; a steady climb means the workers are falling behind.", "short", (Query(LAG, "{{topic}}"),)),
-    Panel("Rejected events", "Events sent to the DLQ per second, by reason. Healthy: 0; any value points "
-          "at a producer breaking the contract (see the DLQ headers).", "ops", (Query(REJECTS, "{{reason}}"),)),
-    Panel("Encoder time per batch", "Encoder time (LSTM steps, rebuilds, re-pooling) per batch. Healthy: "
-          "ms, rising with batch size; compare with the mean batch.", "s",
-          (Query(ENCODER_P50, "p50"), Query(ENCODER_P99, "p99"))),
-    Panel("Mean encoder batch", "Events per encoder batch. Small under light load, up to DUPN_BATCH_MAX "
-          "when catching up.", "short", (Query(BATCH_MEAN, "events"),)),
-    Panel("Vector age when read", "Age (now − updated_at) of a vector when read: served over HTTP, or "
-          "published and read by the purchasing-power agent. Published: under a second; served: how long "
-          "users have been idle.", "s",
-          (Query(VECTOR_AGE_P50, "p50 {{source}}"), Query(VECTOR_AGE_P99, "p99 {{source}}"))),
-)
 
 ALERTS: tuple[Alert, ...] = (
     Alert("DupnFreshnessP99High", FRESHNESS_P99, ">", 5, "10m", "warning",
           "p99 event-to-vector time above 5 s",
-          "Vectors reflect events late: check consumer lag, the encoder time and the worker count."),
+          "Vectors reflect events late (p99 {{ $value | humanizeDuration }}): rankers see stale users.",
+          ("Open the worker dashboard (GET /dashboard on any worker, or Grafana): is the consumer lag growing?",
+           "If lag grows: the workers fall behind; see DupnConsumerLagGrowing (add workers up to the "
+           "partition count).",
+           "If lag is flat: compare the encoder time per batch and the mean batch; a slow host or a larger "
+           "model shows there first.",
+           "Check the producers' clocks: freshness starts at the event's ts, so a producer whose clock runs "
+           "behind (or that sends old events) shows here without any fault of the workers.")),
     Alert("DupnConsumerLagGrowing", LAG_GROWTH, ">", 1, "15m", "warning",
           "consumer lag on {{ $labels.topic }} growing",
-          "The workers fall behind the producers: add workers (up to the partition count) or find a slow batch."),
+          "The workers fall behind the producers on {{ $labels.topic }} by {{ $value | printf \"%.1f\" }} "
+          "events/s.",
+          ("Check every worker is up (DupnWorkerDown) and not rebalancing in a loop (faust_total_rebalances).",
+           "Compare events/s per worker on the dashboard with the producers' rate.",
+           "Add workers, up to DUPN_PARTITIONS of them; beyond that more workers stay idle.",
+           "If one worker is slow alone, look at its host (CPU steal, disk) and its encoder time.")),
     Alert("DupnRejectsSpiking", REJECT_RATIO, ">", 0.01, "5m", "warning",
           "over 1 % of events rejected to the DLQ",
-          "A producer sends events that break the v1 contract; the DLQ headers dupn.reason/dupn.detail say why."),
+          "{{ $value | humanizePercentage }} of consumed events break the v1 contract and go to the DLQ.",
+          ("See which reason grows on the Rejected events panel (label reason).",
+           "Read a few DLQ records: the headers dupn.reason and dupn.detail name the field and the "
+           "problem; the value is the producer's original bytes.",
+           "Find the producer (the record's key is its user id; check recent deploys) and fix it; the "
+           "workers need no action.",
+           "Once fixed, replay the DLQ records worth keeping into the events topic (dupn replay).")),
     Alert("DupnWorkerDown", WORKER_UP, "==", 0, "1m", "critical",
           "worker {{ $labels.instance }} is down",
-          "Prometheus cannot scrape the worker's /metrics: it crashed, hangs, or its port changed."),
+          "Prometheus cannot scrape {{ $labels.instance }}/metrics: the worker crashed, hangs, or its "
+          "port changed. Its partitions move to the other workers (standbys take over).",
+          ("curl http://{{ $labels.instance }}/healthz: no answer means the process is gone or hung.",
+           "Read the worker's log (its last lines before the stop) and restart it (dupn worker); it "
+           "restores its table from the changelog.",
+           "While it is down, the others serve its partitions after a rebalance; check on the dashboard "
+           "that their lag drains.",
+           "If it runs but is not scraped: compare DUPN_WEB_PORT with the scrape target and the bearer "
+           "token file with DUPN_API_TOKEN.")),
 )
 
 
 def all_expressions() -> list[str]:
     """Every expression a dashboard panel or an alert evaluates (the test queries each)."""
-    exprs = [q.expr for p in PANELS for q in p.queries] + [a.expr for a in ALERTS]
+    exprs = [line.series.promql() for p in PANELS for line in p.lines] + [a.expr for a in ALERTS]
     return list(dict.fromkeys(exprs))
+
+
+def panel_queries(panel: Chart) -> list[tuple[str, str]]:
+    """(PromQL as on the Grafana panel, legend) per line of a chart."""
+    return [(line.series.promql(INSTANCE_SELECTOR), line.legend) for line in panel.lines]
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -136,7 +127,7 @@ def dashboard_json() -> dict[str, Any]:
     from grafana_foundation_sdk.builders import common, prometheus, stat, timeseries
     from grafana_foundation_sdk.builders import dashboard as gd
     from grafana_foundation_sdk.models import common as cm
-    from grafana_foundation_sdk.models.dashboard import DataSourceRef
+    from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableOption, VariableRefresh
 
     datasource = DataSourceRef(type_val="prometheus", uid="${datasource}")
     board = (
@@ -147,6 +138,18 @@ def dashboard_json() -> dict[str, Any]:
         .refresh("30s")
         .time("now-1h", "now")
         .with_variable(gd.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+        .with_variable(
+            gd.QueryVariable("instance")
+            .label("Worker")
+            .description("Workers (scrape targets) the panels sum over")
+            .datasource(datasource)
+            .query(f'label_values(up{{job="{JOB}"}}, instance)')
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+            .current(VariableOption(selected=True, text="All", value="$__all"))
+        )
     )
     for panel in PANELS:
         builder: Any
@@ -159,8 +162,8 @@ def dashboard_json() -> dict[str, Any]:
             builder = builder.text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
         builder = builder.title(panel.title).description(panel.description).unit(panel.unit)
         builder = builder.datasource(datasource).span(panel.width).height(8)
-        for ref, query in zip("ABCDEFGH", panel.queries, strict=False):
-            target = prometheus.Dataquery().expr(query.expr).legend_format(query.legend).ref_id(ref)
+        for ref, (expr, legend_format) in zip("ABCDEFGH", panel_queries(panel), strict=False):
+            target = prometheus.Dataquery().expr(expr).legend_format(legend_format).ref_id(ref)
             builder = builder.with_target(target.datasource(datasource))
         board = board.with_panel(builder)
     return _to_plain(board.build())
@@ -172,15 +175,25 @@ def _to_plain(obj: Any) -> dict[str, Any]:
     return dict(json.loads(json.dumps(obj, cls=JSONEncoder)))
 
 
-def alert_rules() -> dict[str, Any]:
-    """Prometheus rule file: one group, every alert of :data:`ALERTS`."""
+def alert_rules(for_override: Mapping[str, str] | str | None = None) -> dict[str, Any]:
+    """Prometheus rule file: one group, every alert of :data:`ALERTS`.
+
+    ``for_override`` replaces the alerts' ``for:`` (one duration for all, or by alert name): the
+    end-to-end test makes alerts fire within seconds this way.
+    """
+
+    def for_of(a: Alert) -> str:
+        if isinstance(for_override, str):
+            return for_override
+        return (for_override or {}).get(a.name, a.for_)
+
     rules = [
         {
             "alert": a.name,
             "expr": a.rule_expr,
-            "for": a.for_,
+            "for": for_of(a),
             "labels": {"severity": a.severity},
-            "annotations": {"summary": a.summary, "description": a.description},
+            "annotations": {"summary": a.summary, "description": a.description, "runbook": a.runbook_text},
         }
         for a in ALERTS
     ]
@@ -218,7 +231,8 @@ def targets_from_urls(worker_urls: str) -> list[str]:
 
 
 def export(
-    out_dir: Path, targets: Sequence[str], scrape_interval: str = "15s", token_file: str | None = None
+    out_dir: Path, targets: Sequence[str], scrape_interval: str = "15s", token_file: str | None = None,
+    alert_for: Mapping[str, str] | str | None = None,
 ) -> list[Path]:
     """Write the dashboard JSON, prometheus.yml and the alert rules into ``out_dir``; return the paths."""
     import yaml
@@ -227,7 +241,7 @@ def export(
     files = {
         out_dir / DASHBOARD_FILE: json.dumps(dashboard_json(), indent=2) + "\n",
         out_dir / PROMETHEUS_FILE: yaml.safe_dump(scrape_config(targets, scrape_interval, token_file), sort_keys=False),
-        out_dir / ALERTS_FILE: yaml.safe_dump(alert_rules(), sort_keys=False, allow_unicode=True),
+        out_dir / ALERTS_FILE: yaml.safe_dump(alert_rules(alert_for), sort_keys=False, allow_unicode=True),
     }
     for path, text in files.items():
         path.write_text(text, encoding="utf-8")

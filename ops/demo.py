@@ -117,6 +117,7 @@ def run_demo(
             worker = start_worker(s, log)
             ready = wait_healthy(s.http.web_url, worker, 120, log_path)
             print(f"worker ready in {ready:.1f}s at {s.http.web_url} (log {log_path})", flush=True)
+            print(f"live dashboard: {s.http.web_url}/dashboard", flush=True)
             return _stream_and_watch(s, users, events, seed, rate, exit_when_done, timeout_s)
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)

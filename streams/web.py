@@ -37,6 +37,9 @@ from encoder.features import query_bucket
 from encoder.model import UserContext
 from state.codec import StateDecodeError, decode_state
 from state.user_state import UserState
+from streams.dashboard import OPEN_PATHS as DASHBOARD_PAGE_PATHS
+from streams.dashboard import register_dashboard
+from streams.http_metrics import observe_requests
 from streams.updater import vector_message
 
 if TYPE_CHECKING:
@@ -51,7 +54,7 @@ MAX_QUERY_CHARS = 256
 MAX_URL_CHARS = 2048  # path + query; the longest valid request is far below (id 128, query 256 chars)
 MAX_HEADER_LINE = 8190  # request line and each header line, enforced by aiohttp's parser (400 beyond)
 MAX_HEADERS = 64
-OPEN_PATHS = frozenset({"/healthz"})  # no token needed: liveness probes carry no secrets
+OPEN_PATHS = frozenset({"/healthz", *DASHBOARD_PAGE_PATHS})  # no token: probes, the data-less page shell
 RETRY_AFTER_S = 1
 ROUTED_HEADER = "X-Dupn-Routed-By"
 FORWARD_TIMEOUT_S = 10.0
@@ -67,7 +70,7 @@ def web_application_options(s: Settings) -> dict[str, Any]:
             "max_field_size": MAX_HEADER_LINE,
             "max_headers": MAX_HEADERS,
         },
-        "middlewares": [request_guard(s.http.api_token)],
+        "middlewares": [observe_requests(), request_guard(s.http.api_token)],
     }
 
 
@@ -121,6 +124,7 @@ def register_views(w: Worker) -> None:
     async def prometheus(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    register_dashboard(w)
     if w.table is not None:
         _register_vector_view(w)
     if w.ppp_table is not None:

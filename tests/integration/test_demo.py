@@ -36,5 +36,6 @@ def test_demo_exits_zero_when_every_user_is_up_to_date(tmp_path: Path, model_dir
     assert summary["users"] == summary["users_with_vector"] == summary["users_up_to_date"] > 0
     assert summary["freshness_p50_ms"] <= summary["freshness_p99_ms"]
     assert "worker ready" in out.stdout
+    assert f"live dashboard: http://127.0.0.1:{web}/dashboard" in out.stdout
     # the demo stopped the broker it started
     assert not (tmp_path / "broker" / "broker.pid").exists()

@@ -38,6 +38,9 @@ GUARDED = [
     "/users/u1/purchasing-power",
     "/users/nobody/vector",
     "/router/",  # Faust's own routes are behind the token too
+    "/dashboard/metrics",  # the live page's data (the page itself is open: it holds none)
+    "/dashboard/spec",
+    "/dashboard/static/unknown.js",
     "/",
     "/no/such/path",
 ]
@@ -75,6 +78,18 @@ def test_every_route_but_healthz_needs_the_token(api: Api, path: str) -> None:
     assert api.get(path, token=None, headers={"Authorization": TOKEN}) == 401  # no "Bearer "
     assert api.get(path, token=None, headers={"Authorization": f"Basic {TOKEN}"}) == 401
     assert api.get(path) != 401
+
+
+def test_the_dashboard_page_is_open_but_holds_no_data(api: Api) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{api.url}/dashboard", timeout=10) as resp:  # no token
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/html")
+        csp = resp.headers["Content-Security-Policy"]
+        assert "<title>dupn-stream" in resp.read().decode()
+    assert "default-src 'self'" in csp and "connect-src 'self'" in csp
+    for asset in ("dashboard.js", "uPlot.iife.min.js", "uPlot.min.css", "dashboard.css"):
+        assert api.get(f"/dashboard/static/{asset}", token=None) == 200, asset
 
 
 def test_healthz_is_open_and_the_token_opens_the_api(api: Api) -> None:

@@ -186,3 +186,51 @@ def _current(messages: list[Any], last: dict[str, str]) -> bool:
 def _value(url: str, expr: str) -> float | None:
     result = api(url, "query", query=expr)["result"]
     return float(result[0]["value"][1]) if result else None
+
+
+def test_rejects_spiking_and_worker_down_fire(
+    broker_url: str, model_dir: Path, prometheus: Prometheus, tmp_path: Path
+) -> None:
+    """The generated rules fire on a real Prometheus: bad events, then a killed worker (``for:`` shortened)."""
+    s = isolated_settings(broker_url, tmp_path / "home", model_dir)
+    setup_topics(s)
+    with running_worker(s) as proc:
+        target = f"127.0.0.1:{s.http.web_port}"
+        dashboards.export(prometheus.config_dir, [target], scrape_interval="1s", alert_for="2s")
+        prometheus.start()
+        url = prometheus.url
+        wait_for(lambda: any(t["health"] == "up" for t in api(url, "targets")["activeTargets"]), 60,
+                 "Prometheus never scraped the worker")
+        wait_for(lambda: _rules_evaluated(url), 30, "alert rules never evaluated")
+        assert not _alerts(url), "a healthy worker fires nothing"
+
+        # two waves of events breaking the contract, the second after the first was scraped: a rate needs
+        # the counter to rise between two scrapes
+        produce(s, [], raw=BAD_EVENTS * 5)
+        wait_for(lambda: finite_result(url, "sum(dupn_events_rejected_total)"), 60, "rejects never scraped")
+        time.sleep(1.5)
+        produce(s, [], raw=BAD_EVENTS * 5)
+        rejects = wait_for(lambda: _firing(url, "DupnRejectsSpiking"), 90, "DupnRejectsSpiking never fired")
+        assert rejects["labels"]["severity"] == "warning"
+        assert "1. " in rejects["annotations"]["runbook"] and "DLQ" in rejects["annotations"]["runbook"]
+        assert not _firing(url, "DupnWorkerDown")
+
+        proc.kill()  # a crash: no goodbye, the next scrape fails
+        proc.wait(timeout=20)
+        down = wait_for(lambda: _firing(url, "DupnWorkerDown"), 60, "DupnWorkerDown never fired")
+        assert down["labels"]["severity"] == "critical" and down["labels"]["instance"] == target
+        assert target in down["annotations"]["summary"]
+        assert f"curl http://{target}/healthz" in down["annotations"]["runbook"]
+
+
+def _rules_evaluated(url: str) -> bool:
+    rules = [r for g in api(url, "rules")["groups"] for r in g["rules"]]
+    return bool(rules) and all(r["health"] == "ok" and r.get("lastEvaluation", "").startswith("2") for r in rules)
+
+
+def _alerts(url: str) -> list[dict[str, Any]]:
+    return list(api(url, "alerts")["alerts"])
+
+
+def _firing(url: str, name: str) -> dict[str, Any] | None:
+    return next((a for a in _alerts(url) if a["labels"]["alertname"] == name and a["state"] == "firing"), None)

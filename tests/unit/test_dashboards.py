@@ -42,7 +42,8 @@ def test_dashboard_has_one_panel_per_definition_with_its_queries() -> None:
     assert board["uid"] == dashboards.DASHBOARD_UID
     assert [p["title"] for p in board["panels"]] == [p.title for p in dashboards.PANELS]
     for built, panel in zip(board["panels"], dashboards.PANELS, strict=True):
-        assert [t["expr"] for t in built["targets"]] == [q.expr for q in panel.queries]
+        assert [t["expr"] for t in built["targets"]] == [expr for expr, _ in dashboards.panel_queries(panel)]
+        assert [t["legendFormat"] for t in built["targets"]] == [line.legend for line in panel.lines]
         assert built["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert built["fieldConfig"]["defaults"]["unit"] == panel.unit
         assert built["options"], "a panel without options renders with Grafana's bare defaults"
@@ -51,11 +52,30 @@ def test_dashboard_has_one_panel_per_definition_with_its_queries() -> None:
 
 
 def test_required_panels_are_there() -> None:
-    exprs = " ".join(q.expr for p in dashboards.PANELS for q in p.queries)
+    exprs = " ".join(dashboards.all_expressions())
     for metric in ("dupn_events_total", "dupn_event_to_vector_seconds", "dupn_consumer_lag_events",
                    "dupn_events_rejected_total", "dupn_encoder_step_seconds", "dupn_state_bytes",
-                   "dupn_model_info", "dupn_users"):
+                   "dupn_model_info", "dupn_users", "dupn_encoder_rebuilds_total", "dupn_state_decode_errors_total",
+                   "dupn_http_requests_total", "dupn_http_request_duration_seconds_bucket"):
         assert metric in exprs
+    titles = {p.title for p in dashboards.PANELS}
+    assert {"Consumer lag, seconds", "Encoder rebuilds", "State decode errors", "HTTP requests", "HTTP p99 latency",
+            "HTTP error share"} <= titles
+    http_errors = next(p for p in dashboards.PANELS if p.key == "http_errors")
+    assert [line.legend for line in http_errors.lines] == ["5xx", "503"]
+
+
+def test_every_panel_query_is_narrowed_by_the_instance_variable() -> None:
+    board = dashboards.dashboard_json()
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    instance = variables["instance"]
+    assert instance["type"] == "query" and instance["multi"] and instance["includeAll"]
+    assert instance["allValue"] == ".*"
+    assert instance["query"] == 'label_values(up{job="dupn"}, instance)'
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            metric_refs = re.findall(r"\b(?:dupn_[a-z_]+|up)\b(?=[{\[ )])", target["expr"])
+            assert target["expr"].count('instance=~"$instance"') == len(metric_refs), target["expr"]
 
 
 def test_alert_rule_is_the_watched_series_compared_to_the_threshold() -> None:
@@ -64,6 +84,21 @@ def test_alert_rule_is_the_watched_series_compared_to_the_threshold() -> None:
     fresh = rules["DupnFreshnessP99High"]
     assert fresh["expr"] == f"{dashboards.FRESHNESS_P99} > 5"
     assert fresh["labels"]["severity"] == "warning" and fresh["for"] == "10m"
+
+
+def test_every_alert_has_summary_description_and_numbered_runbook_steps() -> None:
+    for rule in dashboards.alert_rules()["groups"][0]["rules"]:
+        notes = rule["annotations"]
+        assert set(notes) == {"summary", "description", "runbook"}
+        steps = notes["runbook"].splitlines()
+        assert len(steps) >= 3 and all(step.startswith(f"{i}. ") for i, step in enumerate(steps, 1)), rule["alert"]
+
+
+def test_for_override_shortens_the_alerts_for_tests() -> None:
+    every = {r["alert"]: r["for"] for r in dashboards.alert_rules("2s")["groups"][0]["rules"]}
+    assert set(every.values()) == {"2s"}
+    one = {r["alert"]: r["for"] for r in dashboards.alert_rules({"DupnWorkerDown": "1s"})["groups"][0]["rules"]}
+    assert one["DupnWorkerDown"] == "1s" and one["DupnRejectsSpiking"] == "5m"
 
 
 def test_targets_from_worker_urls() -> None:
