@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clients.client import VectorClient
 from clients.vector_cache import VectorCache
-from clients.vectors import fetch_vector
 from core.settings import Settings
 from encoder.checkpoint import load_checkpoint
 from encoder.scoring import Candidate, score_split
@@ -31,12 +31,22 @@ class Ranker:
         self.model_version = ckpt.model_version
         self.cache = cache
         self.settings = settings
+        self._client: VectorClient | None = None
+
+    @property
+    def client(self) -> VectorClient:
+        """The HTTP client for query-aware vectors (made on first use; keeps its connections)."""
+        if self._client is None:
+            self._client = VectorClient.from_settings(self.settings)
+        return self._client
 
     def user_vector(self, user_id: str, query: str | None = None) -> tuple[np.ndarray, str]:
         """(vector, its model_version): query-aware from a worker, else the cached latest one."""
         if query:
-            body = fetch_vector(self.settings, user_id, query=query)
-            return np.asarray(body["vector"], np.float32), str(body["model_version"])
+            got = self.client.get(user_id, query=query)
+            if got.vector is None:
+                raise LookupError(f"no query-aware vector for user {user_id!r}: {got.status} {got.reason or ''}")
+            return got.vector, str(got.model_version)
         if self.cache is None:
             raise LookupError("no vector cache: pass a VectorCache or a query")
         hit = self.cache.get(user_id)
