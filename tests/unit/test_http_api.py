@@ -126,3 +126,25 @@ def test_local_remote_and_failing_owners(monkeypatch: pytest.MonkeyPatch) -> Non
         for s in servers:
             asyncio.run_coroutine_threadsafe(s.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_readiness_reasons() -> None:
+    def app(**kw: Any) -> Any:
+        done = SimpleNamespace(is_set=lambda: kw.get("recovered", True))
+        return SimpleNamespace(should_stop=kw.get("stopping", False), rebalancing=kw.get("rebalancing", False),
+                               in_recovery=False, tables=SimpleNamespace(recovery=SimpleNamespace(completed=done)))
+
+    assert http_api.not_ready_reason(app()) is None
+    assert http_api.not_ready_reason(app(recovered=False)) == "recovering tables"
+    assert http_api.not_ready_reason(app(rebalancing=True)) == "rebalancing"
+    assert http_api.not_ready_reason(app(stopping=True)) == "shutting down"
+
+
+def test_model_version_needs_the_token() -> None:
+    def req(auth: str | None) -> Any:
+        return SimpleNamespace(headers={"Authorization": auth} if auth else {})
+
+    assert http_api._authorized(req(None), "")  # no token configured: everyone may know
+    assert not http_api._authorized(req(None), "tok")
+    assert not http_api._authorized(req("Bearer nope"), "tok")
+    assert http_api._authorized(req("Bearer tok"), "tok")
