@@ -272,8 +272,7 @@ class VectorClient:
             else:
                 answers = self._map(
                     lambda item: self._post_batch(item[0], [ids[i] for i in item[1]], max_age_ms),
-                    [(base, idx[k : k + wire.MAX_BATCH_IDS]) for base, idx in groups.items()
-                     for k in range(0, len(idx), wire.MAX_BATCH_IDS)],
+                    [(base, chunk) for base, idx in groups.items() for chunk in _chunks(idx, ids)],
                 )
                 retry_after = 0.0
                 still: list[int] = []
@@ -418,6 +417,22 @@ def _json_or_empty(raw: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _chunks(idx: list[int], ids: list[str]) -> Iterator[list[int]]:
+    """``idx`` cut into requests the worker accepts: at most MAX_BATCH_IDS ids and a body under its byte limit."""
+    budget = wire.MAX_BATCH_BODY_BYTES - 64  # room for the braces, key names and max_age_ms
+    chunk: list[int] = []
+    size = 0
+    for i in idx:
+        cost = len(orjson.dumps(ids[i])) + 1
+        if chunk and (len(chunk) == wire.MAX_BATCH_IDS or size + cost > budget):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(i)
+        size += cost
+    if chunk:
+        yield chunk
 
 
 def _stack(results: list[VectorResult]) -> np.ndarray:

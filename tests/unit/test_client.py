@@ -239,3 +239,17 @@ def test_no_worker_and_a_wrong_token_are_errors(workers) -> None:
         c.get_many(["u1"])
     with client([a.url], token="right") as c:
         assert c.get_many(["u1"]).statuses == ["not_found"]
+
+
+def test_large_batches_are_cut_into_requests_the_worker_accepts(workers) -> None:
+    a, _ = workers
+    a.owners = [None] * PARTS
+    users = [f"{k:04d}" + "x" * 200 for k in range(1500)]  # 1,500 ids of 204 chars: over both limits
+    a.known = set(users[::7])
+    with client([a.url]) as c:
+        batch = c.get_many(users)
+    assert batch.statuses == ["found" if k % 7 == 0 else "not_found" for k in range(1500)]
+    posts = [body["user_ids"] for m, p, body in a.requests if m == "POST"]
+    assert sorted(u for ids in posts for u in ids) == users  # chunks go in parallel: any arrival order
+    for ids in posts:
+        assert len(ids) <= wire.MAX_BATCH_IDS and len(orjson.dumps({"user_ids": ids})) <= wire.MAX_BATCH_BODY_BYTES
