@@ -41,14 +41,13 @@ class Ranker:
         return self._client
 
     def user_vector(self, user_id: str, query: str | None = None) -> tuple[np.ndarray, str]:
-        """(vector, its model_version): query-aware from a worker, else the cached latest one."""
-        if query:
+        """(vector, its model_version): query-aware from a worker, else the cached latest one
+        (without a cache: the latest one from a worker)."""
+        if query or self.cache is None:
             got = self.client.get(user_id, query=query)
             if got.vector is None:
-                raise LookupError(f"no query-aware vector for user {user_id!r}: {got.status} {got.reason or ''}")
+                raise LookupError(f"no vector for user {user_id!r} from the workers: {got.status} {got.reason or ''}")
             return got.vector, str(got.model_version)
-        if self.cache is None:
-            raise LookupError("no vector cache: pass a VectorCache or a query")
         hit = self.cache.get(user_id)
         if hit is None:
             raise LookupError(f"no vector for user {user_id!r} in {self.settings.kafka.vectors_topic}")

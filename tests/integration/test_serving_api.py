@@ -208,3 +208,14 @@ def test_probes_openapi_and_body_limits(group: Group) -> None:
     assert call(batch, "GET")[0] == 405
     assert call(url + "/readyz", "POST", b"{}")[0] == 413  # only the batch routes take a body
     assert call(url + "/readyz")[0] == 200  # still serving after all that
+
+
+def test_ranker_without_a_cache_reads_through_the_client(group: Group, model_dir: Path) -> None:
+    from clients.ranker import Ranker
+
+    ranker = Ranker(model_dir, None, group.s1.replace(worker_urls=",".join(group.urls)))
+    vector, version = ranker.user_vector(USERS[3])
+    want = single(group.urls[1], USERS[3])
+    assert vector.tobytes() == np.asarray(want["vector"], np.float32).tobytes() and version == want["model_version"]
+    with pytest.raises(LookupError):
+        ranker.user_vector("nobody")
