@@ -219,3 +219,38 @@ def test_ranker_without_a_cache_reads_through_the_client(group: Group, model_dir
     assert vector.tobytes() == np.asarray(want["vector"], np.float32).tobytes() and version == want["model_version"]
     with pytest.raises(LookupError):
         ranker.user_vector("nobody")
+
+
+def test_livez_answers_while_readyz_says_not_yet(tmp_path: Path, broker_url: str, model_dir: Path) -> None:
+    from ops.testing import WorkerProcess
+
+    s = isolated_settings(broker_url, tmp_path, model_dir, partitions=2)  # no token: the version is not secret
+    setup_topics(s)
+    worker = WorkerProcess(s, "probe-worker")
+    worker.start(ready_timeout_s=None)
+    seen: dict[tuple[int, int], dict[str, Any]] = {}
+    try:
+        deadline = time.monotonic() + 120
+        ready = 0
+        while ready != 200 and time.monotonic() < deadline and worker.running:
+            live, ready, body = _probe(worker.url + "/livez"), *_probe_body(worker.url + "/readyz")
+            seen.setdefault((live, ready), body)
+            time.sleep(0.05)
+        assert ready == 200, worker.log_text()[-3000:]
+        assert (200, 503) in seen, sorted(seen)  # up (live) before it has joined and recovered (ready)
+        assert seen[(200, 503)]["status"] == "starting" and seen[(200, 503)]["reason"]
+        assert "model_version" in seen[(200, 200)]
+    finally:
+        worker.stop()
+
+
+def _probe(url: str) -> int:
+    return _probe_body(url)[0]
+
+
+def _probe_body(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        status, body = http_raw(url, timeout_s=5)
+    except OSError:
+        return 0, {}  # not listening yet
+    return status, json.loads(body)
