@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clients.client import VectorClient
 from clients.vector_cache import VectorCache
-from clients.vectors import fetch_vector
 from core.settings import Settings
 from encoder.checkpoint import load_checkpoint
 from encoder.scoring import Candidate, score_split
@@ -31,14 +31,23 @@ class Ranker:
         self.model_version = ckpt.model_version
         self.cache = cache
         self.settings = settings
+        self._client: VectorClient | None = None
+
+    @property
+    def client(self) -> VectorClient:
+        """The HTTP client for query-aware vectors (made on first use; keeps its connections)."""
+        if self._client is None:
+            self._client = VectorClient.from_settings(self.settings)
+        return self._client
 
     def user_vector(self, user_id: str, query: str | None = None) -> tuple[np.ndarray, str]:
-        """(vector, its model_version): query-aware from a worker, else the cached latest one."""
-        if query:
-            body = fetch_vector(self.settings, user_id, query=query)
-            return np.asarray(body["vector"], np.float32), str(body["model_version"])
-        if self.cache is None:
-            raise LookupError("no vector cache: pass a VectorCache or a query")
+        """(vector, its model_version): query-aware from a worker, else the cached latest one
+        (without a cache: the latest one from a worker)."""
+        if query or self.cache is None:
+            got = self.client.get(user_id, query=query)
+            if got.vector is None:
+                raise LookupError(f"no vector for user {user_id!r} from the workers: {got.status} {got.reason or ''}")
+            return got.vector, str(got.model_version)
         hit = self.cache.get(user_id)
         if hit is None:
             raise LookupError(f"no vector for user {user_id!r} in {self.settings.kafka.vectors_topic}")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Generator
 from typing import Any
 
+from clients.client import VectorClient
 from core.contracts import VectorMessage, decode_vector_message
 from core.settings import Settings
 from core.topics import no_broker_message
+from core.wire import NOT_FOUND
 
 
 def follow_vectors(
@@ -49,9 +47,18 @@ def follow_vectors(
 def fetch_vector(
     s: Settings, user_id: str, at: str | None = None, timeout_s: float = 5.0, query: str | None = None
 ) -> dict[str, Any]:
-    """GET /users/{id}/vector from the first worker that answers (``query``: re-pooled for it)."""
-    params = {k: v for k, v in (("at", at), ("query", query)) if v}
-    return _get_user(s, user_id, "vector", params, timeout_s)
+    """GET /users/{id}/vector through :class:`VectorClient` (routed to the owner, ``Retry-After`` honoured).
+
+    The worker's JSON answer (``vector`` as a list); ``LookupError`` for an unknown user,
+    ``ConnectionError`` when no worker answers or the user stays unavailable.
+    """
+    with VectorClient.from_settings(s, timeout_s=timeout_s) as client:
+        result = client.get(user_id, at=at, query=query)
+    if result.status == NOT_FOUND:
+        raise LookupError(f"unknown user {user_id!r}")
+    if result.vector is None:
+        raise ConnectionError(f"user {user_id!r} still unavailable after retrying: {result.reason}")
+    return {**result.meta, "vector": result.vector.tolist()}
 
 
 def fetch_explain(
@@ -59,33 +66,11 @@ def fetch_explain(
 ) -> dict[str, Any]:
     """GET /users/{id}/explain: the attention weights behind the vector ``fetch_vector`` would return."""
     params = {k: v for k, v in (("at", at), ("query", query)) if v}
-    return _get_user(s, user_id, "explain", params, timeout_s)
+    with VectorClient.from_settings(s, timeout_s=timeout_s) as client:
+        return client.get_json(user_id, "explain", params)
 
 
 def fetch_purchasing_power(s: Settings, user_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """GET /users/{id}/purchasing-power from the first worker that answers."""
-    return _get_user(s, user_id, "purchasing-power", {}, timeout_s)
-
-
-def _get_user(s: Settings, user_id: str, what: str, params: dict[str, str], timeout_s: float) -> dict[str, Any]:
-    errors = []
-    for base in [u.strip().rstrip("/") for u in s.http.worker_urls.split(",") if u.strip()]:
-        url = f"{base}/users/{urllib.parse.quote(user_id, safe='')}/{what}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        req = urllib.request.Request(url)
-        if s.http.api_token:
-            req.add_header("Authorization", f"Bearer {s.http.api_token}")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                return dict(json.loads(resp.read()))
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:300]
-            if exc.code == 404:
-                raise LookupError(f"unknown user {user_id!r} ({base})") from exc
-            errors.append(f"{base}: HTTP {exc.code} {detail}")
-        except (urllib.error.URLError, OSError) as exc:
-            errors.append(f"{base}: {exc}")
-    raise ConnectionError(
-        "no worker answered: " + "; ".join(errors) + " — start one with `dupn worker` or set DUPN_WORKER_URLS"
-    )
+    """GET /users/{id}/purchasing-power from the owner (any worker forwards)."""
+    with VectorClient.from_settings(s, timeout_s=timeout_s) as client:
+        return client.get_json(user_id, "purchasing-power")

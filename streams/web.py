@@ -8,8 +8,9 @@ partition's copy, a standby's, or a 404 for a user not yet restored.
 
 Every request, Faust's own routes included, first passes :func:`request_guard`
 (an aiohttp middleware installed through Faust's ``web_application_options``):
-bounded URL, no request body, the bearer token when ``DUPN_API_TOKEN`` is set
-(all but ``/healthz``), a valid ``{user_id}``. Responses are bounded by
+bounded URL, no request body (but a bounded one for the batch reads of
+:mod:`streams.http_api`), the bearer token when ``DUPN_API_TOKEN`` is set
+(all but the probes ``/livez``, ``/readyz``, ``/healthz``), a valid ``{user_id}``. Responses are bounded by
 construction: a vector is 256 floats, an explanation at most one window of
 behaviors, errors echo only validated input.
 """
@@ -21,7 +22,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from aiohttp import web as aioweb
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core import metrics
+from core.wire import BODY_PATHS, MAX_BATCH_BODY_BYTES, ROUTED_HEADER, USER_ID_RE, partition_of
 from encoder.explain import explain_behaviors
 from encoder.features import query_bucket
 from encoder.model import UserContext
@@ -49,14 +50,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-USER_ID_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9_.:@~-]{1,128}$")  # not "." or "..": never a path segment
 MAX_QUERY_CHARS = 256
 MAX_URL_CHARS = 2048  # path + query; the longest valid request is far below (id 128, query 256 chars)
 MAX_HEADER_LINE = 8190  # request line and each header line, enforced by aiohttp's parser (400 beyond)
 MAX_HEADERS = 64
-OPEN_PATHS = frozenset({"/healthz", *DASHBOARD_PAGE_PATHS})  # no token: probes, the data-less page shell
+# no token: the probes and the data-less dashboard page shell
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", *DASHBOARD_PAGE_PATHS})
 RETRY_AFTER_S = 1
-ROUTED_HEADER = "X-Dupn-Routed-By"
 FORWARD_TIMEOUT_S = 10.0
 Handler = Callable[..., Awaitable[Any]]
 
@@ -64,7 +64,7 @@ Handler = Callable[..., Awaitable[Any]]
 def web_application_options(s: Settings) -> dict[str, Any]:
     """Keyword arguments for Faust's aiohttp ``Application``: request limits and the guard."""
     return {
-        "client_max_size": 1024,  # no endpoint reads a body; request_guard refuses any anyway
+        "client_max_size": MAX_BATCH_BODY_BYTES,  # only the batch reads take a body (request_guard)
         "handler_args": {
             "max_line_size": MAX_HEADER_LINE,
             "max_field_size": MAX_HEADER_LINE,
@@ -83,7 +83,12 @@ def request_guard(token: str) -> Any:
         if len(request.raw_path) > MAX_URL_CHARS:
             return _error(414, f"URL longer than {MAX_URL_CHARS} characters")
         if request.content_length or "Transfer-Encoding" in request.headers:
-            return _error(413, "request bodies are not accepted")
+            if request.method != "POST" or request.path not in BODY_PATHS:
+                return _error(413, "request bodies are not accepted")
+            if request.content_length is None or "Transfer-Encoding" in request.headers:
+                return _error(411, "send the body with a Content-Length (no Transfer-Encoding)")
+            if request.content_length > MAX_BATCH_BODY_BYTES:
+                return _error(413, f"request body over {MAX_BATCH_BODY_BYTES} bytes")
         if token and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "").encode("utf-8", "replace")
             if not hmac.compare_digest(given, expected):
@@ -111,14 +116,6 @@ def register_views(w: Worker) -> None:
             "set DUPN_API_TOKEN or DUPN_WEB_HOST=127.0.0.1",
             w.settings.http.web_host, w.settings.http.web_port,
         )
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        recovery = getattr(app.tables, "recovery", None)
-        recovered = recovery is not None and recovery.completed.is_set()
-        ready = recovered and not app.rebalancing and not app.in_recovery
-        body = {"status": "ok" if ready else "starting", "model_version": _model_version(w)}
-        return web.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
@@ -204,17 +201,6 @@ def _owner_routed(w: Worker, table: Any) -> Callable[[Handler], Handler]:
         return routed
 
     return wrap
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition of ``key`` under Kafka's default partitioner (murmur2), as every producer here uses.
-
-    A user's events, state (changelog) and vector all live in this partition:
-    key = user_id and every topic has ``DUPN_PARTITIONS`` partitions.
-    """
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _active_owner(app: Any, topic: str, partition: int) -> str | None:

@@ -14,9 +14,9 @@ import faust
 from core.settings import Settings, load_settings
 from core.topics import USER_STATE_TABLE
 from streams import faults, highwater
+from streams.http_api import application_options
 from streams.restore import BulkRestoreTableManager
 from streams.runtime import Runtime
-from streams.web import web_application_options
 
 
 @dataclass
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Worker:
         )
     worker = Worker(s, app, Runtime(s), events_topic, vectors_topic, dlq_topic, table)
     from streams.agents import register_agents
+    from streams.http_api import register_http_api
     from streams.monitoring import register_monitoring
     from streams.ppp import register_ppp
     from streams.web import register_views
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Worker:
     if "ppp" in roles:
         register_ppp(worker)
     register_views(worker)
+    register_http_api(worker)  # batch reads, /owners, probes, /openapi.json (streams.http_api)
     register_monitoring(worker)
     return worker
 
@@ -127,7 +129,7 @@ def faust_options(s: Settings) -> dict[str, Any]:
         "web_stats_enabled": False,
         "web_graph_enabled": False,
         "web_tables_enabled": False,
-        "web_application_options": web_application_options(s),  # request limits + token guard
+        "web_application_options": application_options(s),  # request limits + token guard (+ binary reads)
         "table_standby_replicas": 1,
         "TableManager": BulkRestoreTableManager,  # restores active table partitions in bulk (streams.restore)
         "key_serializer": "raw",
