@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 
 from core.settings import Settings
+from encoder.checkpoint import load_checkpoint
+from encoder.features import records_from_events
+from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
 from ops.probes import http_get
 from state.user_state import UserState
 
@@ -36,10 +39,6 @@ class Reference:
     """The offline definition (``encoder.streaming.reference_vectors``) for a known event log."""
 
     def __init__(self, s: Settings, events: Iterable[dict[str, Any]]) -> None:
-        from encoder.checkpoint import load_checkpoint
-        from encoder.features import records_from_events
-        from encoder.streaming import StreamingEncoder, UpdatePolicy
-
         ckpt = load_checkpoint(s.model_dir)
         self.encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
         self.policy = UpdatePolicy(s.model.update_mode, s.model.reanchor_every, ckpt.config.window)  # type: ignore[arg-type]
@@ -50,12 +49,11 @@ class Reference:
         self._cache: dict[tuple[str, int], Expected] = {}
 
     def final(self) -> dict[str, Expected]:
+        """Every user's expected state after all of their events."""
         return {u: self.after(u, [len(evs)])[0] for u, evs in self.events.items()}
 
     def after(self, user: str, ns: Sequence[int]) -> list[Expected]:
-        """Expected state of ``user`` after each of their first n events."""
-        from encoder.streaming import reference_vectors
-
+        """Expected state of ``user`` after each of their first n events (each computed once)."""
         todo = sorted({n for n in ns if (user, n) not in self._cache})
         if todo:
             history = self.records[user]
