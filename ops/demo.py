@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from clients.vectors import follow_vectors
 from core.settings import Settings
 from ops.broker import EmbeddedBroker
+from ops.harness import start_worker, stop_process, wait_healthy
 from ops.replay import ReplayStats, replay, synthetic_events
 from ops.topics import create_topics
 
@@ -57,39 +52,6 @@ class VectorTracker:
         return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
 
 
-def worker_env(s: Settings) -> dict[str, str]:
-    return {**os.environ, **s.env()}
-
-
-WORKER_ARGV = ("-m", "ops", "worker")
-
-
-def start_worker(s: Settings, log: IO[bytes], argv: Sequence[str] = WORKER_ARGV) -> subprocess.Popen[bytes]:
-    """A Python subprocess (``dupn worker`` by default) configured by ``s`` through DUPN_* env vars."""
-    return subprocess.Popen(
-        [sys.executable, *argv],
-        env=worker_env(s),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, log_path: Path) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"worker not healthy at {url} after {timeout_s:.0f}s; see {log_path}")
-
-
 def run_demo(
     s: Settings, *, users: int, events: int, seed: int, rate: float | None, exit_when_done: bool,
     timeout_s: float = 600.0,
@@ -124,7 +86,7 @@ def run_demo(
         return 130
     finally:
         if worker is not None:
-            _stop(worker)
+            stop_process(worker, timeout_s=15.0)
         if owned_broker:
             broker.stop()
 
@@ -194,13 +156,3 @@ def _summary(stats: ReplayStats, tracker: VectorTracker, up_to_date: int) -> dic
         "freshness_p99_ms": round(p99, 1),
     }
 
-
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.settings import Settings
-from ops.testing import embedded_broker, isolated_settings, setup_topics
+from ops.harness import embedded_broker, isolated_settings, setup_topics
 
 
 @dataclass(frozen=True)

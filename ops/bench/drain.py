@@ -20,7 +20,7 @@ from ops.bench.common import (
     vector_consumer,
     worker_metrics,
 )
-from ops.testing import free_port, running_workers
+from ops.harness import free_port, running_workers
 
 
 class VectorFollower:

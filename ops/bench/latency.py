@@ -26,8 +26,7 @@ from ops.bench.common import (
     ratio,
     worker_metrics,
 )
-from ops.demo import worker_env
-from ops.testing import running_worker
+from ops.harness import running_worker, worker_env
 
 PROBE_ARGV = ("-m", "ops.bench_apps", "latency-probe")
 HOP_ARGV = ("-m", "ops.bench_apps", "hop")

@@ -24,7 +24,7 @@ from ops.bench.common import (
 )
 from ops.bench.drain import draining
 from ops.bench.latency import fetch_all, query_load
-from ops.testing import running_worker
+from ops.harness import running_worker
 from streams.restore import LOG_MARKER
 
 # Faust's recovery log lines (faust/tables/recovery.py), in the order they appear

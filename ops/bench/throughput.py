@@ -19,7 +19,7 @@ from ops.bench.common import (
     ready_time,
 )
 from ops.bench.drain import drain
-from ops.testing import running_worker
+from ops.harness import running_worker
 
 PASSTHROUGH_ARGV = ("-m", "ops.bench_apps", "passthrough")
 

@@ -15,19 +15,10 @@ from core.contracts import DLQ_MAX_KEY_BYTES, DLQ_MAX_VALUE_BYTES
 from encoder.checkpoint import load_checkpoint
 from encoder.features import records_from_events
 from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
-from ops.testing import (
-    collect_vectors,
-    http_get,
-    http_raw,
-    isolated_settings,
-    metric_samples,
-    produce_raw,
-    read_dlq,
-    running_worker,
-    setup_topics,
-)
+from ops.harness import isolated_settings, running_worker, setup_topics
+from ops.probes import collect_vectors, http_get, http_raw, metric_samples, produce_raw, read_dlq
 from tests.corpus.bad_events import BAD_EVENTS, USER, reason_counts
-from tests.unit.test_updater import make_events
+from tests.support.factories import make_events
 
 pytestmark = pytest.mark.integration
 

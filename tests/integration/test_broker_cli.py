@@ -10,7 +10,7 @@ import pytest
 
 from core.settings import load_settings
 from core.topics import changelog_topic
-from ops.testing import free_port
+from ops.harness import free_port
 from ops.topics import admin_client
 
 pytestmark = pytest.mark.integration

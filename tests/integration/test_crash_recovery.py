@@ -23,16 +23,13 @@ from typing import Any
 
 import pytest
 
+from ops.harness import WorkerProcess, isolated_settings, setup_topics
+from ops.probes import latest_states, latest_vectors
 from ops.replay import replay, synthetic_events
-from ops.testing import (
+from tests.support.reference import (
     Expected,
     Reference,
-    WorkerProcess,
     answer_mismatch,
-    isolated_settings,
-    latest_states,
-    latest_vectors,
-    setup_topics,
     state_mismatch,
     vector_mismatch,
     wait_caught_up,

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from core.series import CHARTS
+from ops.harness import free_port, isolated_settings, running_workers, setup_topics
+from ops.probes import collect_vectors, http_get, produce
 from ops.replay import synthetic_events
-from ops.testing import collect_vectors, free_port, http_get, isolated_settings, produce, running_workers, setup_topics
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.testing import free_port
+from ops.harness import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,9 @@ from encoder.features import query_bucket, records_from_events
 from encoder.model import UserContext
 from encoder.scoring import score_split
 from encoder.streaming import StreamingEncoder
-from ops.testing import collect_vectors, http_get, isolated_settings, produce, running_worker, setup_topics
-from tests.unit.test_updater import interleave, make_events
+from ops.harness import isolated_settings, running_worker, setup_topics
+from ops.probes import collect_vectors, http_get, produce
+from tests.support.factories import interleave, make_events
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +155,7 @@ def test_ppp_worker_alone_scores_known_versions_only(tmp_path: Path, broker_url:
 
     from kafka import KafkaProducer
 
-    from ops.demo import wait_healthy, worker_env
+    from ops.harness import wait_healthy, worker_env
 
     tag = tmp_path.name[-8:].replace("_", "x")
     s = isolated_settings(broker_url, tmp_path, model_dir, partitions=2, ppp_topic=f"ppp-{tag}")

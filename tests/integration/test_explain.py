@@ -15,9 +15,9 @@ from encoder.checkpoint import load_checkpoint
 from encoder.features import query_bucket, records_from_events
 from encoder.model import UserContext
 from encoder.streaming import StreamingEncoder
-from ops.demo import worker_env
-from ops.testing import collect_vectors, http_get, isolated_settings, produce, running_worker, setup_topics
-from tests.unit.test_updater import interleave, make_events
+from ops.harness import isolated_settings, running_worker, setup_topics, worker_env
+from ops.probes import collect_vectors, http_get, produce
+from tests.support.factories import interleave, make_events
 
 pytestmark = pytest.mark.integration
 

@@ -13,19 +13,9 @@ import pytest
 
 from core.settings import Settings
 from core.topics import USER_STATE_TABLE
-from ops.testing import (
-    collect_vectors,
-    free_port,
-    http_raw,
-    http_wire,
-    isolated_settings,
-    listening_addresses,
-    non_loopback_address,
-    produce,
-    running_worker,
-    setup_topics,
-)
-from tests.unit.test_updater import make_events
+from ops.harness import free_port, isolated_settings, running_worker, setup_topics
+from ops.probes import collect_vectors, http_raw, http_wire, listening_addresses, non_loopback_address, produce
+from tests.support.factories import make_events
 
 pytestmark = pytest.mark.integration
 

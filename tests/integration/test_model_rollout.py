@@ -14,9 +14,9 @@ from core.contracts import VectorMessage
 from encoder.checkpoint import load_checkpoint, save_checkpoint
 from encoder.features import records_from_events
 from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
-from ops.testing import collect_vectors, http_get, isolated_settings, produce, running_worker, setup_topics
-from tests.conftest import tiny_model
-from tests.unit.test_updater import make_events
+from ops.harness import isolated_settings, running_worker, setup_topics
+from ops.probes import collect_vectors, http_get, produce
+from tests.support.factories import make_events, tiny_model
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,9 @@ import pytest
 
 from ops import dashboards
 from ops.cli import main
+from ops.harness import free_port, isolated_settings, running_worker, setup_topics
+from ops.probes import collect_vectors, http_get, produce
 from ops.replay import synthetic_events
-from ops.testing import collect_vectors, free_port, http_get, isolated_settings, produce, running_worker, setup_topics
 
 pytestmark = pytest.mark.integration
 

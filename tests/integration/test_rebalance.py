@@ -25,20 +25,10 @@ from typing import Any
 
 import pytest
 
+from ops.harness import WorkerProcess, isolated_settings, setup_topics
+from ops.probes import http_request, latest_states, latest_vectors
 from ops.replay import replay, synthetic_events
-from ops.testing import (
-    Reference,
-    WorkerProcess,
-    answer_mismatch,
-    http_request,
-    isolated_settings,
-    latest_states,
-    latest_vectors,
-    setup_topics,
-    state_mismatch,
-    vector_mismatch,
-    wait_caught_up,
-)
+from tests.support.reference import Reference, answer_mismatch, state_mismatch, vector_mismatch, wait_caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 

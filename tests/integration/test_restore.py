@@ -15,17 +15,11 @@ from pathlib import Path
 import pytest
 
 from core.topics import changelog_topic
+from ops.harness import WorkerProcess, isolated_settings, setup_topics
+from ops.probes import read_topic
 from ops.replay import replay, synthetic_events
-from ops.testing import (
-    Reference,
-    WorkerProcess,
-    answer_mismatch,
-    isolated_settings,
-    read_topic,
-    setup_topics,
-    wait_caught_up,
-)
 from streams.restore import LOG_MARKER
+from tests.support.reference import Reference, answer_mismatch, wait_caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 

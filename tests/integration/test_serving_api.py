@@ -16,9 +16,10 @@ import pytest
 from clients.client import VectorClient
 from core import wire
 from core.settings import Settings
-from ops.testing import free_port, http_raw, isolated_settings, produce, running_workers, setup_topics
+from ops.harness import free_port, isolated_settings, running_workers, setup_topics
+from ops.probes import http_raw, produce
 from streams.openapi import openapi_document
-from tests.unit.test_updater import make_events
+from tests.support.factories import make_events
 
 pytestmark = pytest.mark.integration
 
@@ -222,7 +223,7 @@ def test_ranker_without_a_cache_reads_through_the_client(group: Group, model_dir
 
 
 def test_livez_answers_while_readyz_says_not_yet(tmp_path: Path, broker_url: str, model_dir: Path) -> None:
-    from ops.testing import WorkerProcess
+    from ops.harness import WorkerProcess
 
     s = isolated_settings(broker_url, tmp_path, model_dir, partitions=2)  # no token: the version is not secret
     setup_topics(s)

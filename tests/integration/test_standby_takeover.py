@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from core.topics import changelog_topic
+from ops.harness import WorkerProcess, isolated_settings, setup_topics
+from ops.probes import http_get
 from ops.replay import replay, synthetic_events
-from ops.testing import Reference, WorkerProcess, answer_mismatch, http_get, isolated_settings, setup_topics
 from streams.restore import LOG_MARKER
+from tests.support.reference import Reference, answer_mismatch
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 

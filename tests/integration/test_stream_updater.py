@@ -14,9 +14,10 @@ from rocksdict import AccessType, Rdict
 from encoder.checkpoint import load_checkpoint
 from encoder.features import records_from_events
 from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
-from ops.testing import collect_vectors, http_get, isolated_settings, produce, read_dlq, running_worker, setup_topics
+from ops.harness import isolated_settings, running_worker, setup_topics, worker_env
+from ops.probes import collect_vectors, http_get, produce, read_dlq
 from state.codec import decode_state
-from tests.unit.test_updater import interleave, make_events
+from tests.support.factories import interleave, make_events
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def test_vectors_match_offline_encoder_and_http(tmp_path: Path, broker_url: str,
         produce(s, stream, raw=bad)
         replay = subprocess.run(
             [sys.executable, "-m", "ops", "replay", "--taobao", str(tmp_path / "UserBehavior.csv"), "--no-progress"],
-            env={**__import__("ops.demo", fromlist=["worker_env"]).worker_env(s)},
+            env=worker_env(s),
             capture_output=True, text=True, timeout=120,
         )
         assert replay.returncode == 0, replay.stderr

@@ -38,8 +38,8 @@ from core.contracts import (
 from encoder.streaming import StreamingEncoder, UpdatePolicy
 from state.codec import encode_state
 from streams.updater import BatchResult, Incoming, VectorUpdater
-from tests.conftest import tiny_model
 from tests.corpus.bad_events import BAD_EVENTS
+from tests.support.factories import tiny_model
 
 T0 = 1_700_000_000_000
 FAR_FUTURE = 4_102_444_800_000  # 2100-01-01: beyond any "now + max_future_ms" this suite can see

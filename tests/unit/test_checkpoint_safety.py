@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from encoder.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
-from tests.conftest import tiny_model
+from tests.support.factories import tiny_model
 
 
 def _forbidden(*_a: Any, **_k: Any) -> Any:

@@ -8,7 +8,7 @@ import pytest
 from kafka.errors import KafkaTimeoutError
 
 from ops.cli import error_message, main
-from ops.testing import free_port
+from ops.harness import free_port
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

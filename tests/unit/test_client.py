@@ -13,7 +13,7 @@ import pytest
 
 from clients.client import VectorClient
 from core import wire
-from ops.testing import free_port
+from ops.harness import free_port
 
 PARTS = 4
 DIM = 8

@@ -17,7 +17,7 @@ from encoder.explain import (
 )
 from encoder.features import TIME_BUCKET_EDGES_MS, records_from_events
 from encoder.streaming import StreamingEncoder
-from tests.unit.test_updater import make_events
+from tests.support.factories import make_events
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

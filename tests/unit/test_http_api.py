@@ -17,11 +17,11 @@ from aiohttp.test_utils import TestServer
 
 from core import wire
 from encoder.features import records_from_events
-from ops.testing import free_port
+from ops.harness import free_port
 from state.codec import encode_state
 from state.user_state import UserState
 from streams import http_api
-from tests.unit.test_updater import make_events
+from tests.support.factories import make_events
 
 PARTS = 6
 ME = "http://me:1"

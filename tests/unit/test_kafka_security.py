@@ -155,7 +155,7 @@ def test_vector_cache(secure: Settings, recorded: list[tuple[str, dict[str, Any]
 
 
 def test_testing_helpers(secure: Settings, recorded: list[tuple[str, dict[str, Any]]]) -> None:
-    from ops.testing import produce, produce_raw, read_dlq
+    from ops.probes import produce, produce_raw, read_dlq
 
     produce(secure, [])
     produce_raw(secure, [])

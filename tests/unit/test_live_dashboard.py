@@ -130,7 +130,7 @@ def test_the_page_loads_nothing_from_elsewhere(name: str) -> None:
 def test_fan_out_reads_a_peer_with_the_token_and_reports_one_that_is_down() -> None:
     import aiohttp
 
-    from ops.testing import free_port
+    from ops.harness import free_port
 
     seen: list[str | None] = []
 

@@ -10,7 +10,7 @@ import torch
 from core.settings import load_settings
 from encoder.checkpoint import save_checkpoint
 from streams.runtime import Runtime
-from tests.conftest import tiny_model
+from tests.support.factories import tiny_model
 
 
 def _runtime(model_dir: Path) -> Runtime:

@@ -14,7 +14,7 @@ from core import metrics
 from core.contracts import VectorMessage
 from encoder.checkpoint import save_checkpoint
 from streams.ppp import ModelRegistry, PurchasingPowerScorer, process_vector
-from tests.conftest import tiny_model
+from tests.support.factories import tiny_model
 
 
 class FakeTopic:

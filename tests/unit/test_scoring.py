@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from encoder.scoring import score_split, score_unsplit
-from tests.conftest import tiny_model
+from tests.support.factories import tiny_model
 
 
 def _candidates(n: int) -> list[dict[str, object]]:

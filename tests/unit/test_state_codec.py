@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from encoder.features import BEHAVIOR_DTYPE, MAX_TAGS, records_from_events
 from state.codec import FORMAT_VERSION, StateDecodeError, decode_state, encode_state
 from state.user_state import UserState
-from tests.unit.test_updater import make_events
+from tests.support.factories import make_events
 
 
 def test_round_trip_keeps_every_field() -> None:

@@ -13,55 +13,8 @@ from encoder.model import UserContext
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy, _stack_window, reference_vectors
 from state.codec import decode_state, encode_state
 from streams.updater import Incoming, VectorUpdater
-
-T0 = 1_700_000_000_000
-
-
-def make_events(user: str, n: int, seed: int = 0) -> list[dict[str, object]]:
-    rng = np.random.default_rng(seed)
-    ts = T0 + np.cumsum(rng.integers(1_000, 3_600_000, size=n))
-    types = ["click", "cart", "fav", "buy"]
-    return [
-        {
-            "event_id": f"{user}-e{i}",
-            "user_id": user,
-            "ts": int(ts[i]),
-            "event_type": types[int(rng.integers(4))],
-            "item_id": f"i{rng.integers(50)}",
-            "category_id": f"c{rng.integers(8)}",
-            "tags": [f"t{rng.integers(5)}"],
-            "scenario": "search",
-        }
-        for i in range(n)
-    ]
-
-
-class Store:
-    """In-memory stand-in for the table: user -> encoded state."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def load(self, user: str, _msg: object = None) -> bytes | None:
-        return self.data.get(user)
-
-
-def run(updater: VectorUpdater, store: Store, events: list[dict[str, object]], batch: int, offset0: int = 0):
-    published = []
-    for start in range(0, len(events), batch):
-        msgs = [
-            Incoming(0, offset0 + start + i, str(e["user_id"]).encode(), json.dumps(e).encode())
-            for i, e in enumerate(events[start : start + batch])
-        ]
-        res = updater.apply(msgs, store.load)
-        for up in res.updates:
-            store.data[up.state.user_id] = encode_state(up.state)
-            published.append(up.vector)
-    return published
-
-
-def interleave(*streams: list[dict[str, object]]) -> list[dict[str, object]]:
-    return sorted((e for s in streams for e in s), key=lambda e: (e["ts"], e["event_id"]))
+from tests.support.factories import interleave, make_events
+from tests.support.fakes import MemoryTable, apply_in_batches
 
 
 @pytest.mark.parametrize("cache_users", [20_000, 1])  # 1: every batch rebuilds most users from their state
@@ -73,8 +26,8 @@ def test_published_vectors_equal_offline_reference(
 ) -> None:
     users = {f"u{k}": make_events(f"u{k}", 130 + 20 * k, seed=k) for k in range(3)}
     updater = VectorUpdater(tiny_encoder, policy, cache_capacity=cache_users)
-    store = Store()
-    published = run(updater, store, interleave(*users.values()), batch=17)
+    store = MemoryTable()
+    published = apply_in_batches(updater, store, interleave(*users.values()), batch=17)
     refs = {u: reference_vectors(tiny_encoder, records_from_events(ev), policy) for u, ev in users.items()}
     assert published
     for msg in published:
@@ -98,8 +51,8 @@ def test_exact_step_from_zero_equals_encode_window(tiny_encoder: StreamingEncode
 
 def test_window_keeps_last_100_of_250(tiny_encoder: StreamingEncoder) -> None:
     events = make_events("u", 250)
-    store = Store()
-    run(VectorUpdater(tiny_encoder, UpdatePolicy("exact")), store, events, batch=50)
+    store = MemoryTable()
+    apply_in_batches(VectorUpdater(tiny_encoder, UpdatePolicy("exact")), store, events, batch=50)
     state = decode_state("u", store.data["u"])
     expected = records_from_events(events)[-100:]
     assert state.events_seen == 250
@@ -110,12 +63,12 @@ def test_window_keeps_last_100_of_250(tiny_encoder: StreamingEncoder) -> None:
 
 def test_redelivered_and_duplicate_events_are_not_applied_twice(tiny_encoder: StreamingEncoder) -> None:
     events = make_events("u", 40)
-    store = Store()
+    store = MemoryTable()
     updater = VectorUpdater(tiny_encoder, UpdatePolicy("incremental", 10))
-    run(updater, store, events[:30], batch=8)
+    apply_in_batches(updater, store, events[:30], batch=8)
     # at-least-once redelivery of offsets 20..39, then the same event ids again at new offsets
-    run(updater, store, events[20:], batch=8, offset0=20)
-    run(updater, store, events[35:], batch=8, offset0=1000)
+    apply_in_batches(updater, store, events[20:], batch=8, offset0=20)
+    apply_in_batches(updater, store, events[35:], batch=8, offset0=1000)
     state = decode_state("u", store.data["u"])
     assert state.events_seen == 40
     ref = reference_vectors(tiny_encoder, records_from_events(events), UpdatePolicy("incremental", 10))
@@ -127,9 +80,9 @@ def test_a_user_whose_events_were_all_redelivered_is_reported_with_the_stored_st
     tiny_encoder: StreamingEncoder,
 ) -> None:
     """The agent writes such a state again: the changelog may never have received it (kill -9)."""
-    store = Store()
+    store = MemoryTable()
     updater = VectorUpdater(tiny_encoder, UpdatePolicy("incremental", 10))
-    run(updater, store, make_events("a", 5) + make_events("b", 5), batch=10)
+    apply_in_batches(updater, store, make_events("a", 5) + make_events("b", 5), batch=10)
     stored = {u: decode_state(u, raw) for u, raw in store.data.items()}
     again = [Incoming(0, i, e["user_id"].encode(), json.dumps(e).encode()) for i, e in enumerate(make_events("a", 5))]
     repeated = [Incoming(0, 100 + i, b"b", json.dumps(e).encode()) for i, e in enumerate(make_events("b", 5))]
