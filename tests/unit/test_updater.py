@@ -12,6 +12,7 @@ from encoder.features import records_from_events
 from encoder.model import UserContext
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy, _stack_window, reference_vectors
 from state.codec import decode_state, encode_state
+from state.user_state import UserState
 from streams.updater import Incoming, VectorUpdater
 
 T0 = 1_700_000_000_000
@@ -42,8 +43,8 @@ class Store:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
 
-    def load(self, user: str, _msg: object = None) -> bytes | None:
-        return self.data.get(user)
+    def load(self, user: str, _msg: object = None) -> UserState | None:
+        return decode_state(user, self.data[user]) if user in self.data else None
 
 
 def run(updater: VectorUpdater, store: Store, events: list[dict[str, object]], batch: int, offset0: int = 0):
