@@ -258,8 +258,7 @@ def recovery_manager(recovery: type[HookedRecovery]) -> type[TableManager]:
                 self._recovery = recovery(self.app, self, beacon=self.beacon, loop=self.loop)
             return self._recovery
 
-    Manager.__name__ = Manager.__qualname__ = f"{recovery.__name__}TableManager"
-    return Manager
+    return Manager  # not renamed: mode registers a service's tasks under its qualified name at creation
 
 
 # -- RocksDB store, producer, consumer bookkeeping ---------------------------------------
