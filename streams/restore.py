@@ -150,6 +150,12 @@ class BulkRecovery(seams.HookedRecovery):
         return plans
 
 
+class BulkRestoreTableManager(seams.HookedTableManager):
+    """Faust's table manager with :class:`BulkRecovery` (given to :func:`streams.seams.install`)."""
+
+    recovery_class = BulkRecovery
+
+
 async def _stop_quietly(consumer: Any) -> None:
     """Stop the restore's consumer; a failure to close it must not end Faust's recovery."""
     try:

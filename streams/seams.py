@@ -35,7 +35,7 @@ Private names used, and why:
 - ``Consumer._committed_offset``: the group's committed offset Faust keeps per partition
   (:func:`committed_offset`; the consumer-lag gauge).
 - ``TableManager._recovery`` (faust.tables.manager): where the manager keeps its
-  ``Recovery``; :func:`recovery_manager` makes it a :class:`HookedRecovery`.
+  ``Recovery``; :class:`HookedTableManager` makes it its ``recovery_class``.
 - ``Recovery._build_offsets`` (faust.tables.recovery): the step after which Faust has the
   active partitions' end offsets and before it builds the offsets it reads from;
   :class:`HookedRecovery` runs the bulk restore there (:mod:`streams.restore`).
@@ -124,21 +124,21 @@ def install(
     fetch_max_wait_ms: int,
     intake: BatchIntake | None = None,
     changelog_ends: ChangelogEnds | None = None,
-    recovery: type[HookedRecovery] | None = None,
+    table_manager: type[HookedTableManager] | None = None,
 ) -> None:
     """Put every seam into ``app``; call once, right after ``faust.App(...)`` and before any table.
 
     - every consumer Faust makes for the app: its fetch wait, then (with ``changelog_ends``)
       recovery's changelog end offsets, then (with ``intake``) the lean intake's fetch loop;
-    - with ``recovery``: the table manager builds that ``Recovery`` (the bulk restore).
+    - with ``table_manager``: the app's table manager (its ``recovery_class``: the bulk restore).
     """
     if getattr(app, "_dupn_seams", False):
         raise RuntimeError("streams.seams.install was already called for this app")
     app._dupn_seams = True
-    if recovery is not None:
+    if table_manager is not None:
         if "tables" in app.__dict__:  # faust.App.tables is a cached property, made by the first table
             raise RuntimeError("streams.seams.install must run before the app's first table")
-        app.conf.TableManager = recovery_manager(recovery)
+        app.conf.TableManager = table_manager
     original_new_consumer = app._new_consumer
 
     def new_consumer() -> Any:
@@ -248,17 +248,18 @@ class HookedRecovery(Recovery):
         persisted offsets (``active_offsets``); it may advance the latter."""
 
 
-def recovery_manager(recovery: type[HookedRecovery]) -> type[TableManager]:
-    """A ``TableManager`` whose recovery is ``recovery`` (the app setting ``TableManager``)."""
+class HookedTableManager(TableManager):
+    """Faust's ``TableManager`` whose recovery is a ``recovery_class`` (app setting ``TableManager``).
 
-    class Manager(TableManager):
-        @property
-        def recovery(self) -> Recovery:
-            if self._recovery is None:
-                self._recovery = recovery(self.app, self, beacon=self.beacon, loop=self.loop)
-            return self._recovery
+    Subclass it at module level: mode registers a service's tasks under its qualified name."""
 
-    return Manager  # not renamed: mode registers a service's tasks under its qualified name at creation
+    recovery_class: type[HookedRecovery] = HookedRecovery
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = self.recovery_class(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
 
 
 # -- RocksDB store, producer, consumer bookkeeping ---------------------------------------

@@ -18,7 +18,7 @@ from streams.context import Worker, raw_topic
 from streams.intake import BatchIntake
 from streams.monitoring import register_monitoring
 from streams.ppp import register_ppp
-from streams.restore import BulkRecovery, register_store
+from streams.restore import BulkRestoreTableManager, register_store
 from streams.runtime import Runtime
 from streams.table_store import TableStateStore
 from streams.web import register_views, web_application_options
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> Worker:
         fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,  # Faust hard-codes 1500 ms: a freshness floor on Tansu
         intake=intake,  # the lean intake's fetch loop (streams.intake)
         changelog_ends=highwater.fetched_ends,  # recovery reads each changelog to its real end
-        recovery=BulkRecovery,  # restores active table partitions in bulk (streams.restore)
+        table_manager=BulkRestoreTableManager,  # restores active table partitions in bulk (streams.restore)
     )
     events_topic = raw_topic(app, s.kafka.events_topic, s.kafka.partitions)
     vectors_topic = raw_topic(app, s.kafka.vectors_topic, s.kafka.partitions)
