@@ -56,7 +56,7 @@ class KafkaSettings:
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
     rebalance_timeout_s: float = 5.0
-    fetch_max_wait_ms: int = 20  # longest a worker's fetch waits for data (see streams.worker.fetch_max_wait)
+    fetch_max_wait_ms: int = 20  # longest a worker's fetch waits for data (see streams.seams)
 
     def __post_init__(self) -> None:
         if self.partitions < 1:

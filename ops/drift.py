@@ -15,7 +15,8 @@ import numpy as np
 
 from encoder.checkpoint import load_checkpoint
 from encoder.streaming import StreamingEncoder, UpdatePolicy
-from state.codec import encode_state
+from state.codec import decode_state, encode_state
+from state.user_state import UserState
 from streams.updater import Incoming, VectorUpdater
 from training.simulator import SimConfig, Simulator
 
@@ -54,7 +55,7 @@ def run_policy(encoder: StreamingEncoder, policy: UpdatePolicy, stream: list[dic
     msgs = [Incoming(0, i, str(e["user_id"]).encode(), json.dumps(e).encode()) for i, e in enumerate(stream)]
     start = time.perf_counter()
     for lo in range(0, len(msgs), batch):
-        result = updater.apply(msgs[lo : lo + batch], lambda u, _m: store.get(u))
+        result = updater.apply(msgs[lo : lo + batch], lambda u, _m: _decoded(u, store.get(u)))
         for up in result.updates:
             blob = encode_state(up.state)
             written += len(blob)
@@ -64,6 +65,11 @@ def run_policy(encoder: StreamingEncoder, policy: UpdatePolicy, stream: list[dic
     name = policy.mode if policy.mode == "exact" else f"incremental R={policy.reanchor_every}"
     mean_bytes = float(np.mean([len(b) for b in store.values()]))
     return PolicyRun(name, vectors, seconds, len(msgs), mean_bytes, written)
+
+
+def _decoded(user_id: str, blob: bytes | None) -> UserState | None:
+    """The stored bytes decoded, as the worker's store reads them (the byte counts above are the point)."""
+    return None if blob is None else decode_state(user_id, blob)
 
 
 def cosine_stats(a: PolicyRun, b: PolicyRun, past_window: int) -> dict[str, float]:

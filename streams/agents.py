@@ -2,9 +2,10 @@
 
 Events are taken in batches (the lean intake, or ``take_events``) so the
 encoder runs batched; each user's state is read from and written to the table
-partition of that user's own events (:mod:`streams.batch_io`, which also
-sidesteps faust-streaming #497), and the batch's offsets are acknowledged only
-after its states and vectors were acknowledged by the broker: at-least-once
+partition of that user's own events through the user-state store
+(:class:`state.store.UserStateStore`; the worker's is :mod:`streams.table_store`,
+which also sidesteps faust-streaming #497), and the batch's offsets are acknowledged
+only after its states and vectors were acknowledged by the broker: at-least-once
 delivery, made idempotent by the source offset stored in each user's state.
 """
 
@@ -15,17 +16,15 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core import metrics
 from core.contracts import Rejection, dlq_record
-from state.codec import encode_state
-from streams.batch_io import BatchWriter, StateWrite
-from streams.intake import BatchIntake, install
+from state.store import StateWrite, UserStateStore
+from state.user_state import UserState
+from streams.context import Worker
+from streams.intake import BatchIntake
 from streams.updater import BatchResult, RawMessage, vector_message
-
-if TYPE_CHECKING:
-    from streams.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,11 @@ log = logging.getLogger(__name__)
 _ENCODER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupn-encoder")
 
 
-def register_agents(w: Worker) -> None:
+def register_agents(w: Worker, intake: BatchIntake | None) -> None:
+    """The batch agent: fed by ``intake`` (the lean intake, installed by streams.seams), else a Faust agent."""
     s = w.settings
-    if s.worker.intake == "lean":
-        _register_lean(w)
+    if intake is not None:
+        _register_lean(w, intake)
     else:
 
         @w.app.agent(w.events_topic, name="update-vectors")
@@ -56,11 +56,8 @@ def register_agents(w: Worker) -> None:
                 w.runtime.install_pending()
 
 
-def _register_lean(w: Worker) -> None:
+def _register_lean(w: Worker, intake: BatchIntake) -> None:
     """Batches straight from the fetch loop (streams.intake); Faust keeps tables, commits and routing."""
-    s = w.settings
-    intake = BatchIntake(s.kafka.events_topic, s.worker.batch_max, s.worker.batch_linger_s)
-    install(w.app, intake)
     w.app.topics.add(w.events_topic)  # subscribe without an agent: the intake receives its messages
 
     in_flight = InFlight(w.app)
@@ -130,11 +127,11 @@ async def process_batch(w: Worker, messages: Sequence[RawMessage]) -> BatchResul
 
 async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchResult, asyncio.Future[None]]:
     """Apply a batch: states written locally, records handed to the producer; the future is the broker's ack."""
-    io = _batch_writer(w)
+    store = _store(w)
     loop = asyncio.get_running_loop()
 
-    def load(user_id: str, msg: RawMessage) -> bytes | None:
-        return io.read(user_id.encode(), msg.partition)
+    def load(user_id: str, msg: RawMessage) -> UserState | None:
+        return store.read(user_id, msg.partition)
 
     async with w.runtime.batch_lock:
         applying = loop.run_in_executor(_ENCODER_THREAD, w.runtime.updater.apply, messages, load)
@@ -145,30 +142,24 @@ async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchR
             # could read (and keep scores in) encoder states it is still advancing.
             await asyncio.wait([applying])
             raise
-    states, vectors = [], []
-    for up in result.updates:
-        key = up.state.user_id.encode("utf-8")
-        states.append(StateWrite(up.last_message.partition, key, encode_state(up.state)))
-        vectors.append((key, up.vector.to_bytes()))
+    writes = [StateWrite(up.last_message.partition, up.state, up.vector) for up in result.updates]
     for state, msg in result.redelivered:
         # Written again, unchanged: a worker killed after its local RocksDB write but before the
         # broker acknowledged the changelog and vector records keeps a state only it has, and the
         # redelivered events are skipped; without this the changelog (what a new owner or a wiped
         # worker restores) and user-vectors would stay behind it once the offsets are committed.
-        key = state.user_id.encode("utf-8")
-        states.append(StateWrite(msg.partition, key, encode_state(state)))
-        vectors.append((key, vector_message(state).to_bytes()))
-    delivered = await io.start_write(states, vectors)
+        writes.append(StateWrite(msg.partition, state, vector_message(state)))
+    ack = await store.write_batch(writes)
     for msg, rejection in result.rejections:
         await send_to_dlq(w, msg, rejection)
-    _record_metrics(result, len(messages), sum(len(s.value) for s in states))
-    return result, delivered
+    _record_metrics(result, len(messages), ack.state_bytes)
+    return result, ack.delivered
 
 
-def _batch_writer(w: Worker) -> BatchWriter:
-    if w.batch_writer is None:
-        w.batch_writer = BatchWriter(w.app, w.table, w.settings.kafka.vectors_topic)
-    return w.batch_writer
+def _store(w: Worker) -> UserStateStore:
+    if w.store is None:
+        raise RuntimeError("this worker has no user-state store (no 'vectors' role)")
+    return w.store
 
 
 async def send_to_dlq(w: Worker, msg: RawMessage, rejection: Rejection) -> None:

@@ -29,7 +29,7 @@ from core import metrics
 from core.series import live_spec
 
 if TYPE_CHECKING:
-    from streams.worker import Worker
+    from streams.context import Worker
 
 PAGE = "/dashboard"
 STATIC = {  # file in streams/static -> content type

@@ -13,12 +13,10 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from streams.batch_io import BatchWriter, StateWrite
-
-if TYPE_CHECKING:
-    from streams.worker import Worker
+from streams.context import Worker
+from streams.table_store import TableStateStore
 
 ENV = "DUPN_FAULT_KILL_AFTER_STATES"
 
@@ -26,16 +24,16 @@ ENV = "DUPN_FAULT_KILL_AFTER_STATES"
 def install(w: Worker) -> None:
     limit = int(os.environ.get(ENV, "0") or 0)
     if limit > 0 and w.table is not None:
-        w.batch_writer = _KillingWriter(w.app, w.table, w.settings.kafka.vectors_topic, limit)
+        w.store = _KillingStore(w.app, w.table, w.settings.kafka.vectors_topic, limit)
 
 
-class _KillingWriter(BatchWriter):
+class _KillingStore(TableStateStore):
     def __init__(self, app: Any, table: Any, vectors_topic: str, limit: int) -> None:
         super().__init__(app, table, vectors_topic)
         self._left = limit
 
-    def _put_local(self, partition: int, writes: Sequence[StateWrite]) -> None:
-        super()._put_local(partition, writes)
-        self._left -= len(writes)
+    def _put_local(self, partition: int, items: Sequence[tuple[bytes, bytes]]) -> None:
+        super()._put_local(partition, items)
+        self._left -= len(items)
         if self._left <= 0:
             os.kill(os.getpid(), signal.SIGKILL)

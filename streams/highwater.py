@@ -12,7 +12,10 @@ offset ... is higher than the last offset in that topic").
 The high watermark in a Fetch response is right on Tansu too, so recovery takes
 the larger of the two, fetching the last batch of each partition once with a
 short-lived group-less consumer. On Kafka both agree; the cost is one small
-fetch per partition per recovery.
+fetch per partition per recovery. :func:`streams.seams.install` (``changelog_ends=``)
+puts :func:`fetched_ends` in the consumer's end-offset lookup for changelog partitions only:
+recovery is what must not stop short, and other callers (the lag gauge, every few seconds)
+should not pay a fetch each time.
 """
 
 from __future__ import annotations
@@ -25,32 +28,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 10.0
-
-
-def install(app: Any) -> None:
-    """Make ``consumer.highwaters()`` of table changelog partitions use :func:`fetched_ends`.
-
-    Only changelogs: recovery is what must not stop short, and other callers (the
-    lag gauge, every few seconds) should not pay a fetch each time.
-    """
-    original_new_consumer = app._new_consumer
-
-    def new_consumer() -> Any:
-        consumer = original_new_consumer()
-        thread = consumer._thread
-        listed = thread._highwaters
-
-        async def _highwaters(partitions: Any) -> Mapping[Any, int | None]:
-            ends = dict(await listed(partitions))
-            changelogs = app.tables.changelog_topics
-            if thread.consumer.in_transaction or not any(tp.topic in changelogs for tp in ends):
-                return ends
-            return {**ends, **await fetched_ends(thread, {tp: e for tp, e in ends.items() if tp.topic in changelogs})}
-
-        thread._highwaters = _highwaters
-        return consumer
-
-    app._new_consumer = new_consumer
 
 
 async def fetched_ends(thread: Any, listed: Mapping[Any, int | None]) -> dict[Any, int | None]:  # pragma: no cover

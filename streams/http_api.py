@@ -31,7 +31,7 @@ from faust.web import View
 
 from core import metrics, wire
 from core.topics import USER_STATE_TABLE
-from state.codec import StateDecodeError, decode_state
+from state.store import StateDecodeError
 from state.user_state import UserState
 from streams.openapi import openapi_document
 from streams.web import (
@@ -46,7 +46,7 @@ from streams.web import (
 
 if TYPE_CHECKING:
     from core.settings import Settings
-    from streams.worker import Worker
+    from streams.context import Worker
 
 FEAST_VIEW, FEAST_FEATURES = wire.FEAST_VIEW, wire.FEAST_FEATURES
 FEAST_STATUS = {
@@ -151,9 +151,12 @@ def _authorized(request: Any, token: str) -> bool:
 
 # -- reading -------------------------------------------------------------------------------------------
 def _read_local(w: Worker, user_id: str) -> UserState | None:
-    """The user's state in this worker's table (None: unknown). The one place this module reads state."""
-    raw = w.table.get(user_id.encode("utf-8"))
-    return None if raw is None else decode_state(user_id, bytes(raw))
+    """The user's state in this worker's copy of its partition (None: unknown), through the user-state store.
+
+    The one place this module reads state; raises :class:`StateDecodeError` for an undecodable record."""
+    if w.store is None:
+        raise RuntimeError("this worker has no user-state store (no 'vectors' role)")
+    return w.store.read(user_id, wire.partition_of(user_id.encode("utf-8"), w.settings.kafka.partitions))
 
 
 def _local_row(w: Worker, user_id: str, max_age_ms: int | None, now_ms: int) -> dict[str, Any]:

@@ -7,8 +7,8 @@ processor chain. On this machine that costs ~130 µs per message, several
 times our own work per event. For the events topic we need none of it: the
 agent consumes batches anyway.
 
-``install(app, intake)`` replaces the consumer's fetch loop with a copy that
-diverts the events topic's messages into :class:`BatchIntake` with a plain
+``streams.seams.install(app, intake=...)`` replaces the consumer's fetch loop with a
+copy that diverts the events topic's messages into :class:`BatchIntake` with a plain
 list append (blocking only when the buffer is full, interruptibly, exactly
 where Faust would block on a full stream buffer). Every other topic (table
 changelogs during recovery, standbys, other agents' topics) still goes through
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import types
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -109,68 +108,4 @@ class BatchIntake:
         if len(keep) < self.max_batch and self._space is not None:
             self._space.set()
         return dropped
-
-
-def install(app: Any, intake: BatchIntake) -> None:
-    """Route ``intake.topic`` around Faust's per-message path (see the module docstring)."""
-    original_new_consumer = app._new_consumer
-
-    def new_consumer() -> Any:
-        consumer = original_new_consumer()
-        consumer._drain_messages = types.MethodType(_make_drain(intake), consumer)
-        return consumer
-
-    app._new_consumer = new_consumer
-
-
-def _make_drain(intake: BatchIntake) -> Any:
-    async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - runs in the worker
-        """faust.transport.consumer.Consumer._drain_messages, with the intake short cut."""
-        callback = self.callback
-        getmany = self.getmany
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        topic = intake.topic
-        num_since_yield = 0
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                ait = getmany(timeout=1.0)
-                await self.sleep(0)
-                if self.should_stop:
-                    continue
-                async for tp, message in ait:
-                    num_since_yield += 1
-                    if num_since_yield > 100:
-                        await asyncio.sleep(0)
-                        num_since_yield = 0
-                    offset = message.offset
-                    r_offset = get_read_offset(tp)
-                    if r_offset is not None and offset < r_offset:
-                        continue
-                    gap = offset - (r_offset or 0)
-                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    if message.topic == topic:
-                        if not intake.offer(message):
-                            await self.wait_first(intake.wait_space(), self.suspend_flow.wait())
-                    else:
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                    set_read_offset(tp, offset)
-        except self.consumer_stopped_errors:
-            if self.transport.app.should_stop:
-                return
-            raise
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                return
-            raise
-
-    return _drain_messages
 

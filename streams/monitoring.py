@@ -11,12 +11,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core import metrics
-
-if TYPE_CHECKING:
-    from streams.worker import Worker
+from streams import seams
+from streams.context import Worker
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ async def consumer_lags(consumer: Any, topics: Iterable[str]) -> dict[tuple[str,
         fetched = consumer.highwater(tp)
         if fetched is not None and (ends.get(tp) is None or fetched > ends[tp]):
             ends[tp] = fetched
-    committed = {tp: consumer._committed_offset.get(tp) for tp in tps}
+    committed = {tp: seams.committed_offset(consumer, tp) for tp in tps}
     missing = [tp for tp, offset in committed.items() if offset is None]
     starts = await consumer.earliest_offsets(*missing) if missing else {}
     out = {}
@@ -159,12 +158,12 @@ async def count_owned_users(store: Any) -> int | None:
     by the events-per-user factor; a key scan is exact (≈ 4 µs per user, in
     chunks between which the event loop runs). None if the store is not RocksDB.
     """
-    owned = getattr(store, "_dbs_for_actives", None)
+    owned = seams.dbs_for_actives(store)
     if owned is None:
         return None
     skip = getattr(store, "offset_key", None)
     count = 0
-    for db in list(owned()):
+    for db in list(owned):
         for i, key in enumerate(db.keys(), 1):
             count += key != skip
             if i % KEYS_PER_YIELD == 0:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,9 +26,7 @@ from core.contracts import VectorMessage, decode_vector_message
 from core.settings import Settings
 from core.topics import PPP_TABLE
 from encoder.checkpoint import META, Checkpoint, load_checkpoint
-
-if TYPE_CHECKING:
-    from streams.worker import Worker
+from streams.context import Worker, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +139,8 @@ async def process_vector(
 
 def register_ppp(w: Worker) -> None:
     """The agent, its output topic and table. One event at a time: no #497 partition mix-up."""
-    from streams.worker import _raw_topic
-
     s = w.settings
-    w.ppp_topic = _raw_topic(w.app, s.kafka.ppp_topic, s.kafka.partitions)
+    w.ppp_topic = raw_topic(w.app, s.kafka.ppp_topic, s.kafka.partitions)
     w.ppp_table = w.app.Table(
         PPP_TABLE,
         default=None,

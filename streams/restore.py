@@ -10,11 +10,15 @@ end offset, keeps the last value per key of each chunk, writes the chunk as one 
 then records the offset of its last record as the persisted offset. Faust's recovery then starts
 there and reads only what arrived since (usually nothing).
 
-Where: :class:`BulkRecovery` is Faust's ``Recovery`` with one step added. After Faust has taken the
-active partitions' end offsets (raised to the real end by :mod:`streams.highwater`) and before it
-builds the offsets it starts reading from, the active partitions of eligible tables are restored.
-Faust's own machinery stays in charge: a new rebalance or a stop cancels the step (at an await,
-between chunks), exactly as it cancels Faust's own steps.
+Where: :class:`BulkRecovery` is Faust's ``Recovery`` with one step added
+(:class:`streams.seams.HookedRecovery`, installed by :func:`streams.seams.install`). After Faust
+has taken the active partitions' end offsets (raised to the real end by :mod:`streams.highwater`)
+and before it builds the offsets it starts reading from, the active partitions of eligible tables
+are restored, each through its store: the user-state table's own
+:class:`state.store.UserStateStore` when one is registered (:func:`register_store`), else the
+table's RocksDB partitions (:class:`streams.table_store.RocksTablePartitions`). Faust's own
+machinery stays in charge: a new rebalance or a stop cancels the step (at an await, between
+chunks), exactly as it cancels Faust's own steps.
 
 What it keeps (docs/guarantees.md 4 and 6): a chunk's states are written before the persisted
 offset that covers them, in one RocksDB instance (Faust's own order), so a kill at any moment
@@ -31,13 +35,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from faust.tables.manager import TableManager
-from faust.tables.recovery import Recovery
-from rocksdict import WriteBatch
+from state.store import ChangelogPartitions
+from streams import seams
+from streams.table_store import RocksTablePartitions
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ BUDGET_SHARE = 0.5  # of broker_request_timeout, the limit on one Faust recovery
 class Span:
     """What to restore of one changelog partition: offsets ``start..end`` (inclusive) into ``store``."""
 
-    store: Any  # faust.stores.rocksdb.Store
+    store: ChangelogPartitions
     start: int
     end: int
 
@@ -76,21 +81,22 @@ class RestoreStats:
         )
 
 
-class BulkRestoreTableManager(TableManager):
-    """Faust's table manager with :class:`BulkRecovery` (app setting ``TableManager``)."""
-
-    @property
-    def recovery(self) -> Recovery:
-        if self._recovery is None:
-            self._recovery = BulkRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
-        return self._recovery
+_STORES: weakref.WeakKeyDictionary[Any, ChangelogPartitions] = weakref.WeakKeyDictionary()
 
 
-class BulkRecovery(Recovery):
-    async def _build_offsets(self, consumer: Any, tps: Any, destination: Any, title: str) -> None:
-        if destination is self.active_offsets:
-            await self._bulk_restore(tps)
-        await super()._build_offsets(consumer, tps, destination, title)
+def register_store(table: Any, store: ChangelogPartitions) -> None:
+    """Restore ``table``'s active partitions through ``store`` (default: its RocksDB partitions)."""
+    _STORES[table] = store
+
+
+def store_of(table: Any) -> ChangelogPartitions:
+    store = _STORES.get(table)
+    return RocksTablePartitions.of_table(table) if store is None else store
+
+
+class BulkRecovery(seams.HookedRecovery):
+    async def before_active_offsets(self, tps: Any) -> None:
+        await self._bulk_restore(tps)
 
     async def _bulk_restore(self, tps: Iterable[Any]) -> None:
         # Records Faust has already counted in active_offsets may still sit in its buffers (taken from
@@ -140,8 +146,14 @@ class BulkRecovery(Recovery):
             start = 0 if done is None else int(done) + 1
             end = int(self.active_highwaters.get(tp, -1))  # Faust's end: offset of the last record
             if end >= start:
-                plans.setdefault(tp.topic, {})[tp] = Span(cast(Any, table).data, start, end)
+                plans.setdefault(tp.topic, {})[tp] = Span(store_of(table), start, end)
         return plans
+
+
+class BulkRestoreTableManager(seams.HookedTableManager):
+    """Faust's table manager with :class:`BulkRecovery` (given to :func:`streams.seams.install`)."""
+
+    recovery_class = BulkRecovery
 
 
 async def _stop_quietly(consumer: Any) -> None:
@@ -157,7 +169,7 @@ def _persisted(plans: Mapping[str, Mapping[Any, Span]]) -> dict[Any, int]:
     out = {}
     for plan in plans.values():
         for tp, span in plan.items():
-            offset = span.store.persisted_offset(tp)
+            offset = span.store.persisted_offset(tp.partition)
             if offset is not None:
                 out[tp] = int(offset)
     return out
@@ -166,9 +178,9 @@ def _persisted(plans: Mapping[str, Mapping[Any, Span]]) -> dict[Any, int]:
 def eligible(table: Any) -> bool:
     """RocksDB store, no changelog callback, not windowed: a changelog record is then just a put or delete."""
     return (
-        hasattr(table.data, "_db_for_partition")
-        and getattr(table, "_on_changelog_event", None) is None
-        and getattr(table, "_window", None) is None
+        seams.is_rocksdb(table.data)
+        and seams.changelog_callback(table) is None
+        and getattr(table, "window", None) is None
     )
 
 
@@ -198,7 +210,7 @@ async def restore(consumer: Any, plan: Mapping[Any, Span], budget_s: float) -> R
             span = plan[tp]
             wanted = [r for r in records if span.start <= r.offset <= span.end]
             if wanted:
-                _write(span.store, tp, wanted, keys[tp])
+                keys[tp].update(span.store.restore_chunk(tp.partition, wanted))
                 stats.records += len(wanted)
                 stats.applied[tp] = wanted[-1].offset
         for ktp in list(pending):
@@ -206,28 +218,11 @@ async def restore(consumer: Any, plan: Mapping[Any, Span], budget_s: float) -> R
             if await consumer.position(ktp) > plan[tp].end:
                 pending.discard(ktp)
                 if stats.applied.get(tp, -1) < plan[tp].end:  # the last offsets held no data records
-                    plan[tp].store.set_persisted_offset(tp, plan[tp].end)
+                    plan[tp].store.set_persisted_offset(tp.partition, plan[tp].end)
                     stats.applied[tp] = plan[tp].end
     stats.users = sum(len(k) for k in keys.values())
     stats.seconds = time.monotonic() - t0
     return stats
-
-
-def _write(store: Any, tp: Any, records: Sequence[Any], seen: set[bytes]) -> None:
-    """Last value per key (None = delete) in one WriteBatch, then the persisted offset (Faust's order)."""
-    latest: dict[bytes, bytes | None] = {}
-    for r in records:
-        if r.key is not None:
-            latest[r.key] = r.value
-    batch = WriteBatch(raw_mode=True)
-    for key, value in latest.items():
-        if value is None:
-            batch.delete(key)
-        else:
-            batch.put(key, value)
-    store._db_for_partition(tp.partition).write(batch)
-    store.set_persisted_offset(tp, records[-1].offset)
-    seen.update(latest)
 
 
 def changelog_consumer(app: Any, purpose: str, **options: Any) -> Any:

@@ -56,9 +56,10 @@ class Runtime:
     direction.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, updater: VectorUpdater | None = None) -> None:
+        """``updater``: a ready one (tests, tools); by default it is made from the checkpoint on first use."""
         self.settings = settings
-        self._updater: VectorUpdater | None = None
+        self._updater: VectorUpdater | None = updater
         self._pending: Checkpoint | None = None
         self._lock = threading.Lock()
         self._batch_lock: asyncio.Lock | None = None

@@ -29,7 +29,7 @@ from core.contracts import BehaviorEvent, Rejection, VectorMessage, parse_event
 from encoder.features import behavior_records, concat_records, hash_event_id
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy
 from state.cache import VersionedLRU
-from state.codec import StateDecodeError, decode_state
+from state.store import StateDecodeError
 from state.user_state import UserState
 
 
@@ -77,8 +77,11 @@ class BatchResult:
     encoder_seconds: float = 0.0
 
 
-StateLoader = Callable[[str, RawMessage], bytes | None]
-"""Reads a user's stored state; gets the user's first message of the batch (its partition)."""
+StateLoader = Callable[[str, RawMessage], UserState | None]
+"""Reads a user's stored state (None: none yet); gets the user's first message of the batch (its partition).
+
+Usually :meth:`state.store.UserStateStore.read`; a stored value that does not decode raises
+:class:`StateDecodeError`, counted in ``corrupt_states`` and replaced by a fresh state."""
 
 
 class VectorUpdater:
@@ -134,14 +137,12 @@ class VectorUpdater:
         return pending
 
     def _load(self, user_id: str, msg: RawMessage, load: StateLoader, result: BatchResult) -> UserState:
-        raw = load(user_id, msg)
-        if raw is None:
-            return UserState(user_id=user_id)
         try:
-            return decode_state(user_id, raw)
+            state = load(user_id, msg)
         except StateDecodeError:
             result.corrupt_states += 1
             return UserState(user_id=user_id)
+        return UserState(user_id=user_id) if state is None else state
 
     def _encode(self, batches: list[_UserBatch], result: BatchResult) -> None:
         """One encoder call for the batch: continue cached runs, rebuild the others."""

@@ -36,8 +36,9 @@ from core.wire import BODY_PATHS, MAX_BATCH_BODY_BYTES, ROUTED_HEADER, USER_ID_R
 from encoder.explain import explain_behaviors
 from encoder.features import query_bucket
 from encoder.model import UserContext
-from state.codec import StateDecodeError, decode_state
+from state.store import StateDecodeError
 from state.user_state import UserState
+from streams.context import Worker
 from streams.dashboard import OPEN_PATHS as DASHBOARD_PAGE_PATHS
 from streams.dashboard import register_dashboard
 from streams.http_metrics import observe_requests
@@ -46,7 +47,6 @@ from streams.updater import vector_message
 if TYPE_CHECKING:
     from core.settings import Settings
     from encoder.streaming import StreamingEncoder
-    from streams.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -134,29 +134,39 @@ def _register_vector_view(w: Worker) -> None:
     @app.page("/users/{user_id}/vector")
     @_owner_routed(w, w.table)
     async def user_vector(web: Any, request: Any, user_id: str) -> Any:
-        state, error = _local_state(w, user_id)
-        if state is None:
-            return error(web)
-        at, query = request.query.get("at"), request.query.get("query")
-        repool = at is not None or query is not None  # re-pooling reads (and keeps scores in) carried states
-        async with w.runtime.batch_lock if repool else contextlib.nullcontext():
-            body = vector_body(w, state, at, query)
-        if isinstance(body, str):
-            return web.json({"error": body}, status=400)
-        metrics.VECTOR_AGE.labels(source="served").observe(max(0.0, time.time() - state.updated_at / 1000))
-        return web.json(body)
+        return await vector_view(w, web, request, user_id)
 
     @app.page("/users/{user_id}/explain")
     @_owner_routed(w, w.table)
     async def user_explain(web: Any, request: Any, user_id: str) -> Any:
-        state, error = _local_state(w, user_id)
-        if state is None:
-            return error(web)
-        async with w.runtime.batch_lock:  # the carried encoder state must not be advanced meanwhile
-            body = explain_body(w, state, request.query.get("at"), request.query.get("query"))
-        if isinstance(body, str):
-            return web.json({"error": body}, status=400)
-        return web.json(body)
+        return await explain_view(w, web, request, user_id)
+
+
+async def vector_view(w: Worker, web: Any, request: Any, user_id: str) -> Any:
+    """``GET /users/{user_id}/vector`` on the user's owner, from the user-state store."""
+    state, error = _local_state(w, user_id)
+    if state is None:
+        return error(web)
+    at, query = request.query.get("at"), request.query.get("query")
+    repool = at is not None or query is not None  # re-pooling reads (and keeps scores in) carried states
+    async with w.runtime.batch_lock if repool else contextlib.nullcontext():
+        body = vector_body(w, state, at, query)
+    if isinstance(body, str):
+        return web.json({"error": body}, status=400)
+    metrics.VECTOR_AGE.labels(source="served").observe(max(0.0, time.time() - state.updated_at / 1000))
+    return web.json(body)
+
+
+async def explain_view(w: Worker, web: Any, request: Any, user_id: str) -> Any:
+    """``GET /users/{user_id}/explain`` on the user's owner, from the user-state store."""
+    state, error = _local_state(w, user_id)
+    if state is None:
+        return error(web)
+    async with w.runtime.batch_lock:  # the carried encoder state must not be advanced meanwhile
+        body = explain_body(w, state, request.query.get("at"), request.query.get("query"))
+    if isinstance(body, str):
+        return web.json({"error": body}, status=400)
+    return web.json(body)
 
 
 def _register_ppp_view(w: Worker) -> None:
@@ -319,14 +329,17 @@ def _repool_args(
 
 
 def _local_state(w: Worker, user_id: str) -> tuple[UserState | None, Callable[[Any], Any]]:
-    raw = w.table.get(user_id.encode("utf-8"))
-    if raw is None:
-        return None, lambda web: web.json({"error": f"unknown user {user_id!r}"}, status=404)
+    """The user's state in this worker's copy of the user's partition (the owner routing checked it is active)."""
+    if w.store is None:
+        raise RuntimeError("this worker has no user-state store (no 'vectors' role)")
     try:
-        return decode_state(user_id, bytes(raw)), lambda web: None
+        state = w.store.read(user_id, partition_of(user_id.encode("utf-8"), w.settings.kafka.partitions))
     except StateDecodeError as exc:
         message = str(exc)
         return None, lambda web: web.json({"error": message}, status=500)
+    if state is None:
+        return None, lambda web: web.json({"error": f"unknown user {user_id!r}"}, status=404)
+    return state, lambda web: None
 
 
 def _parse_ms(raw: str) -> int | None:

@@ -6,44 +6,44 @@ runs; tests and the CLI build their own with :func:`create_app`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import faust
 
 from core.settings import Settings, load_settings
 from core.topics import USER_STATE_TABLE
-from streams import faults, highwater
-from streams.http_api import application_options
-from streams.restore import BulkRestoreTableManager
+from streams import faults, highwater, seams
+from streams.agents import register_agents
+from streams.context import Worker, raw_topic
+from streams.http_api import application_options, register_http_api
+from streams.intake import BatchIntake
+from streams.monitoring import register_monitoring
+from streams.ppp import register_ppp
+from streams.restore import BulkRestoreTableManager, register_store
 from streams.runtime import Runtime
+from streams.table_store import TableStateStore
+from streams.web import register_views
 
-
-@dataclass
-class Worker:
-    """Everything the agents and views of one app share."""
-
-    settings: Settings
-    app: faust.App
-    runtime: Runtime
-    events_topic: Any
-    vectors_topic: Any
-    dlq_topic: Any
-    table: Any  # user-state; None on a worker without the "vectors" role
-    ppp_topic: Any = None  # set by streams.ppp.register_ppp ("ppp" role)
-    ppp_table: Any = None
-    batch_writer: Any = None  # streams.batch_io.BatchWriter, made on the first batch
+__all__ = ["Worker", "create_app", "faust_options"]
 
 
 def create_app(settings: Settings | None = None) -> Worker:
     s = settings or load_settings()
     app = faust.App(s.faust_app_id, **faust_options(s))
-    fetch_max_wait(s.kafka.fetch_max_wait_ms)
-    highwater.install(app)  # recovery must read each changelog to its real end (see streams.highwater)
-    events_topic = _raw_topic(app, s.kafka.events_topic, s.kafka.partitions)
-    vectors_topic = _raw_topic(app, s.kafka.vectors_topic, s.kafka.partitions)
-    dlq_topic = _raw_topic(app, s.kafka.dlq_topic, s.kafka.partitions)
     roles = s.worker.role_set
+    intake = None
+    if "vectors" in roles and s.worker.intake == "lean":
+        intake = BatchIntake(s.kafka.events_topic, s.worker.batch_max, s.worker.batch_linger_s)
+    seams.install(  # every Faust/aiokafka private name this app relies on (see streams.seams)
+        app,
+        fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,  # Faust hard-codes 1500 ms: a freshness floor on Tansu
+        intake=intake,  # the lean intake's fetch loop (streams.intake)
+        changelog_ends=highwater.fetched_ends,  # recovery reads each changelog to its real end
+        table_manager=BulkRestoreTableManager,  # restores active table partitions in bulk (streams.restore)
+    )
+    events_topic = raw_topic(app, s.kafka.events_topic, s.kafka.partitions)
+    vectors_topic = raw_topic(app, s.kafka.vectors_topic, s.kafka.partitions)
+    dlq_topic = raw_topic(app, s.kafka.dlq_topic, s.kafka.partitions)
     table = None
     if "vectors" in roles:
         table = app.Table(
@@ -55,52 +55,17 @@ def create_app(settings: Settings | None = None) -> Worker:
             extra_topic_configs={"cleanup.policy": "compact"},
         )
     worker = Worker(s, app, Runtime(s), events_topic, vectors_topic, dlq_topic, table)
-    from streams.agents import register_agents
-    from streams.http_api import register_http_api
-    from streams.monitoring import register_monitoring
-    from streams.ppp import register_ppp
-    from streams.web import register_views
-
-    if "vectors" in roles:
-        register_agents(worker)
+    if table is not None:
+        worker.store = TableStateStore(app, table, s.kafka.vectors_topic)
         faults.install(worker)  # test-only crash point, off unless DUPN_FAULT_KILL_AFTER_STATES is set
+        register_store(table, worker.store)  # the bulk restore writes through the same store
+        register_agents(worker, intake)
     if "ppp" in roles:
         register_ppp(worker)
     register_views(worker)
     register_http_api(worker)  # batch reads, /owners, probes, /openapi.json (streams.http_api)
     register_monitoring(worker)
     return worker
-
-
-def fetch_max_wait(ms: int) -> None:
-    """Set the worker consumer's fetch max wait (faust-streaming hard-codes 1500 ms).
-
-    A broker should answer a waiting fetch as soon as data arrives, so on Kafka this
-    only bounds how often an idle consumer polls. The embedded broker (Tansu) answers
-    a waiting fetch only when the wait expires: there the wait is a freshness floor
-    (median 392 ms at 1500 ms, measured by ``dupn bench``), hence a short default.
-    aiokafka reads the value when the consumer starts, so setting it on the new
-    consumer object is enough.
-    """
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    original = getattr(AIOKafkaConsumerThread._create_worker_consumer, "__wrapped__", None)
-    original = original or AIOKafkaConsumerThread._create_worker_consumer
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = ms
-        return consumer
-
-    create.__wrapped__ = original  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
-
-
-def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
-    """Bytes in, bytes out: parsing is ours, so a bad message can't crash Faust's decoder."""
-    return app.topic(
-        name, partitions=partitions, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-    )
 
 
 def faust_options(s: Settings) -> dict[str, Any]:
@@ -131,7 +96,6 @@ def faust_options(s: Settings) -> dict[str, Any]:
         "web_tables_enabled": False,
         "web_application_options": application_options(s),  # request limits + token guard (+ binary reads)
         "table_standby_replicas": 1,
-        "TableManager": BulkRestoreTableManager,  # restores active table partitions in bulk (streams.restore)
         "key_serializer": "raw",
         "value_serializer": "raw",
     }

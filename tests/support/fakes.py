@@ -1,7 +1,7 @@
 """In-memory stand-ins for what the updater talks to in a worker: the state table.
 
 ``VectorUpdater.apply(messages, load)`` only needs a ``load(user, message)`` that returns the
-user's encoded state; :class:`MemoryTable` is that, backed by a dict, and
+user's decoded state (the store owns the codec); :class:`MemoryTable` is that, backed by a dict, and
 :func:`apply_in_batches` plays the worker's loop (batch, apply, write back what changed),
 so updater tests exercise the real updater and codec without Faust or RocksDB.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 
 from core.contracts import VectorMessage
-from state.codec import encode_state
+from state.codec import decode_state, encode_state
+from state.user_state import UserState
 from streams.updater import Incoming, VectorUpdater
 
 
@@ -21,8 +22,8 @@ class MemoryTable:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
 
-    def load(self, user: str, _msg: object = None) -> bytes | None:
-        return self.data.get(user)
+    def load(self, user: str, _msg: object = None) -> UserState | None:
+        return decode_state(user, self.data[user]) if user in self.data else None
 
 
 def apply_in_batches(

@@ -36,7 +36,8 @@ from core.contracts import (
     parse_event,
 )
 from encoder.streaming import StreamingEncoder, UpdatePolicy
-from state.codec import encode_state
+from state.codec import decode_state, encode_state
+from state.user_state import UserState
 from streams.updater import BatchResult, Incoming, VectorUpdater
 from tests.corpus.bad_events import BAD_EVENTS
 from tests.support.factories import tiny_model
@@ -259,8 +260,8 @@ VALID_OFFSETS = [103] + [1_000 * i for i in range(1, len(STREAM))]
 VALID = [Incoming(0, off, str(e["user_id"]).encode(), json.dumps(e).encode()) for off, e in zip(VALID_OFFSETS, STREAM)]
 
 
-def load(user: str, _msg: Incoming) -> bytes | None:
-    return STORED.get(user)
+def load(user: str, _msg: Incoming) -> UserState | None:
+    return decode_state(user, STORED[user]) if user in STORED else None
 
 
 def outcome(res: BatchResult) -> dict[str, tuple[bytes, bytes, int, int, int]]:

@@ -48,7 +48,7 @@ class Feed:
             self.apply(msgs)
 
     def apply(self, msgs: list[Incoming]) -> None:
-        res = self.updater.apply(msgs, lambda user, _m: self.store.get(user))
+        res = self.updater.apply(msgs, lambda user, _m: self.state(user) if user in self.store else None)
         assert not res.rejections
         self.duplicates += res.duplicates
         for up in res.updates:

@@ -19,6 +19,7 @@ from core import wire
 from encoder.features import records_from_events
 from ops.harness import free_port
 from state.codec import encode_state
+from state.memory import MemoryStateStore
 from state.user_state import UserState
 from streams import http_api
 from tests.support.factories import make_events
@@ -63,9 +64,12 @@ def run_batch(monkeypatch: pytest.MonkeyPatch, ids: list[str], owners: dict[int,
     async def go() -> list[dict[str, Any]]:
         async with aiohttp.ClientSession() as session:
             app = SimpleNamespace(conf=SimpleNamespace(canonical_url=ME), http_client=session)
+            store = MemoryStateStore()
+            for key, value in table.items():
+                store.put_raw(key.decode(), wire.partition_of(key, PARTS), value)
             w: Any = SimpleNamespace(
-                app=app, settings=SimpleNamespace(kafka=SimpleNamespace(partitions=PARTS)),
-                table=SimpleNamespace(get=table.get, changelog_topic=SimpleNamespace(get_topic_name=lambda: "t")),
+                app=app, settings=SimpleNamespace(kafka=SimpleNamespace(partitions=PARTS)), store=store,
+                table=SimpleNamespace(changelog_topic=SimpleNamespace(get_topic_name=lambda: "t")),
             )
             headers = {"Authorization": "Bearer t", **({wire.ROUTED_HEADER: "x"} if routed else {})}
             return await http_api.batch_read(w, ids, max_age_ms, SimpleNamespace(headers=headers))

@@ -29,18 +29,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 """Which of our other packages each package may import (its own files it always may)."""
 
-# Today's circles in streams/: worker.py imports agents, faults, monitoring, ppp and web,
-# and each of them imports streams.worker back (for the Worker type; ppp also for
-# _raw_topic). Another branch is untangling them. Removed when the store branch merges:
-# this list must then be empty. A circle is excused only if all its files are among one
-# entry's, so a new circle anywhere else, or one that pulls in another file, still fails.
-KNOWN_STREAMS_CYCLES: tuple[frozenset[str], ...] = (
-    frozenset(
-        {"streams.worker", "streams.agents", "streams.faults", "streams.monitoring", "streams.ppp", "streams.web"}
-    ),
-)
-
-
 @dataclass(frozen=True)
 class Edge:
     """One import statement: ``source`` (a file's module) imports ``target`` (one of ours) at ``line``."""
@@ -171,11 +159,6 @@ def describe_cycle(component: list[str], edges: list[Edge]) -> str:
     return "circle between " + ", ".join(component) + ":\n    " + "\n    ".join(inside)
 
 
-def unexcused(found: list[list[str]], known: tuple[frozenset[str], ...]) -> list[list[str]]:
-    """The circles not covered by a known exception (all of a circle's files within one entry)."""
-    return [c for c in found if not any(set(c) <= k for k in known)]
-
-
 PACKAGES = tuple(ALLOWED)
 
 
@@ -188,23 +171,20 @@ def test_no_import_from_a_lower_layer_to_a_higher_one() -> None:
 
 def test_no_import_circle_between_files() -> None:
     edges = import_graph(PACKAGES)
-    bad = unexcused(cycles(edges), KNOWN_STREAMS_CYCLES)
+    bad = cycles(edges)
     assert not bad, "import circles:\n  " + "\n  ".join(describe_cycle(c, edges) for c in bad)
 
 
 def test_the_checks_catch_what_they_are_for() -> None:
-    """A forbidden import and a circle outside the known exception fail; a circle inside it is excused."""
+    """A forbidden import and a planted circle are both found."""
     edges = import_graph(PACKAGES)
     planted = [Edge("encoder.model", "streams.worker", 1), Edge("core.settings", "ops.cli", 1)]
     assert layer_violations(planted) == planted
     assert layer_violations([Edge("clients.ranker", "streams.updater", 1)]), "clients may not use streams"
     loop = [Edge("core.metrics", "core.topics", 1), Edge("core.topics", "core.metrics", 2)]
-    assert ["core.metrics", "core.topics"] in unexcused(cycles(edges + loop), KNOWN_STREAMS_CYCLES)
-    # a known streams circle that pulls in one more file is not excused any more
-    joined = [Edge("streams.worker", "streams.updater", 1), Edge("streams.updater", "streams.agents", 1)]
-    assert unexcused(cycles(edges + joined), KNOWN_STREAMS_CYCLES)
-    # the smaller circles left once part of the known one is untangled stay excused
-    assert not unexcused([["streams.ppp", "streams.worker"]], KNOWN_STREAMS_CYCLES)
+    assert ["core.metrics", "core.topics"] in cycles(edges + loop)
+    back = [Edge("streams.context", "streams.worker", 1)]  # the Worker type importing its builder back
+    assert any({"streams.context", "streams.worker"} <= set(c) for c in cycles(edges + back))
 
 
 def test_test_modules_import_no_other_test_module() -> None:
