@@ -90,3 +90,22 @@ def write_synthetic_taobao(
                 fh.write(f"{user_id},{item + 1},{c + 1000},{behavior},{ts}\n")
                 rows += 1
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.taobao_synth OUT.csv [--users N] [--seed S]``: write a synthetic file."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="write a SYNTHETIC file in the Taobao UserBehavior CSV format")
+    p.add_argument("out")
+    p.add_argument("--users", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--events-per-user", type=float, default=40.0)
+    args = p.parse_args(argv)
+    n = write_synthetic_taobao(args.out, n_users=args.users, seed=args.seed, events_per_user=args.events_per_user)
+    print(f"wrote {n} synthetic rows to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
