@@ -221,14 +221,18 @@ def run_taobao_eval(
     models: Sequence[str] = ("DUPN", *BASELINE_NAMES),
     progress: bool = True,
     synthetic_note: str | None = None,
+    enc_cfg: EncoderConfig | None = None,
 ) -> dict[str, Any]:
-    """Train every model on the file's train split, pick checkpoints on validation, score test; write the report."""
+    """Train every model on the file's train split, pick checkpoints on validation, score test; write the report.
+
+    ``enc_cfg`` (default: the serving sizes with the plan's window) is for small test models.
+    """
     retain_freed_memory()
     threads = set_threads()
     t0 = time.perf_counter()
     data = load_taobao(path, plan.max_rows, plan.user_sample, seed=plan.train.seed)
     train_ex, val_ex, test_ex = split_by_time_quantile(data.examples, plan.val_frac, plan.test_frac)
-    enc = EncoderConfig(window=plan.window)
+    enc = enc_cfg or EncoderConfig(window=plan.window)
     train = prepare(TrainData(data.events_by_user, [], train_ex), enc, TAOBAO_TASKS)
     val = _subsampled(with_tables(train, val_ex, enc), plan.val_contexts, plan.train.seed)
     test = _subsampled(with_tables(train, test_ex, enc), plan.test_contexts, plan.train.seed + 1)
