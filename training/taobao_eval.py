@@ -249,8 +249,9 @@ def run_taobao_eval(
         runs[name] = fit_with_validation(name, model, train, val, plan, progress)
         scores[name] = board.score(name, model, tasks)
     comparisons = [
-        asdict(board.compare("DUPN", b, t)) | {"outcome": board.compare("DUPN", b, t).outcome}
+        asdict(c) | {"outcome": c.outcome}
         for b in models if b != "DUPN" and "DUPN" in models for t in tasks
+        for c in [board.compare("DUPN", b, t)]
     ]
     result: dict[str, Any] = {
         "command": command,
