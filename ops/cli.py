@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -388,7 +389,7 @@ def _eval(args: argparse.Namespace, s: Settings) -> int:
 
         plan = taobao_plan(args.quick, steps=args.steps, batch_size=args.batch_size, max_rows=args.max_rows,
                            user_sample=args.user_sample, seed=args.seed)
-        command = "dupn " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else ""
+        command = "dupn " + shlex.join(sys.argv[1:]) if "eval" in sys.argv[1:] else ""
         run_taobao_eval(args.taobao, plan, args.out, command=command, synthetic_note=args.note)
         print(f"wrote {args.out / 'taobao_eval.md'} and {args.out / 'taobao_eval.json'}")
         return 0

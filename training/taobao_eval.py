@@ -331,8 +331,9 @@ def taobao_report(result: Mapping[str, Any]) -> str:
         f"Total {result['total_seconds']} s on {m['cpus']} CPUs, {m['torch_threads']} torch threads "
         f"(torch {m['torch']}, Python {m['python']}), reading took {d['read_seconds']} s.",
         "",
-        "What the tasks are: **ctr** = the item the user actually clicked next vs 4 items sampled by "
-        "popularity from the same file (no impressions exist in this log); **l2r** = the same candidates, "
+        "What the tasks are: **ctr** = the item the user actually clicked next vs 4 items sampled from the "
+        "file's events of the day before the click (recent popularity; no impressions exist in this log); "
+        "**l2r** = the same candidates, "
         "label 1 if the user acted on the candidate within a day (weight: buy 4, cart/fav 2, click 1), scored "
         "with 4 ranking features (item and category popularity so far, recent-category share, seen before). "
         "The file has no profiles, shops, brands, tags, scenarios, talents or purchasing power.",
