@@ -88,7 +88,7 @@ def restore_optimizer(model: nn.Module, opt: torch.optim.Optimizer, tensors: Map
     return restored
 
 
-def _resumed_optimizer(
+def resumed_optimizer(
     model: DUPN, cfg: TrainConfig, init_from: str | Path | None
 ) -> tuple[torch.optim.Optimizer, dict[str, Any]]:
     """A fresh optimizer for ``model``, with ``init_from``'s saved state in it when there is one."""
@@ -154,7 +154,7 @@ def train_and_save(
     prep = prepare(TrainData(sim.histories, sim.users, train_ex), model.cfg, train_cfg.tasks)
     if parent is None:
         init_output_biases(model, prep, train_cfg.tasks)
-    opt, opt_info = _resumed_optimizer(model, train_cfg, init_from)
+    opt, opt_info = resumed_optimizer(model, train_cfg, init_from)
     log = fit(model, prep, train_cfg, progress=progress, desc="train", optimizer=opt)
     metrics = _test_metrics(model, prep, {t: test_ex[t] for t in train_cfg.tasks})
     return save_checkpoint(
@@ -218,7 +218,7 @@ def train_taobao(
     prep = prepare(TrainData(data.events_by_user, [], train_ex), model.cfg, tasks)
     if parent is None:
         init_output_biases(model, prep, tasks)
-    opt, opt_info = _resumed_optimizer(model, cfg, init_from)
+    opt, opt_info = resumed_optimizer(model, cfg, init_from)
     log = fit(model, prep, cfg, progress=progress, desc="train-taobao", optimizer=opt)
     metrics = _test_metrics(model, prep, {t: v for t, v in test_ex.items() if v})
     stats = {k: v for k, v in dataclasses.asdict(data.stats).items() if k != "first_errors"}

@@ -36,7 +36,7 @@ from encoder.checkpoint import load_checkpoint, save_checkpoint
 from encoder.config import EncoderConfig
 from encoder.model import DUPN
 from training.alloc import retain_freed_memory
-from training.daily import DEMO_SIM_QUICK, _resumed_optimizer, day_examples, optimizer_tensors
+from training.daily import DEMO_SIM_QUICK, day_examples, optimizer_tensors, resumed_optimizer
 from training.data import subsample_contexts
 from training.metrics import FOUR_TASKS, METRIC_OF, Scoreboard
 from training.simulator import SimConfig, Simulator
@@ -101,7 +101,7 @@ def run_daily_eval(
         torch.manual_seed(plan.train.seed)
         model = DUPN(enc)
         init_output_biases(model, pre, tasks)
-        opt, _ = _resumed_optimizer(model, pre_cfg, None)
+        opt, _ = resumed_optimizer(model, pre_cfg, None)
         log = fit(model, pre, pre_cfg, progress=progress, desc="yesterday", optimizer=opt)
         seconds["yesterday (pretrain)"] = round(log.seconds, 1)
         ckpt = Path(tmp) / "yesterday"
@@ -112,10 +112,10 @@ def run_daily_eval(
                 torch.manual_seed(plan.train.seed)
                 model = DUPN(enc)
                 init_output_biases(model, day, tasks)
-                opt, _ = _resumed_optimizer(model, day_cfg, None)
+                opt, _ = resumed_optimizer(model, day_cfg, None)
             else:
                 model = load_checkpoint(ckpt).model
-                opt, info = _resumed_optimizer(model, day_cfg, ckpt if arm == "init-from" else None)
+                opt, info = resumed_optimizer(model, day_cfg, ckpt if arm == "init-from" else None)
                 assert info["optimizer_resumed"] == (arm == "init-from")
             log = fit(model, day, day_cfg, progress=progress, desc=arm, optimizer=opt)
             seconds[arm] = round(log.seconds, 1)

@@ -13,10 +13,10 @@ from encoder.checkpoint import OPTIMIZER, load_checkpoint, load_optimizer_state,
 from encoder.model import DUPN
 from tests.unit.test_train import TINY_ENC, TINY_SIM
 from training.daily import (
-    _resumed_optimizer,
     day_examples,
     optimizer_tensors,
     restore_optimizer,
+    resumed_optimizer,
     train_and_save,
 )
 from training.simulator import DAY_MS, Simulator
@@ -82,7 +82,7 @@ def test_checkpoint_without_optimizer_state_still_loads_and_starts_fresh(tmp_pat
     assert load_optimizer_state(tmp_path / "c") is None
     ckpt = load_checkpoint(tmp_path / "c")
     with pytest.warns(UserWarning, match="no optimizer state"):
-        _, info = _resumed_optimizer(ckpt.model, CFG, tmp_path / "c")
+        _, info = resumed_optimizer(ckpt.model, CFG, tmp_path / "c")
     assert info["optimizer_resumed"] is False
 
 
