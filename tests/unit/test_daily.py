@@ -118,3 +118,15 @@ def test_daily_run_continues_the_world_and_resumes_the_optimizer(tmp_path: Path)
 def test_days_must_be_ordered(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="days"):
         train_and_save(tmp_path / "x", SIM, CFG, TINY_ENC, progress=False, days=(2, 2))
+
+
+def test_cli_day_argument() -> None:
+    import argparse
+
+    from ops.cli import _days, build_parser
+
+    assert _days("6") == (6, 7) and _days("0:6") == (0, 6)
+    with pytest.raises(argparse.ArgumentTypeError):
+        _days("six")
+    args = build_parser().parse_args(["train", "--quick", "--day", "6", "--init-from", "yesterday"])
+    assert args.days == (6, 7) and args.init_from == Path("yesterday")
