@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -324,15 +325,36 @@ def _demo(args: argparse.Namespace, s: Settings) -> int:
     )
 
 
+def _taobao_sample_args(p: Any) -> None:
+    p.add_argument("--max-rows", type=int,
+                   help="--taobao: read at most this many CSV lines (default: all; --quick 200000)")
+    p.add_argument("--user-sample", type=float,
+                   help="--taobao: keep this fraction of users, chosen by a hash of the user id (e.g. 0.01)")
+
+
+def _days(text: str) -> tuple[int, int]:
+    first, _, end = text.partition(":")
+    try:
+        return (int(first), int(end)) if end else (int(first), int(first) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or FIRST:END (days), got {text!r}") from None
+
+
 def _train_parser(sub: Any) -> None:
     tp = sub.add_parser("train", help="train a DUPN checkpoint (AdaGrad, dropout, L2, multi-task)")
     tp.add_argument("--out", type=Path, help="checkpoint dir (default: the configured model path)")
-    tp.add_argument("--init-from", type=Path, help="continue from this checkpoint (daily incremental training)")
+    tp.add_argument("--init-from", type=Path,
+                    help="continue from this checkpoint, weights and optimizer state (daily incremental training)")
     tp.add_argument("--taobao", type=Path, help="train on a Taobao UserBehavior CSV (ctr, l2r tasks)")
-    tp.add_argument("--quick", action="store_true", help="the small demo-sized run")
-    tp.add_argument("--seed", type=int, default=0, help="simulator seed (new seed = a new day of data)")
+    tp.add_argument("--quick", action="store_true", help="the small demo-sized run (also with --taobao)")
+    tp.add_argument("--seed", type=int, default=0,
+                    help="simulated world seed (with --day, the same seed is the same world continuing)")
+    tp.add_argument("--day", type=_days, dest="days", metavar="N|FIRST:END",
+                    help="train on day N (or days FIRST..END-1) of the seed's world, report metrics on the next day; "
+                         "without it the world is new and split 80/20 by time")
     tp.add_argument("--steps", type=int, help="training steps")
     tp.add_argument("--batch-size", type=int, help="user windows per task and step (see training.train presets)")
+    _taobao_sample_args(tp)
     tp.set_defaults(run=_train)
 
 
@@ -342,27 +364,46 @@ def _train(args: argparse.Namespace, s: Settings) -> int:
     from training import daily as t
 
     out = args.out or s.model_dir
+    changes = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
     if args.taobao:
-        version = t.train_taobao(args.taobao, out, init_from=args.init_from)
+        from training.taobao_eval import taobao_plan
+
+        plan = taobao_plan(args.quick, seed=args.seed, **changes)
+        version = t.train_taobao(args.taobao, out, plan.train, init_from=args.init_from, quick=args.quick,
+                                 max_rows=args.max_rows, user_sample=args.user_sample)
     else:
         sim = dataclasses.replace(t.DEMO_SIM_QUICK if args.quick else t.DEMO_SIM_FULL, seed=args.seed)
-        cfg = t.DEMO_TRAIN_QUICK if args.quick else t.DEMO_TRAIN_FULL
-        changes = {"steps": args.steps, "batch_size": args.batch_size}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-        version = t.train_and_save(out, sim, cfg, init_from=args.init_from)
+        cfg = dataclasses.replace(t.DEMO_TRAIN_QUICK if args.quick else t.DEMO_TRAIN_FULL, **changes)
+        version = t.train_and_save(out, sim, cfg, init_from=args.init_from, days=args.days)
     print(f"wrote checkpoint {out} (model_version {version})")
     return 0
 
 
 def _eval_parser(sub: Any) -> None:
-    ep = sub.add_parser("eval", help="the paper's experiments on simulator data -> results/eval.md")
+    ep = sub.add_parser("eval", help="the paper's experiments on simulator data -> results/eval.md "
+                                     "(--taobao FILE: DUPN vs baselines on that file -> results/taobao_eval.md)")
     ep.add_argument("--quick", action="store_true", help="smaller run (< 15 min on 2 cores)")
     ep.add_argument("--out", type=Path, default=Path("results"))
     ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--taobao", type=Path,
+                    help="a Taobao UserBehavior CSV: ctr and l2r, DUPN vs Wide, Wide&Deep, CNN-max")
+    ep.add_argument("--steps", type=int, help="--taobao: training steps per model")
+    ep.add_argument("--batch-size", type=int, help="--taobao: user windows per task and step")
+    ep.add_argument("--note", help="--taobao: a line shown at the top of the report (e.g. that the file is synthetic)")
+    _taobao_sample_args(ep)
     ep.set_defaults(run=_eval)
 
 
 def _eval(args: argparse.Namespace, s: Settings) -> int:
+    if args.taobao:
+        from training.taobao_eval import run_taobao_eval, taobao_plan
+
+        plan = taobao_plan(args.quick, steps=args.steps, batch_size=args.batch_size, max_rows=args.max_rows,
+                           user_sample=args.user_sample, seed=args.seed)
+        command = "dupn " + shlex.join(sys.argv[1:]) if "eval" in sys.argv[1:] else ""
+        run_taobao_eval(args.taobao, plan, args.out, command=command, synthetic_note=args.note)
+        print(f"wrote {args.out / 'taobao_eval.md'} and {args.out / 'taobao_eval.json'}")
+        return 0
     from training.experiments import run_eval
 
     run_eval(quick=args.quick, out_dir=args.out, seed=args.seed)

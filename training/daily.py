@@ -1,20 +1,31 @@
-"""Daily and incremental training runs that end in a checkpoint: the demo model, `dupn train`, Taobao."""
+"""Daily and incremental training runs that end in a checkpoint: the demo model, `dupn train`, Taobao.
+
+Daily incremental training as the talk describes it: one simulated world
+(``SimConfig`` + seed) continues day after day (``Simulator.generate_until``);
+day N's run starts from day N-1's checkpoint *and its optimizer state* (AdaGrad's
+accumulators, saved beside the weights) and trains on day N's examples only.
+``train_and_save(..., days=(a, b))`` trains on days [a, b) of the world and
+reports metrics on day b, which it has not seen.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from encoder.checkpoint import load_checkpoint, save_checkpoint
+import torch
+from torch import nn
+
+from encoder.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
 from encoder.config import EncoderConfig
 from encoder.model import DUPN
-from training.data import (
-    Example,
-    split_examples_by_time,
-)
+from training.alloc import retain_freed_memory
+from training.data import Example
 from training.metrics import evaluate_model
-from training.simulator import SimConfig, Simulator, split_by_time
+from training.simulator import DAY_MS, SimConfig, SimData, Simulator, TaskExample, split_by_time
 from training.train import (
     Prepared,
     TaskModel,
@@ -22,16 +33,86 @@ from training.train import (
     TrainData,
     fit,
     init_output_biases,
+    make_optimizer,
     prepare,
     set_threads,
     with_tables,
 )
+
+_STATE_SEP = "::"
 
 
 def _test_metrics(
     model: TaskModel, prep: Prepared, test: Mapping[str, Sequence[Example]]
 ) -> dict[str, float]:
     return evaluate_model(model, with_tables(prep, test, model.cfg), max_contexts=2000)
+
+
+def optimizer_tensors(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as named tensors (``<param name>::<key>``), for safetensors.
+
+    Keyed by parameter *name*, not position, so a state saved from one process
+    restores into another model object (and a renamed or new parameter simply
+    starts fresh).  Non-tensor entries (none in AdaGrad) become 0-d tensors.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, torch.Tensor] = {}
+    for p, st in opt.state.items():
+        name = names.get(id(p))
+        if name is None:
+            continue
+        for key, value in st.items():
+            t = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            out[f"{name}{_STATE_SEP}{key}"] = t.detach().clone()
+    return out
+
+
+def restore_optimizer(model: nn.Module, opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> int:
+    """Load ``optimizer_tensors`` output into ``opt`` (built for ``model``); return parameters restored.
+
+    A parameter whose saved state is missing or has another shape keeps the
+    fresh state ``opt`` was built with.
+    """
+    restored = 0
+    for name, p in model.named_parameters():
+        entries = {
+            key.split(_STATE_SEP, 1)[1]: t for key, t in tensors.items() if key.split(_STATE_SEP, 1)[0] == name
+        }
+        if not entries or p not in opt.state:
+            continue
+        fresh = opt.state[p]
+        if any(isinstance(fresh.get(k), torch.Tensor) and fresh[k].shape != t.shape for k, t in entries.items()):
+            continue
+        fresh.update({k: t.clone().to(p.device) for k, t in entries.items()})
+        restored += 1
+    return restored
+
+
+def resumed_optimizer(
+    model: DUPN, cfg: TrainConfig, init_from: str | Path | None
+) -> tuple[torch.optim.Optimizer, dict[str, Any]]:
+    """A fresh optimizer for ``model``, with ``init_from``'s saved state in it when there is one."""
+    opt = make_optimizer(model, list(model.parameters()), cfg)
+    info: dict[str, Any] = {"optimizer": type(opt).__name__, "optimizer_resumed": False}
+    if init_from is None:
+        return opt, info
+    tensors = load_optimizer_state(init_from)
+    if tensors is None:
+        warnings.warn(
+            f"{init_from} has no optimizer state (an older checkpoint): starting a fresh optimizer", stacklevel=3
+        )
+        return opt, info
+    n = restore_optimizer(model, opt, tensors)
+    total = sum(1 for _ in model.parameters())
+    info.update(optimizer_resumed=n > 0, optimizer_params_restored=n, optimizer_params_total=total)
+    return opt, info
+
+
+def day_examples(data: SimData, first_day: float, end_day: float) -> dict[str, list[TaskExample]]:
+    """Examples whose moment lies in days [first_day, end_day) of the world (day 0 starts at start_ms)."""
+    lo = data.config.start_ms + first_day * DAY_MS
+    hi = data.config.start_ms + end_day * DAY_MS
+    return {task: [ex for ex in exs if lo <= ex.now_ms < hi] for task, exs in data.examples.items()}
 
 
 def train_and_save(
@@ -41,35 +122,53 @@ def train_and_save(
     enc_cfg: EncoderConfig | None = None,
     init_from: str | Path | None = None,
     progress: bool = True,
+    days: tuple[int, int] | None = None,
 ) -> str:
     """Simulate data, train (from scratch or continuing ``init_from``), save; return the model_version.
 
-    This is the seed's daily incremental training: a full run once, then each
-    day ``init_from`` = yesterday's checkpoint is trained further on the new
-    day's data only (the checkpoint's config wins over ``enc_cfg``).  The test
-    split's metrics and the parent version are recorded in the checkpoint meta.
+    Without ``days`` the world is simulated until each user's event budget and
+    split 80/20 by time (the demo model).  With ``days=(a, b)`` the *same* world
+    (same config and seed) is run to day b + 1: the model trains on the examples
+    of days [a, b) (all earlier behaviour is history) and its test metrics are
+    day b's.  The daily run is then ``days=(n, n + 1)`` with ``init_from`` =
+    yesterday's checkpoint, whose weights *and optimizer state* are resumed
+    (the checkpoint's config wins over ``enc_cfg``).  The new checkpoint keeps
+    its optimizer state for tomorrow; meta records the parent version, the days
+    and whether the optimizer was resumed.
     """
+    retain_freed_memory()
     set_threads()
     parent = load_checkpoint(init_from) if init_from is not None else None
     model = (
         parent.model if parent is not None else DUPN((enc_cfg or EncoderConfig()).variant(train_cfg.variant))
     )
-    sim = Simulator(sim_config).generate()
-    train_ex, test_ex = split_by_time(sim, 0.8)
+    if days is None:
+        sim = Simulator(sim_config).generate()
+        train_ex, test_ex = split_by_time(sim, 0.8)
+    else:
+        a, b = days
+        if not 0 <= a < b:
+            raise ValueError(f"days must be 0 <= first < end, got {days}")
+        sim = Simulator(sim_config).generate_until(b + 1)
+        train_ex, test_ex = day_examples(sim, a, b), day_examples(sim, b, b + 1)
     prep = prepare(TrainData(sim.histories, sim.users, train_ex), model.cfg, train_cfg.tasks)
     if parent is None:
         init_output_biases(model, prep, train_cfg.tasks)
-    log = fit(model, prep, train_cfg, progress=progress, desc="train")
+    opt, opt_info = resumed_optimizer(model, train_cfg, init_from)
+    log = fit(model, prep, train_cfg, progress=progress, desc="train", optimizer=opt)
     metrics = _test_metrics(model, prep, {t: test_ex[t] for t in train_cfg.tasks})
     return save_checkpoint(
         model,
         out_dir,
+        optimizer_state=optimizer_tensors(model, opt),
         parent_version=parent.model_version if parent is not None else None,
         sim_config=dataclasses.asdict(sim_config),
+        sim_days=list(days) if days is not None else None,
         train_config=dataclasses.asdict(train_cfg),
         train_seconds=round(log.seconds, 2),
         steps_done=len(log.losses),
         test_metrics=metrics,
+        **opt_info,
     )
 
 
@@ -81,40 +180,61 @@ def train_taobao(
     init_from: str | Path | None = None,
     progress: bool = True,
     limit: int | None = None,
+    *,
+    quick: bool = False,
+    max_rows: int | None = None,
+    user_sample: float | None = None,
 ) -> str:
     """Train on a Taobao UserBehavior CSV for the tasks it supports (ctr, l2r); return the model_version.
 
-    The CSV has no profiles, talents, purchasing power or shop preferences,
-    so only CTR and L2R examples exist and every profile stays "unknown".
-    ``limit`` caps the rows read (the full file has 100M).
+    The CSV is streamed (``max_rows`` caps the lines read, ``user_sample`` keeps
+    a hash-chosen fraction of users whole; ``limit`` is an older alias of
+    ``max_rows``), rows outside the dataset's documented days are dropped, and
+    the examples are split at the 85 % time quantile (test metrics in meta).
+    ``quick`` uses the small plan of ``training.taobao_eval.taobao_plan``;
+    ``train_cfg`` replaces the plan's schedule.  The file has no profiles,
+    talents, purchasing power or shop preferences, so only CTR and L2R
+    examples exist and every profile stays "unknown".  The optimizer state is
+    saved (and resumed from ``init_from``) as in ``train_and_save``.
     """
-    from training.taobao import group_by_user, read_taobao_csv, taobao_examples
+    from training.taobao_eval import load_taobao, split_by_time_quantile, taobao_plan
 
+    retain_freed_memory()
     set_threads()
-    events_by_user = group_by_user(read_taobao_csv(csv_path, limit=limit))
-    examples = taobao_examples(events_by_user, seed=(train_cfg or TrainConfig()).seed)
-    cfg = train_cfg or TrainConfig(tasks=("ctr", "l2r"), steps=300, batch_size=256)
-    tasks = tuple(t for t in cfg.tasks if examples.get(t))
+    plan = taobao_plan(quick, max_rows=max_rows if max_rows is not None else limit, user_sample=user_sample)
+    cfg = train_cfg or plan.train
+    data = load_taobao(csv_path, plan.max_rows, plan.user_sample, seed=cfg.seed)
+    tasks = tuple(t for t in cfg.tasks if data.examples.get(t))
     if not tasks:
-        raise ValueError(f"{csv_path}: no ctr/l2r examples could be built")
+        raise ValueError(f"{csv_path}: no {'/'.join(cfg.tasks)} examples could be built")
     cfg = dataclasses.replace(cfg, tasks=tasks)
     parent = load_checkpoint(init_from) if init_from is not None else None
-    model = parent.model if parent is not None else DUPN((enc_cfg or EncoderConfig()).variant(cfg.variant))
-    train_ex, test_ex = split_examples_by_time({t: examples[t] for t in tasks}, 0.8)
-    prep = prepare(TrainData(events_by_user, [], train_ex), model.cfg, tasks)
+    model = (
+        parent.model
+        if parent is not None
+        else DUPN((enc_cfg or EncoderConfig(window=plan.window)).variant(cfg.variant))
+    )
+    train_ex, _, test_ex = split_by_time_quantile({t: data.examples[t] for t in tasks}, 0.0, 0.15)
+    prep = prepare(TrainData(data.events_by_user, [], train_ex), model.cfg, tasks)
     if parent is None:
         init_output_biases(model, prep, tasks)
-    log = fit(model, prep, cfg, progress=progress, desc="train-taobao")
+    opt, opt_info = resumed_optimizer(model, cfg, init_from)
+    log = fit(model, prep, cfg, progress=progress, desc="train-taobao", optimizer=opt)
     metrics = _test_metrics(model, prep, {t: v for t, v in test_ex.items() if v})
+    stats = {k: v for k, v in dataclasses.asdict(data.stats).items() if k != "first_errors"}
     return save_checkpoint(
         model,
         out_dir,
+        optimizer_state=optimizer_tensors(model, opt),
         parent_version=parent.model_version if parent is not None else None,
         source=f"taobao:{Path(csv_path).name}",
+        taobao_read=stats,
+        taobao_sample={"max_rows": plan.max_rows, "user_sample": plan.user_sample, "quick": quick},
         train_config=dataclasses.asdict(cfg),
         train_seconds=round(log.seconds, 2),
         steps_done=len(log.losses),
         test_metrics=metrics,
+        **opt_info,
     )
 
 

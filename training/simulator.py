@@ -702,7 +702,24 @@ class Simulator:
         with _gc_paused():  # ~10^6 long-lived objects and no cycles: GC passes are pure cost
             return self._generate()
 
-    def _generate(self) -> SimData:
+    def generate_until(self, days: float) -> SimData:
+        """The same world run for ``days`` days of time instead of until each user's event budget.
+
+        For daily incremental training: day N+1 is this world continuing (same
+        catalogue, users, planted effects and per-user randomness), not a new
+        world.  Every user keeps acting at their planted rate past
+        ``config.days``; a user's behaviour before any time T is the same for
+        every horizon past T (randomness is keyed by user and step).  Which
+        slates become CTR/L2R examples is drawn in lock-step, so it may differ
+        between horizons; split one run by day (``training.daily.day_examples``)
+        rather than comparing runs of different horizons example by example.
+        """
+        if days <= 0:
+            raise ValueError("days must be > 0")
+        with _gc_paused():
+            return self._generate(until_ms=self.config.start_ms + days * DAY_MS)
+
+    def _generate(self, until_ms: float | None = None) -> SimData:
         cfg, cat = self.config, self.catalog
         n = cfg.n_users
         pop = _Population(cfg, cat, n)
@@ -717,8 +734,11 @@ class Simulator:
             self._slate_examples(step, np.asarray(writer.counts), slate_rng, examples)
             for _, u, _, ev in writer.write(step):
                 hist[u].append(ev)
-            counts = np.asarray(writer.counts)
-            active = active[counts[active] < pop.target_events[active]]
+            if until_ms is None:
+                counts = np.asarray(writer.counts)
+                active = active[counts[active] < pop.target_events[active]]
+            else:
+                active = active[engine.t[active] < until_ms]
         self._snapshot_examples(pop, hist, _rng(cfg.seed, 5), examples)
         users = [_sim_user(pop, u) for u in range(n)]
         return SimData(cfg, users, {f"u{u}": hist[u] for u in range(n)}, examples)

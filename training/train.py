@@ -282,11 +282,14 @@ def fit(
     desc: str = "train",
     eval_every: int = 0,
     on_eval: Callable[[int], dict[str, float]] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> FitLog:
     """AdaGrad on the sum of the task losses for ``cfg.tasks``; returns the log.
 
     ``params`` restricts what is optimised (RT: the shop head only), and
     ``train_encoder=False`` then also skips the encoder's backward pass.
+    ``optimizer`` (default: a fresh ``make_optimizer``) lets a daily run resume
+    yesterday's optimizer state (``training.daily``) and save it afterwards.
     """
     missing = [t for t in cfg.tasks if t not in prep.tables]
     if missing:
@@ -295,7 +298,7 @@ def fit(
     tables = {t: prep.tables[t] for t in cfg.tasks}
     batches = MultiTaskBatches(prep.store, tables, model.cfg, cfg.batch_size, cfg.seed, cfg.max_history)
     trainable = list(params) if params is not None else list(model.parameters())
-    opt = make_optimizer(model, trainable, cfg)
+    opt = optimizer if optimizer is not None else make_optimizer(model, trainable, cfg)
     dropout = model.cfg.dropout if cfg.dropout is None else cfg.dropout
     steps, log, start = resolve_steps(cfg, tables), FitLog(), time.perf_counter()
     model.train()
