@@ -11,7 +11,7 @@ import torch
 
 from encoder.checkpoint import OPTIMIZER, load_checkpoint, load_optimizer_state, save_checkpoint
 from encoder.model import DUPN
-from tests.unit.test_train import TINY_ENC, TINY_SIM
+from tests.support.training import TINY_ENC, TINY_SIM
 from training.daily import (
     day_examples,
     optimizer_tensors,

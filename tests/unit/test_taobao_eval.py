@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ops import cli
-from tests.unit.test_train import TINY_ENC
+from tests.support.training import TINY_ENC
 from training.taobao import TAOBAO_FIRST_S, TAOBAO_LAST_S, TaobaoReadStats, read_taobao_csv, user_in_sample
 from training.taobao_eval import run_taobao_eval, split_by_time_quantile, taobao_plan
 from training.taobao_synth import write_synthetic_taobao

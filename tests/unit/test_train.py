@@ -11,40 +11,16 @@ import pytest
 import torch
 
 from encoder.checkpoint import load_checkpoint, save_checkpoint
-from encoder.config import EncoderConfig
 from encoder.model import DUPN
 from encoder.streaming import StreamingEncoder
+from tests.support.training import TINY_ENC, TINY_SIM
 from training.baselines import BASELINES, make_baseline
 from training.daily import train_and_save
 from training.data import MultiTaskBatches, collate
 from training.metrics import auc, evaluate_model
-from training.simulator import SimConfig, Simulator, split_by_time
+from training.simulator import Simulator, split_by_time
 from training.train import Prepared, TrainConfig, TrainData, fit, prepare, train
 
-TINY_ENC = EncoderConfig(
-    item_buckets=1 << 10,
-    shop_buckets=1 << 8,
-    brand_buckets=1 << 8,
-    category_buckets=1 << 6,
-    tag_buckets=1 << 7,
-    query_buckets=1 << 6,
-    talent_buckets=1 << 6,
-    hidden=32,
-    attention_dim=16,
-    value_dim=16,
-    pooled_dim=32,
-    window=30,
-)
-TINY_SIM = SimConfig(
-    n_users=80,
-    n_items=400,
-    n_categories=12,
-    n_shops=30,
-    n_brands=20,
-    n_talents=12,
-    events_per_user=40,
-    seed=3,
-)
 FOUR = ("ctr", "l2r", "talent", "ppp")
 
 
