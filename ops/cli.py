@@ -308,19 +308,25 @@ def _bench_scoring(args: argparse.Namespace, s: Settings) -> int:
 def _demo_parser(sub: Any) -> None:
     dp = sub.add_parser("demo", help="broker + topics + model + worker + synthetic replay, live progress")
     dp.add_argument("--users", type=int, default=1000)
-    dp.add_argument("--events", type=int, default=20_000)
+    dp.add_argument("--events", type=int,
+                    help="events to send (default: an endless live stream; 20000 with --burst or --exit)")
     dp.add_argument("--seed", type=int, default=0)
-    dp.add_argument("--rate", type=float, help="events/s (default: as fast as possible)")
+    dp.add_argument("--rate", type=float, help="events/s of the live stream (default 300)")
+    dp.add_argument("--burst", action="store_true", help="send the events as fast as possible (a backlog)")
     dp.add_argument("--exit", action="store_true", help="exit when every user's vector is up to date")
     dp.add_argument("--timeout", type=float, default=600.0, help="with --exit: give up after this many s")
     dp.set_defaults(run=_demo)
 
 
 def _demo(args: argparse.Namespace, s: Settings) -> int:
-    from ops.demo import run_demo
+    from ops.demo import LIVE_RATE, run_demo
 
+    if args.burst and args.rate:
+        raise ValueError("--burst sends as fast as possible: leave out --rate")
+    events = args.events if args.events is not None else (20_000 if args.burst or args.exit else None)
+    rate = None if args.burst else (args.rate or LIVE_RATE)
     return run_demo(
-        s, users=args.users, events=args.events, seed=args.seed, rate=args.rate, exit_when_done=args.exit,
+        s, users=args.users, events=events, seed=args.seed, rate=rate, exit_when_done=args.exit,
         timeout_s=args.timeout,
     )
 

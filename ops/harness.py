@@ -79,10 +79,13 @@ def start_worker(
     log: IO[bytes],
     argv: Sequence[str] = WORKER_ARGV,
     extra_env: Mapping[str, str] | None = None,
+    own_session: bool = False,
 ) -> subprocess.Popen[bytes]:
     """A Python subprocess (``dupn worker`` by default) configured by ``s`` through DUPN_* env vars.
 
     ``extra_env`` is laid over that environment (e.g. a crash point of ``streams.faults``).
+    ``own_session`` keeps a terminal's Ctrl-C from reaching the worker, so the caller stops it
+    in its own order (``dupn demo``: readers first, then the worker, then the broker).
     """
     return subprocess.Popen(
         [sys.executable, *argv],
@@ -90,6 +93,7 @@ def start_worker(
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        start_new_session=own_session,
     )
 
 
