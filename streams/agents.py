@@ -150,10 +150,26 @@ async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchR
         # worker restores) and user-vectors would stay behind it once the offsets are committed.
         writes.append(StateWrite(msg.partition, state, vector_message(state)))
     ack = await store.write_batch(writes)
-    for msg, rejection in result.rejections:
-        await send_to_dlq(w, msg, rejection)
+    dlq_deliveries = [await send_to_dlq(w, msg, rejection) for msg, rejection in result.rejections]
     _record_metrics(result, len(messages), ack.state_bytes)
-    return result, ack.delivered
+    return result, with_dlq_deliveries(ack.delivered, dlq_deliveries)
+
+
+def with_dlq_deliveries(delivered: asyncio.Future[None], dlq: Sequence[Any]) -> asyncio.Future[None]:
+    """The batch's acknowledgement: its state and vector records *and* its DLQ messages delivered.
+
+    A rejected event must not vanish: its source offset is acked only once its DLQ message is
+    acknowledged by the broker, and a failed DLQ send fails the batch (its messages are not acked,
+    the worker stops, the batch is redelivered)."""
+    if not dlq:
+        return delivered
+
+    async def both() -> None:
+        await delivered
+        for fut in dlq:
+            await fut
+
+    return asyncio.ensure_future(both())
 
 
 def _store(w: Worker) -> UserStateStore:
@@ -162,16 +178,20 @@ def _store(w: Worker) -> UserStateStore:
     return w.store
 
 
-async def send_to_dlq(w: Worker, msg: RawMessage, rejection: Rejection) -> None:
-    """The original bytes, untouched, with why and where in headers (core.contracts.dlq_record)."""
+async def send_to_dlq(w: Worker, msg: RawMessage, rejection: Rejection) -> Any:
+    """The original bytes, untouched, with why and where in headers (core.contracts.dlq_record).
+
+    Returns the send's delivery future (Faust's ``FutureMessage``): awaited with the batch's
+    acknowledgement (:func:`with_dlq_deliveries`), not here, so the batch does not wait a round trip."""
     key, value, headers = dlq_record(
         msg.key, msg.value, rejection, w.settings.kafka.events_topic, msg.partition, msg.offset
     )
-    await w.dlq_topic.send(key=key, value=value, headers=headers)
+    delivery = await w.dlq_topic.send(key=key, value=value, headers=headers)
     log.warning(
         "rejected event at %s/%d@%d: %s (%s)",
         w.settings.kafka.events_topic, msg.partition, msg.offset, rejection.reason, rejection.detail[:200],
     )
+    return delivery
 
 
 def _record_metrics(result: BatchResult, n_events: int, state_bytes: int) -> None:
