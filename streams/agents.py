@@ -68,7 +68,11 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
             async with intake.next_batch() as messages:  # taken under intake.lock: see on_revoked
                 if not messages:
                     continue
-                _, delivered = await start_batch(w, messages)
+                try:
+                    _, delivered = await start_batch(w, messages)
+                except FencedOut as exc:  # not acked: redelivered once the group has rebalanced
+                    log.warning("%s (%d events)", exc, len(messages))
+                    continue
                 await in_flight.add(delivered, messages)
 
     @w.app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -129,6 +133,7 @@ async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchR
     """Apply a batch: states written locally, records handed to the producer; the future is the broker's ack."""
     store = _store(w)
     loop = asyncio.get_running_loop()
+    started = time.monotonic()
 
     def load(user_id: str, msg: RawMessage) -> UserState | None:
         return store.read(user_id, msg.partition)
@@ -149,12 +154,37 @@ async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchR
         # redelivered events are skipped; without this the changelog (what a new owner or a wiped
         # worker restores) and user-vectors would stay behind it once the offsets are committed.
         writes.append(StateWrite(msg.partition, state, vector_message(state)))
+    if not await still_owner(w, started):
+        # Fenced out while this batch was applied: the new owners restore and redo it. Nothing is written,
+        # nothing acked (the messages come again to their new owners, whose restored states skip or apply them).
+        raise FencedOut("this worker lost its group membership while applying a batch; its writes are dropped")
     ack = await store.write_batch(writes)
     dlq_deliveries = [await send_to_dlq(w, msg, rejection) for msg, rejection in result.rejections]
     _record_metrics(result, len(messages), ack.state_bytes)
     return result, with_dlq_deliveries(ack.delivered, dlq_deliveries)
 
 
+class FencedOut(Exception):
+    """A batch applied by a worker that is no longer a member of the group (a zombie): not written."""
+
+
+async def still_owner(w: Worker, started: float) -> bool:
+    """Whether this worker may still write the batch it started at ``started`` (monotonic s).
+
+    A batch that took longer than a third of the session timeout (the process was frozen: SIGSTOP, a
+    long GC, a stalled disk, or a revoke waited on it) may belong to a worker the group has already
+    fenced out: the coordinator is asked (one heartbeat, :func:`streams.seams.confirm_membership`)
+    before anything is produced. A quick batch is not checked (heartbeats run on their own, and the
+    revoke handler waits for the batch in flight). No app (tests without a broker): always True."""
+    if w.app is None or time.monotonic() - started < w.settings.kafka.session_timeout_s / 3:
+        return True
+    from streams import seams
+
+    try:
+        return await seams.confirm_membership(w.app)
+    except Exception as exc:  # cannot tell: do not write (the batch comes again)
+        log.warning("could not confirm group membership before writing a batch: %r", exc)
+        return False
 def with_dlq_deliveries(delivered: asyncio.Future[None], dlq: Sequence[Any]) -> asyncio.Future[None]:
     """The batch's acknowledgement: its state and vector records *and* its DLQ messages delivered.
 

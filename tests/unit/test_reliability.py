@@ -240,19 +240,19 @@ def test_the_issue_s_repro_gives_102_in_one_batch_and_in_two(tiny_encoder: Strea
 
 
 def test_random_batchings_and_redeliveries_give_identical_results(tiny_encoder: StreamingEncoder) -> None:
-    policy = UpdatePolicy("incremental", 7)
+    policy = UpdatePolicy("incremental", 7)  # the stored run holds 100..106 behaviors: more than the id window
     rng = random.Random(14)
-    users = ["a", "b", "c"]
+    users = ["a", "b"]
     log_events: list[dict[str, Any]] = []
-    base = {u: make_events(u, 160, seed=k) for k, u in enumerate(users)}
+    base = {u: make_events(u, 400, seed=k) for k, u in enumerate(users)}
     pos = dict.fromkeys(users, 0)
-    for i in range(420):
+    for i in range(600):
         u = rng.choice(users)
-        if log_events and rng.random() < 0.2:  # a repeat of one of the user's earlier ids (near or far)
-            earlier = [e for e in log_events if e["user_id"] == u]
-            if earlier:
-                log_events.append({**rng.choice(earlier[-130:]), "ts": T0 + 10_000_000 + i})
-                continue
+        earlier = [e for e in log_events if e["user_id"] == u]
+        if len(earlier) > 130 and rng.random() < 0.25:  # a repeat of an earlier id, often near the window's edge
+            back = rng.choice([rng.randint(1, 130), rng.randint(95, 110)])
+            log_events.append({**earlier[-back], "ts": T0 + 10_000_000 + i})
+            continue
         log_events.append(base[u][pos[u]])
         pos[u] += 1
     log = [Incoming(0, i, str(e["user_id"]).encode(), json.dumps(e).encode()) for i, e in enumerate(log_events)]
@@ -302,3 +302,53 @@ def test_ts_is_judged_against_the_record_timestamp_not_the_worker_clock(tiny_enc
     assert not ok.rejections and ok.updates
     no_stamp = updater.apply([Incoming(0, 0, b"ola", raw)], lambda _u, _m: None)  # none: the wall clock
     assert not no_stamp.rejections
+
+
+# -- 1. fencing: a batch that outlived the session is written only if the group still knows the worker --
+def test_a_frozen_batch_of_a_fenced_out_worker_writes_nothing(
+    tiny_encoder: StreamingEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streams.agents as agents
+
+    class Coordinator:
+        member_id, generation = "m-1", 3
+
+        def __init__(self, known: bool) -> None:
+            self.known, self.beats = known, 0
+
+        async def _do_heartbeat(self) -> bool:
+            self.beats += 1
+            return self.known
+
+    class Thread:
+        def __init__(self, coordinator: Coordinator) -> None:
+            self.coordinator = coordinator
+
+        def _ensure_consumer(self) -> Any:
+            return type("C", (), {"_coordinator": self.coordinator})()
+
+        async def call_thread(self, fun: Any) -> Any:
+            return await fun()
+
+    async def go(known: bool, frozen_s: float) -> tuple[MemoryStateStore, Coordinator, bool]:
+        store = MemoryStateStore()
+        w = make_worker(tiny_encoder, store, UpdatePolicy("exact"))
+        coordinator = Coordinator(known)
+        w.app = type("App", (), {"consumer": type("K", (), {"_thread": Thread(coordinator)})()})()
+        clock = iter([0.0, frozen_s])  # the batch starts, then (after apply) this much later
+        monkeypatch.setattr(agents.time, "monotonic", lambda: next(clock, frozen_s))
+        p = partition_of(b"vic", w.settings.kafka.partitions)
+        msgs = [Incoming(p, i, b"vic", json.dumps(e).encode()) for i, e in enumerate(make_events("vic", 3))]
+        try:
+            await (await start_batch(w, msgs))[1]
+        except agents.FencedOut:
+            return store, coordinator, True
+        return store, coordinator, False
+
+    session = load_settings(env={}).kafka.session_timeout_s
+    store, coordinator, fenced = asyncio.run(go(known=False, frozen_s=session + 5))  # SIGSTOP past the session
+    assert fenced and coordinator.beats == 1 and store.local == {} and store.published() == []
+    store, coordinator, fenced = asyncio.run(go(known=True, frozen_s=session + 5))  # slow, still a member
+    assert not fenced and coordinator.beats == 1 and [m.events_seen for m in store.published()] == [3]
+    store, coordinator, fenced = asyncio.run(go(known=False, frozen_s=0.01))  # a quick batch is not checked
+    assert not fenced and coordinator.beats == 0
