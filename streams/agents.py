@@ -61,6 +61,10 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
     w.app.topics.add(w.events_topic)  # subscribe without an agent: the intake receives its messages
 
     in_flight = InFlight(w.app)
+    # Set when a batch was fenced out (FencedOut): until the rebalance revokes the partitions, every
+    # batch is dropped unapplied too. Applying a later batch on a state that lacks the dropped one
+    # would store an offset past events it never applied (a gap), so they all wait for the new owner.
+    fenced = asyncio.Event()
 
     @w.app.task
     async def update_vectors() -> None:
@@ -68,10 +72,13 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
             async with intake.next_batch() as messages:  # taken under intake.lock: see on_revoked
                 if not messages:
                     continue
+                if fenced.is_set():  # not acked: redelivered (seek to committed) after the rebalance
+                    continue
                 try:
                     _, delivered = await start_batch(w, messages)
                 except FencedOut as exc:  # not acked: redelivered once the group has rebalanced
-                    log.warning("%s (%d events)", exc, len(messages))
+                    fenced.set()
+                    log.warning("%s (%d events); dropping batches until the rebalance", exc, len(messages))
                     continue
                 await in_flight.add(delivered, messages)
 
@@ -80,6 +87,7 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
         async with intake.lock:  # let the batch in flight finish before the partitions go
             await in_flight.settle()  # ... and its records be acknowledged by the broker
             dropped = intake.discard(revoked)
+            fenced.clear()  # the rebalance has come: what was dropped is redelivered from the committed offsets
             # Faust flushed its producer before this signal, i.e. before the batch in flight
             # finished: its DLQ messages must reach the broker before the partitions move.
             await app.producer.flush()

@@ -267,7 +267,7 @@ class _UserBatch:
     def add_events(self, events: Sequence[tuple[RawMessage, BehaviorEvent]]) -> int:
         """Keep the user's events of this batch in arrival order, skipping what was already applied:
         a redelivered source message (offset at or below the one stored with the state, or kept
-        before it in this batch) or an event id seen in the stored run or earlier in this batch.
+        before it in this batch) or an event id among the last ``dedup_window`` applied events at its position.
         Returns how many were skipped."""
         st = self.state
         partition, offset = st.source_partition, st.source_offset
