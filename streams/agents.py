@@ -193,6 +193,8 @@ async def still_owner(w: Worker, started: float) -> bool:
     except Exception as exc:  # cannot tell: do not write (the batch comes again)
         log.warning("could not confirm group membership before writing a batch: %r", exc)
         return False
+
+
 def with_dlq_deliveries(delivered: asyncio.Future[None], dlq: Sequence[Any]) -> asyncio.Future[None]:
     """The batch's acknowledgement: its state and vector records *and* its DLQ messages delivered.
 

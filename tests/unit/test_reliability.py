@@ -314,11 +314,14 @@ def test_a_frozen_batch_of_a_fenced_out_worker_writes_nothing(
         member_id, generation = "m-1", 3
 
         def __init__(self, known: bool) -> None:
-            self.known, self.beats = known, 0
+            self.known, self.beats, self.rejoin = known, 0, False
 
         async def _do_heartbeat(self) -> bool:
             self.beats += 1
             return self.known
+
+        def request_rejoin(self) -> None:
+            self.rejoin = True
 
     class Thread:
         def __init__(self, coordinator: Coordinator) -> None:
@@ -348,7 +351,9 @@ def test_a_frozen_batch_of_a_fenced_out_worker_writes_nothing(
     session = load_settings(env={}).kafka.session_timeout_s
     store, coordinator, fenced = asyncio.run(go(known=False, frozen_s=session + 5))  # SIGSTOP past the session
     assert fenced and coordinator.beats == 1 and store.local == {} and store.published() == []
+    assert coordinator.rejoin  # a rebalance must follow: batches are dropped until it revokes the partitions
     store, coordinator, fenced = asyncio.run(go(known=True, frozen_s=session + 5))  # slow, still a member
     assert not fenced and coordinator.beats == 1 and [m.events_seen for m in store.published()] == [3]
+    assert not coordinator.rejoin
     store, coordinator, fenced = asyncio.run(go(known=False, frozen_s=0.01))  # a quick batch is not checked
     assert not fenced and coordinator.beats == 0
