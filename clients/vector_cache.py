@@ -2,9 +2,13 @@
 
 Bootstraps by reading every partition from the beginning up to the high
 watermark seen at start, keeping the last message per key (the topic is
-compacted on a real cluster, but the embedded broker never compacts, so
-earlier vectors of a user are simply overwritten), then keeps following the
-topic live in a daemon thread.
+compacted on a real cluster, but the embedded broker never compacts), then
+keeps following the topic live in a daemon thread.
+
+Per user it keeps the vector with the highest ``events_seen`` (the vector's
+version; ties: the later message), not the last one read: a worker that lost
+its partitions while frozen (a zombie) can publish an older vector after the
+new owner published a newer one (docs/guarantees.md, "Zombie writers").
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from core.contracts import VectorMessage, decode_vector_message
+from core.contracts import VectorMessage, decode_vector_message, newer_vector
 from core.settings import Settings
 from core.topics import no_broker_message
 
@@ -120,10 +124,13 @@ class VectorCache:
                 except (ValueError, KeyError, TypeError):
                     log.warning("skipping undecodable user-vectors message at offset %s", rec.offset)
                     continue
-                latest[msg.user_id] = msg
+                if newer_vector(latest.get(msg.user_id), msg):
+                    latest[msg.user_id] = msg
         if latest:
             with self._lock:
-                self._vectors.update(latest)
+                for user_id, msg in latest.items():
+                    if newer_vector(self._vectors.get(user_id), msg):
+                        self._vectors[user_id] = msg
 
     def _caught_up(self, targets: dict[Any, int]) -> bool:
         return all(self._consumer.position(tp) >= end for tp, end in targets.items())

@@ -50,6 +50,9 @@ REJECT_REASONS = (
     "ts_out_of_range",
     "key_mismatch",
 )
+#: Not a contract violation: the event is valid, but its user's stored state does not decode, so it
+#: cannot be applied without erasing the user's history (docs/guarantees.md, "A state that does not decode").
+STATE_UNDECODABLE = "state_undecodable"
 
 
 class BehaviorEvent(NamedTuple):
@@ -309,6 +312,15 @@ class VectorMessage:
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_json())
+
+
+def newer_vector(current: VectorMessage | None, candidate: VectorMessage) -> bool:
+    """Whether a reader keeping one vector per user should replace ``current`` by ``candidate``.
+
+    ``events_seen`` is the vector's version: it only grows along the user's event log, so a message
+    with fewer events seen is older however late it arrives (a zombie owner's late write); equal
+    versions: the later message wins (a rewrite of the same state, or a re-publication by a new model)."""
+    return current is None or candidate.events_seen >= current.events_seen
 
 
 def decode_vector_message(raw: bytes | str | dict[str, Any]) -> VectorMessage:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from core.contracts import VectorMessage, decode_vector_message
+from core.contracts import VectorMessage, decode_vector_message, newer_vector
 from core.settings import Settings
 from core.topics import changelog_topic
 from state.user_state import UserState
@@ -263,4 +263,14 @@ def latest_states(s: Settings) -> dict[str, UserState]:
             out.pop(user, None)
         else:
             out[user] = decode_state(user, bytes(r.value))
+    return out
+
+
+def newest_vectors(s: Settings) -> dict[str, VectorMessage]:
+    """Per user, the vector with the highest ``events_seen`` on ``user-vectors`` (ties: the later one):
+    what a reader must keep, since a fenced-out (zombie) owner's late write can follow a newer vector."""
+    out: dict[str, VectorMessage] = {}
+    for m in (decode_vector_message(r.value) for r in read_topic(s, s.kafka.vectors_topic)):
+        if newer_vector(out.get(m.user_id), m):
+            out[m.user_id] = m
     return out

@@ -20,6 +20,7 @@ changes the layout must bump the version and keep decoding the old one.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -97,6 +98,45 @@ def _decode(user_id: str, buf: memoryview) -> UserState:
         vector=vector,
         updated_at=updated,
     )
+
+
+def state_version(raw: bytes) -> int | None:
+    """The version of an encoded state: its ``events_seen`` (None: it does not decode).
+
+    ``events_seen`` only grows along a user's event log (every applied event adds one, a skipped or
+    redelivered one adds nothing, and a state that does not decode is never reset and written over),
+    so of two records of one user the one with more events seen is the newer, whoever wrote it last."""
+    try:
+        return decode_state("", raw).events_seen
+    except StateDecodeError:
+        return None
+
+
+def newest_state(values: Sequence[bytes | None]) -> tuple[bytes | None, int]:
+    """Of one key's successive values (the local one first, then changelog records in offset order), the
+    one to keep, and how many of them did not decode.
+
+    A tombstone (None) deletes everything before it. After it, the decodable value with the highest
+    version wins (ties: the later one, as a plain changelog replay would), so a late write by a zombie
+    owner never replaces a newer state; a value that does not decode never replaces one that does
+    (the last decodable state is kept: a bad record costs no history). When none decodes, the last
+    value is kept, and the worker refuses that user (streams.updater: ``state_undecodable``)."""
+    best: bytes | None = None
+    best_version = -1
+    bad = 0
+    for value in values:
+        if value is None:
+            best, best_version = None, -1
+            continue
+        version = state_version(value)
+        if version is None:
+            bad += 1
+            if best is None or best_version < 0:
+                best, best_version = value, -1  # nothing decodable yet: keep the bytes, refused later
+            continue
+        if version >= best_version:
+            best, best_version = value, version
+    return best, bad
 
 
 def _short_str(value: str) -> bytes:

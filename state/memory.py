@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from core.contracts import VectorMessage, decode_vector_message
 from state.codec import decode_state, encode_state
-from state.store import BatchAck, ChangelogRecord, StateWrite, user_key
+from state.store import BatchAck, ChangelogRecord, StateWrite, pick_newest_state, user_key
 from state.user_state import UserState
 
 
@@ -57,8 +57,13 @@ class MemoryStateStore:
         return BatchAck(pending.delivered, sum(len(v) for _, _, v in changelog))
 
     def restore_chunk(self, partition: int, records: Sequence[ChangelogRecord]) -> Collection[bytes]:
-        latest: dict[bytes, bytes | None] = {r.key: r.value for r in records if r.key is not None}
+        history: dict[bytes, list[bytes | None]] = {}
+        for r in records:
+            if r.key is not None:
+                history.setdefault(r.key, []).append(r.value)
         table = self.local.setdefault(partition, {})
+        # the newest state per key (highest events_seen; a value that does not decode never wins)
+        latest = {key: pick_newest_state([table.get(key), *values]) for key, values in history.items()}
         for key, value in latest.items():
             if value is None:
                 table.pop(key, None)

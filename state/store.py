@@ -27,11 +27,14 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from core import metrics
 from core.contracts import VectorMessage
-from state.codec import StateDecodeError
+from state.codec import StateDecodeError, newest_state
 from state.user_state import UserState
 
-__all__ = ["BatchAck", "ChangelogRecord", "StateDecodeError", "StateWrite", "UserStateStore", "user_key"]
+__all__ = [
+    "BatchAck", "ChangelogRecord", "StateDecodeError", "StateWrite", "UserStateStore", "pick_newest_state", "user_key",
+]
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,16 @@ class UserStateStore(ChangelogPartitions, Protocol):
 
         Returns once the local writes are done; ``delivered`` is the broker's acknowledgement."""
         ...
+
+
+def pick_newest_state(values: Sequence[bytes | None]) -> bytes | None:
+    """Restore's rule for one key (:func:`state.codec.newest_state`: the highest ``events_seen`` wins, a
+    value that does not decode never wins over one that does), counting the values that did not decode
+    in ``dupn_state_decode_errors_total``: they are quarantined, never restored over a decodable state."""
+    value, bad = newest_state(values)
+    if bad:
+        metrics.CORRUPT_STATES.inc(bad)
+    return value
 
 
 def user_key(user_id: str) -> bytes:

@@ -61,6 +61,10 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
     w.app.topics.add(w.events_topic)  # subscribe without an agent: the intake receives its messages
 
     in_flight = InFlight(w.app)
+    # Set when a batch was fenced out (FencedOut): until the rebalance revokes the partitions, every
+    # batch is dropped unapplied too. Applying a later batch on a state that lacks the dropped one
+    # would store an offset past events it never applied (a gap), so they all wait for the new owner.
+    fenced = asyncio.Event()
 
     @w.app.task
     async def update_vectors() -> None:
@@ -68,7 +72,14 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
             async with intake.next_batch() as messages:  # taken under intake.lock: see on_revoked
                 if not messages:
                     continue
-                _, delivered = await start_batch(w, messages)
+                if fenced.is_set():  # not acked: redelivered (seek to committed) after the rebalance
+                    continue
+                try:
+                    _, delivered = await start_batch(w, messages)
+                except FencedOut as exc:  # not acked: redelivered once the group has rebalanced
+                    fenced.set()
+                    log.warning("%s (%d events); dropping batches until the rebalance", exc, len(messages))
+                    continue
                 await in_flight.add(delivered, messages)
 
     @w.app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -76,6 +87,7 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
         async with intake.lock:  # let the batch in flight finish before the partitions go
             await in_flight.settle()  # ... and its records be acknowledged by the broker
             dropped = intake.discard(revoked)
+            fenced.clear()  # the rebalance has come: what was dropped is redelivered from the committed offsets
             # Faust flushed its producer before this signal, i.e. before the batch in flight
             # finished: its DLQ messages must reach the broker before the partitions move.
             await app.producer.flush()
@@ -129,6 +141,7 @@ async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchR
     """Apply a batch: states written locally, records handed to the producer; the future is the broker's ack."""
     store = _store(w)
     loop = asyncio.get_running_loop()
+    started = time.monotonic()
 
     def load(user_id: str, msg: RawMessage) -> UserState | None:
         return store.read(user_id, msg.partition)
@@ -149,11 +162,54 @@ async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchR
         # redelivered events are skipped; without this the changelog (what a new owner or a wiped
         # worker restores) and user-vectors would stay behind it once the offsets are committed.
         writes.append(StateWrite(msg.partition, state, vector_message(state)))
+    if not await still_owner(w, started):
+        # Fenced out while this batch was applied: the new owners restore and redo it. Nothing is written,
+        # nothing acked (the messages come again to their new owners, whose restored states skip or apply them).
+        raise FencedOut("this worker lost its group membership while applying a batch; its writes are dropped")
     ack = await store.write_batch(writes)
-    for msg, rejection in result.rejections:
-        await send_to_dlq(w, msg, rejection)
+    dlq_deliveries = [await send_to_dlq(w, msg, rejection) for msg, rejection in result.rejections]
     _record_metrics(result, len(messages), ack.state_bytes)
-    return result, ack.delivered
+    return result, with_dlq_deliveries(ack.delivered, dlq_deliveries)
+
+
+class FencedOut(Exception):
+    """A batch applied by a worker that is no longer a member of the group (a zombie): not written."""
+
+
+async def still_owner(w: Worker, started: float) -> bool:
+    """Whether this worker may still write the batch it started at ``started`` (monotonic s).
+
+    A batch that took longer than a third of the session timeout (the process was frozen: SIGSTOP, a
+    long GC, a stalled disk, or a revoke waited on it) may belong to a worker the group has already
+    fenced out: the coordinator is asked (one heartbeat, :func:`streams.seams.confirm_membership`)
+    before anything is produced. A quick batch is not checked (heartbeats run on their own, and the
+    revoke handler waits for the batch in flight). No app (tests without a broker): always True."""
+    if w.app is None or time.monotonic() - started < w.settings.kafka.session_timeout_s / 3:
+        return True
+    from streams import seams
+
+    try:
+        return await seams.confirm_membership(w.app)
+    except Exception as exc:  # cannot tell: do not write (the batch comes again)
+        log.warning("could not confirm group membership before writing a batch: %r", exc)
+        return False
+
+
+def with_dlq_deliveries(delivered: asyncio.Future[None], dlq: Sequence[Any]) -> asyncio.Future[None]:
+    """The batch's acknowledgement: its state and vector records *and* its DLQ messages delivered.
+
+    A rejected event must not vanish: its source offset is acked only once its DLQ message is
+    acknowledged by the broker, and a failed DLQ send fails the batch (its messages are not acked,
+    the worker stops, the batch is redelivered)."""
+    if not dlq:
+        return delivered
+
+    async def both() -> None:
+        await delivered
+        for fut in dlq:
+            await fut
+
+    return asyncio.ensure_future(both())
 
 
 def _store(w: Worker) -> UserStateStore:
@@ -162,16 +218,20 @@ def _store(w: Worker) -> UserStateStore:
     return w.store
 
 
-async def send_to_dlq(w: Worker, msg: RawMessage, rejection: Rejection) -> None:
-    """The original bytes, untouched, with why and where in headers (core.contracts.dlq_record)."""
+async def send_to_dlq(w: Worker, msg: RawMessage, rejection: Rejection) -> Any:
+    """The original bytes, untouched, with why and where in headers (core.contracts.dlq_record).
+
+    Returns the send's delivery future (Faust's ``FutureMessage``): awaited with the batch's
+    acknowledgement (:func:`with_dlq_deliveries`), not here, so the batch does not wait a round trip."""
     key, value, headers = dlq_record(
         msg.key, msg.value, rejection, w.settings.kafka.events_topic, msg.partition, msg.offset
     )
-    await w.dlq_topic.send(key=key, value=value, headers=headers)
+    delivery = await w.dlq_topic.send(key=key, value=value, headers=headers)
     log.warning(
         "rejected event at %s/%d@%d: %s (%s)",
         w.settings.kafka.events_topic, msg.partition, msg.offset, rejection.reason, rejection.detail[:200],
     )
+    return delivery
 
 
 def _record_metrics(result: BatchResult, n_events: int, state_bytes: int) -> None:

@@ -6,6 +6,11 @@ it has written to N, before that batch's changelog and vector records are
 produced. It is the one window a random ``kill -9`` rarely hits but that decides
 whether a crash can lose an applied event (see docs/guarantees.md), so the
 crash tests hit it on purpose.
+
+A freeze point for the zombie test: ``DUPN_FAULT_FREEZE_AFTER_READS=N`` makes the worker stop
+itself (SIGSTOP, the whole process, heartbeats included) at the N-th state read of its batches,
+i.e. while applying a batch, before anything of it is written. The test lets it sleep past the
+session timeout, then sends SIGCONT: the worker wakes as a zombie holding an applied batch.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ from streams.context import Worker
 from streams.table_store import TableStateStore
 
 ENV = "DUPN_FAULT_KILL_AFTER_STATES"
+FREEZE_ENV = "DUPN_FAULT_FREEZE_AFTER_READS"
 
 
 def install(w: Worker) -> None:
     limit = int(os.environ.get(ENV, "0") or 0)
     if limit > 0 and w.table is not None:
         w.store = _KillingStore(w.app, w.table, w.settings.kafka.vectors_topic, limit)
+    freeze = int(os.environ.get(FREEZE_ENV, "0") or 0)
+    if freeze > 0 and w.table is not None:
+        w.store = _FreezingStore(w.app, w.table, w.settings.kafka.vectors_topic, freeze)
 
 
 class _KillingStore(TableStateStore):
@@ -37,3 +46,15 @@ class _KillingStore(TableStateStore):
         self._left -= len(items)
         if self._left <= 0:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _FreezingStore(TableStateStore):
+    def __init__(self, app: Any, table: Any, vectors_topic: str, reads: int) -> None:
+        super().__init__(app, table, vectors_topic)
+        self._left = reads
+
+    def read(self, user_id: str, partition: int) -> Any:
+        self._left -= 1
+        if self._left == 0:
+            os.kill(os.getpid(), signal.SIGSTOP)  # returns after SIGCONT
+        return super().read(user_id, partition)

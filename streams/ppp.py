@@ -126,15 +126,33 @@ async def process_vector(
         log.warning("undecodable user-vectors message (key %r): %s", key, exc)
         return None
     metrics.VECTOR_AGE.labels(source="published").observe(max(0.0, time.time() - msg.updated_at / 1000))
+    user_key = msg.user_id.encode("utf-8")
+    if older_than_stored(table, user_key, msg):
+        metrics.PPP_SKIPPED.labels(reason="older_vector").inc()
+        return None
     body = scorer.score(msg)
     if body is None:
         return None
+    body["events_seen"] = msg.events_seen  # the version of the vector it scored (older_than_stored)
     blob = json.dumps(body, separators=(",", ":")).encode("utf-8")
-    user_key = msg.user_id.encode("utf-8")
     table[user_key] = blob
     await sink.send(key=user_key, value=blob)
     metrics.PPP_SCORED.inc()
     return body
+
+
+def older_than_stored(table: Any, user_key: bytes, msg: VectorMessage) -> bool:
+    """Whether the level stored for the user came from a newer vector (more ``events_seen``) than ``msg``:
+    a zombie owner's late vector must not replace the level of a newer one. A level stored before
+    levels carried ``events_seen`` counts as version -1 (any vector replaces it)."""
+    stored = table.get(user_key)
+    if stored is None:
+        return False
+    try:
+        seen = json.loads(stored).get("events_seen", -1)
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(seen, int) and msg.events_seen < seen
 
 
 def register_ppp(w: Worker) -> None:

@@ -295,3 +295,31 @@ def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The consumer group's committed offset Faust holds for ``tp`` (None: never committed)."""
     offset = consumer._committed_offset.get(tp)
     return None if offset is None else int(offset)
+
+
+async def confirm_membership(app: Any) -> bool:
+    """Ask the group coordinator now whether this worker is still a member of its current generation.
+
+    One heartbeat, sent on the consumer's own thread and event loop (aiokafka's coordinator lives
+    there), through aiokafka's ``GroupCoordinator._do_heartbeat``: False when the coordinator no longer
+    knows this member or its generation (it was fenced out: frozen past the session timeout, or a
+    revoke slower than the rebalance timeout), or the request failed; aiokafka then resets and rejoins
+    as after any failed heartbeat. True while the group is rebalancing but this member still in it:
+    its partitions cannot move before it rejoins and its revoke handler has settled.
+
+    Whenever the answer is False, a rejoin is requested too (``GroupCoordinator.request_rejoin``): the
+    caller drops batches until the next revocation, so a rebalance must follow even when the heartbeat
+    only failed to get an answer."""
+    thread = app.consumer._thread
+
+    async def beat() -> bool:
+        coordinator = thread._ensure_consumer()._coordinator
+        try:
+            ok = bool(coordinator.member_id) and coordinator.generation >= 0 and await coordinator._do_heartbeat()
+        except Exception:
+            ok = False
+        if not ok:
+            coordinator.request_rejoin()
+        return bool(ok)
+
+    return bool(await thread.call_thread(beat))

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -42,7 +42,7 @@ from faust.types import TP
 from rocksdict import WriteBatch
 
 from state.codec import decode_state, encode_state
-from state.store import BatchAck, ChangelogRecord, StateWrite, user_key
+from state.store import BatchAck, ChangelogRecord, StateWrite, pick_newest_state, user_key
 from state.user_state import UserState
 from streams import seams
 
@@ -65,12 +65,20 @@ def _same(value: Any) -> Any:
     return value
 
 
-class RocksTablePartitions:
-    """The partitions of one Faust RocksDB table (raw keys and values) and its changelog offsets."""
+Pick = Callable[[Sequence[bytes | None]], bytes | None]
+"""Of a key's successive values (local first, then changelog records in order), the one to keep."""
 
-    def __init__(self, store: Any, changelog_topic: str) -> None:
+
+class RocksTablePartitions:
+    """The partitions of one Faust RocksDB table (raw keys and values) and its changelog offsets.
+
+    With ``pick`` (the user-state table: :func:`pick_newest_state`), a restored key keeps the value
+    ``pick`` chooses among the local one and the chunk's records, instead of the chunk's last."""
+
+    def __init__(self, store: Any, changelog_topic: str, pick: Pick | None = None) -> None:
         self.store = store  # faust.stores.rocksdb.Store
         self.changelog_topic = changelog_topic
+        self.pick = pick
 
     @classmethod
     def of_table(cls, table: Any) -> RocksTablePartitions:
@@ -99,16 +107,49 @@ class RocksTablePartitions:
         tp = self.tp(partition)
         latest: dict[bytes, bytes | None] = {}
         offsets: dict[bytes, int] = {}
-        for r in records:
-            if r.key is not None:
-                latest[r.key] = r.value
-                offsets[r.key] = r.offset
+        if self.pick is None:
+            for r in records:
+                if r.key is not None:
+                    latest[r.key] = r.value
+                    offsets[r.key] = r.offset
+        else:
+            history: dict[bytes, list[bytes | None]] = {}
+            for r in records:
+                if r.key is not None:
+                    history.setdefault(r.key, []).append(r.value)
+                    offsets[r.key] = r.offset
+            pick = self.pick
+            latest = {k: pick([self.get(partition, k), *values]) for k, values in history.items()}
         events = [_Event(_Message(tp, partition, offsets[k], k, v)) for k, v in latest.items()]
         self.store.apply_changelog_batch(events, _same, _same)  # one WriteBatch, then the offset of its newest
         last = records[-1].offset
         if not events or max(offsets.values()) < last:  # the chunk ended with a keyless record
             self.store.set_persisted_offset(tp, last)
         return latest.keys()
+
+    def apply_changelog_events(self, batch: Sequence[Any]) -> None:
+        """Faust's per-record recovery and standby path (``Table.apply_changelog_batch``), with ``pick``:
+        per changelog partition and key, the picked value (at the key's last offset), then the persisted
+        offsets exactly as Faust sets them (the batch's highest offset per partition)."""
+        if self.pick is None:
+            self.store.apply_changelog_batch(batch, _same, _same)
+            return
+        groups: dict[tuple[Any, bytes], list[Any]] = {}
+        for event in batch:
+            msg = event.message
+            if msg.key is not None:
+                groups.setdefault((msg.tp, msg.key), []).append(msg)
+        chosen = []
+        for (tp, key), msgs in groups.items():
+            value = self.pick([self.get(tp.partition, key), *(m.value for m in msgs)])
+            chosen.append(_Event(_Message(tp, tp.partition, msgs[-1].offset, key, value)))
+        self.store.apply_changelog_batch(chosen, _same, _same)
+        highest: dict[Any, int] = {}
+        for event in batch:
+            tp, offset = event.message.tp, event.message.offset
+            highest[tp] = max(offset, highest.get(tp, offset))
+        for tp, offset in highest.items():  # keyless records too (Faust counts them)
+            self.store.set_persisted_offset(tp, offset)
 
     def persisted_offset(self, partition: int) -> int | None:
         offset = self.store.persisted_offset(self.tp(partition))
@@ -134,7 +175,18 @@ class TableStateStore:
         """Made on first use: the table's store exists once the worker has started."""
         if self._partitions is None:
             self._partitions = RocksTablePartitions.of_table(self._table)
+            self._partitions.pick = pick_newest_state
         return self._partitions
+
+    def fence_changelog_replay(self) -> None:
+        """Route Faust's own changelog replay of the table (per-record recovery, standbys) through
+        :meth:`RocksTablePartitions.apply_changelog_events`: a restored user keeps the newest state
+        (highest ``events_seen``), not the last record written (a zombie owner's late write)."""
+
+        def apply_changelog_batch(batch: Any) -> None:
+            self.partitions.apply_changelog_events(list(batch))
+
+        self._table.apply_changelog_batch = apply_changelog_batch
 
     # -- UserStateStore ----------------------------------------------------------------
     def read(self, user_id: str, partition: int) -> UserState | None:

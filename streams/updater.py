@@ -19,13 +19,14 @@ Per batch:
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from core.contracts import BehaviorEvent, Rejection, VectorMessage, parse_event
+from core.contracts import STATE_UNDECODABLE, BehaviorEvent, Rejection, VectorMessage, parse_event
 from encoder.features import behavior_records, concat_records, hash_event_id
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy
 from state.cache import VersionedLRU
@@ -53,6 +54,23 @@ class Incoming(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int | None = None  # the record's broker timestamp (None: none; the wall clock judges ts)
+
+
+def record_timestamp_ms(msg: RawMessage) -> int | None:
+    """The Kafka record timestamp of ``msg`` in ms, or None when it carries none.
+
+    :class:`Incoming` has ``timestamp_ms``; a Faust ``Message`` (lean intake and Faust's events alike)
+    has ``timestamp`` in *seconds* (Faust divides the record's ms by 1000). A negative timestamp
+    (Kafka's "none", -1) counts as none.
+    """
+    ms = getattr(msg, "timestamp_ms", None)
+    if ms is None:
+        seconds = getattr(msg, "timestamp", None)
+        if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            return None
+        ms = round(seconds * 1000)
+    return int(ms) if ms >= 0 else None
 
 
 @dataclass
@@ -81,7 +99,9 @@ StateLoader = Callable[[str, RawMessage], UserState | None]
 """Reads a user's stored state (None: none yet); gets the user's first message of the batch (its partition).
 
 Usually :meth:`state.store.UserStateStore.read`; a stored value that does not decode raises
-:class:`StateDecodeError`, counted in ``corrupt_states`` and replaced by a fresh state."""
+:class:`StateDecodeError`: counted in ``corrupt_states``, and the user's events of the batch are
+rejected with reason ``state_undecodable`` (to the DLQ) instead of being applied to an empty state,
+which would write over the user's durable history. Nothing is written for that user."""
 
 
 class VectorUpdater:
@@ -99,11 +119,14 @@ class VectorUpdater:
         pending = self._parse(messages, result)
         batches = []
         for user_id, events in pending.items():
-            ub = _UserBatch(self._load(user_id, events[0][0], load, result))
+            state = self._load(user_id, events, load, result)
+            if state is None:
+                continue
+            ub = _UserBatch(state, self.policy.window)
             result.duplicates += ub.add_events(events)
             if ub.kept:
                 batches.append(ub)
-            elif ub.redelivered:
+            elif ub.redelivered or ub.advanced:
                 result.redelivered.append((ub.state, events[0][0]))
         _UserBatch.encode_new(batches)
         self._encode(batches, result)
@@ -129,19 +152,34 @@ class VectorUpdater:
         now = int(time.time() * 1000)
         pending: dict[str, list[tuple[RawMessage, BehaviorEvent]]] = {}
         for msg in messages:
-            parsed = parse_event(msg.key, msg.value, now_ms=now, max_future_ms=self.max_future_ms)
+            # ts is judged against the record's broker timestamp, so a redelivery gets the same verdict;
+            # the worker's clock only for a record without one.
+            stamp = record_timestamp_ms(msg)
+            parsed = parse_event(
+                msg.key, msg.value, now_ms=now if stamp is None else stamp, max_future_ms=self.max_future_ms
+            )
             if isinstance(parsed, Rejection):
                 result.rejections.append((msg, parsed))
             else:
                 pending.setdefault(parsed.user_id, []).append((msg, parsed))
         return pending
 
-    def _load(self, user_id: str, msg: RawMessage, load: StateLoader, result: BatchResult) -> UserState:
+    def _load(
+        self,
+        user_id: str,
+        events: Sequence[tuple[RawMessage, BehaviorEvent]],
+        load: StateLoader,
+        result: BatchResult,
+    ) -> UserState | None:
+        """The user's stored state (a fresh one for a new user); None when it does not decode: then the
+        user's events are rejected (``state_undecodable``) and nothing is written for the user."""
         try:
-            state = load(user_id, msg)
-        except StateDecodeError:
+            state = load(user_id, events[0][0])
+        except StateDecodeError as exc:
             result.corrupt_states += 1
-            return UserState(user_id=user_id)
+            why = Rejection(STATE_UNDECODABLE, f"stored state does not decode, event not applied: {exc}"[:500])
+            result.rejections.extend((msg, why) for msg, _ in events)
+            return None
         return UserState(user_id=user_id) if state is None else state
 
     def _encode(self, batches: list[_UserBatch], result: BatchResult) -> None:
@@ -207,10 +245,17 @@ class _UserBatch:
     Duplicates are skipped event by event (cheap set lookups); the kept events of every
     user of the batch then become records in one column-wise pass (:meth:`encode_new`),
     and reach ``state.records`` in one concatenation at the end of the batch.
+
+    A repeated event id is judged on the event sequence itself: it is a duplicate when one of the
+    user's last ``dedup_window`` applied events (as of its own position, earlier events of this
+    batch included) has the same id. The stored run always holds at least those, so the verdict
+    depends neither on batch boundaries nor on redelivery.
     """
 
-    def __init__(self, state: UserState) -> None:
+    def __init__(self, state: UserState, dedup_window: int) -> None:
         self.state = state
+        self.dedup_window = dedup_window
+        self.advanced = False  # only duplicates were new: the source offset moved, nothing was applied
         self.kept: list[BehaviorEvent] = []
         self.hashes: list[int] = []  # event-id hashes of ``kept``
         self.n = state.events_seen
@@ -222,29 +267,33 @@ class _UserBatch:
     def add_events(self, events: Sequence[tuple[RawMessage, BehaviorEvent]]) -> int:
         """Keep the user's events of this batch in arrival order, skipping what was already applied:
         a redelivered source message (offset at or below the one stored with the state, or kept
-        before it in this batch) or an event id seen in the stored run or earlier in this batch.
+        before it in this batch) or an event id among the last ``dedup_window`` applied events at its position.
         Returns how many were skipped."""
         st = self.state
         partition, offset = st.source_partition, st.source_offset
-        seen: set[int] | None = None
+        recent: deque[int] | None = None  # event hashes of the last dedup_window applied events
         for msg, ev in events:
             if msg.partition == partition and msg.offset <= offset:
                 self.redelivered = True
                 continue
+            # a skipped repeat is still "reflected" by the state: its offset is stored too, so a
+            # redelivery of it is skipped by offset, never judged again against a later run
+            partition, offset = msg.partition, msg.offset
             event_hash = hash_event_id(ev.event_id)
-            if seen is None:
-                seen = set(st.records["event_hash"].tolist())
-            if event_hash in seen:
+            if recent is None:
+                recent = deque(st.records["event_hash"][-self.dedup_window :].tolist(), self.dedup_window)
+            if event_hash in recent:
                 continue
-            seen.add(event_hash)
+            recent.append(event_hash)
             self.kept.append(ev)
             self.hashes.append(event_hash)
-            partition, offset = msg.partition, msg.offset
             self.last_message = msg
         if self.kept:
             self.n += len(self.kept)
-            st.source_partition, st.source_offset = partition, offset
             st.last_event_id = self.kept[-1].event_id
+        if (partition, offset) != (st.source_partition, st.source_offset):
+            st.source_partition, st.source_offset = partition, offset
+            self.advanced = not self.kept
         return len(events) - len(self.kept)
 
     @staticmethod

@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Worker:
         worker.store = TableStateStore(app, table, s.kafka.vectors_topic)
         faults.install(worker)  # test-only crash point, off unless DUPN_FAULT_KILL_AFTER_STATES is set
         register_store(table, worker.store)  # the bulk restore writes through the same store
+        worker.store.fence_changelog_replay()  # Faust's own replay keeps the newest state too
         register_agents(worker, intake)
     if "ppp" in roles:
         register_ppp(worker)

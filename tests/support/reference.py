@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,16 +36,35 @@ class Expected:
     vector: np.ndarray
 
 
+def applied_events(events: Iterable[dict[str, Any]], window: int) -> list[dict[str, Any]]:
+    """One user's events (log order) without the repeats the worker skips (README, "Event order and
+    duplicates"): an event whose ``event_id`` is among the ids of the last ``window`` *applied* events
+    before it. A function of the log alone, so batching and redelivery cannot change it."""
+    applied: list[dict[str, Any]] = []
+    recent: deque[str] = deque(maxlen=window)
+    for ev in events:
+        event_id = str(ev["event_id"])
+        if event_id in recent:
+            continue
+        recent.append(event_id)
+        applied.append(ev)
+    return applied
+
+
 class Reference:
-    """The offline definition (``encoder.streaming.reference_vectors``) for a known event log."""
+    """The offline definition (``encoder.streaming.reference_vectors``) for a known event log.
+
+    ``events`` is the log (per user in partition order); repeated event ids are dropped as the worker
+    skips them (:func:`applied_events`), so ``events_seen`` counts applied events only."""
 
     def __init__(self, s: Settings, events: Iterable[dict[str, Any]]) -> None:
         ckpt = load_checkpoint(s.model_dir)
         self.encoder = StreamingEncoder(ckpt.model, ckpt.model_version)
         self.policy = UpdatePolicy(s.model.update_mode, s.model.reanchor_every, ckpt.config.window)  # type: ignore[arg-type]
-        self.events: dict[str, list[dict[str, Any]]] = {}
+        log: dict[str, list[dict[str, Any]]] = {}
         for ev in events:
-            self.events.setdefault(str(ev["user_id"]), []).append(ev)
+            log.setdefault(str(ev["user_id"]), []).append(ev)
+        self.events = {u: applied_events(evs, self.policy.window) for u, evs in log.items()}
         self.records = {u: records_from_events(evs) for u, evs in self.events.items()}
         self._cache: dict[tuple[str, int], Expected] = {}
 

@@ -30,13 +30,21 @@ POLICY = UpdatePolicy("incremental", 10)
 
 
 class Topic:
-    """The DLQ topic: records what was sent."""
+    """The DLQ topic: records what was sent; each send's delivery is a future (Faust's FutureMessage),
+    acknowledged at once unless ``fail`` is set (then it fails with that exception)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes | None, bytes | None, Any]] = []
+        self.fail: BaseException | None = None
 
-    async def send(self, *, key: bytes | None, value: bytes | None, headers: Any = None) -> None:
+    async def send(self, *, key: bytes | None, value: bytes | None, headers: Any = None) -> asyncio.Future[None]:
         self.sent.append((key, value, headers))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(self.fail)
+        return fut
 
 
 class Web:
@@ -139,6 +147,35 @@ def test_messages_are_acked_only_after_the_write_future(tiny_encoder: StreamingE
     asyncio.run(go())
 
 
+def test_a_failed_dlq_send_fails_the_batch_and_acks_nothing(tiny_encoder: StreamingEncoder) -> None:
+    class Consumer:
+        def __init__(self) -> None:
+            self.acked: list[Any] = []
+
+        def ack(self, message: Any) -> None:
+            self.acked.append(message)
+
+    class App:
+        consumer = Consumer()
+
+    async def go() -> None:
+        store = MemoryStateStore()  # the states' records are acknowledged at once
+        w = make_worker(tiny_encoder, store)
+        dlq(w).fail = RuntimeError("DLQ produce failed")
+        good = messages(w, make_events("hal", 2))
+        batch = [*good, Incoming(good[0].partition, 2, b"hal", b"{not json")]
+        app = App()
+        in_flight = InFlight(app)
+        _, delivered = await start_batch(w, batch)
+        await in_flight.add(delivered, batch)
+        with pytest.raises(RuntimeError, match="DLQ produce failed"):
+            await in_flight.settle()
+        await asyncio.sleep(0)
+        assert app.consumer.acked == []  # the rejected event (and its batch) will come again
+
+    asyncio.run(go())
+
+
 def test_bad_events_go_to_the_dlq_and_the_rest_is_applied(tiny_encoder: StreamingEncoder) -> None:
     async def go() -> None:
         store = MemoryStateStore()
@@ -177,7 +214,7 @@ def test_redelivered_events_are_skipped_and_the_state_written_again(tiny_encoder
     asyncio.run(go())
 
 
-def test_a_state_that_does_not_decode_is_counted_and_started_afresh(tiny_encoder: StreamingEncoder) -> None:
+def test_a_state_that_does_not_decode_is_counted_and_never_written_over(tiny_encoder: StreamingEncoder) -> None:
     async def go() -> None:
         store = MemoryStateStore()
         w = make_worker(tiny_encoder, store)
@@ -186,7 +223,10 @@ def test_a_state_that_does_not_decode_is_counted_and_started_afresh(tiny_encoder
         result, delivered = await start_batch(w, batch)
         await delivered
         assert result.corrupt_states == 1
-        assert [m.events_seen for m in store.published()] == [4]
+        assert store.published() == [] and store.changelog == {}  # the stored bytes are kept as they are
+        assert store.local[batch[0].partition][b"fay"] == b"\x09garbage"
+        assert [r.reason for _, r in result.rejections] == ["state_undecodable"] * 4
+        assert [h["dupn.reason"] for _, _, h in dlq(w).sent] == [b"state_undecodable"] * 4
 
     asyncio.run(go())
 

@@ -4,8 +4,8 @@
 - An event older than the one before it gets a time-since-previous gap of 0 (the first bucket).
 - The vector is computed as of the last *applied* event's ``ts``, so a late event moves
   ``last_event_ts`` back; behaviors newer than that count as age 0.
-- A repeated ``event_id`` within the user's stored run is skipped (the first one wins, even if
-  the repeat differs); one older than the stored run is applied again.
+- A repeated ``event_id`` among the user's last 100 applied events (at the repeat's position) is
+  skipped (the first one wins, even if the repeat differs); an older one is applied again.
 - A redelivered message (same partition, offset <= the stored source offset) is skipped.
 """
 
@@ -111,7 +111,7 @@ def test_repeat_older_than_the_stored_run_is_applied_again(tiny_encoder: Streami
     history = [ev("u", i, T0 + i * MIN) for i in range(policy.max_retained + 1)]
     feed.send(history, batch=50)
     assert feed.state("u").events_seen == len(history)
-    feed.send([{**history[0], "ts": T0 + 1_000 * MIN}])  # e0 left the stored run: no longer recognised
+    feed.send([{**history[0], "ts": T0 + 1_000 * MIN}])  # e0 is no longer among the last 100 applied: applied
     feed.send([{**history[-1], "ts": T0 + 1_001 * MIN}])  # the newest is still stored: skipped
     assert feed.state("u").events_seen == len(history) + 1 and feed.duplicates == 1
 

@@ -88,9 +88,13 @@ def test_a_user_whose_events_were_all_redelivered_is_reported_with_the_stored_st
     repeated = [Incoming(0, 100 + i, b"b", json.dumps(e).encode()) for i, e in enumerate(make_events("b", 5))]
     res = updater.apply(again + repeated, store.load)
     assert not res.updates and res.duplicates == 10
-    # only "a" came again at its own offsets; "b"'s events came again as new messages (same ids)
-    assert [(s.user_id, m.offset) for s, m in res.redelivered] == [("a", 0)]
+    # "a" came again at its own offsets: its stored state, unchanged. "b"'s events came again as new
+    # messages (same ids): skipped as repeats, but the state now reflects their offsets, so it is
+    # written with the new source offset (a redelivery of them is then skipped by offset).
+    assert [(s.user_id, m.offset) for s, m in res.redelivered] == [("a", 0), ("b", 100)]
     assert encode_state(res.redelivered[0][0]) == encode_state(stored["a"])
+    b_state = res.redelivered[1][0]
+    assert b_state.source_offset == 104 and b_state.events_seen == stored["b"].events_seen == 5
 
 
 def test_bad_messages_are_rejected_and_the_rest_applied(tiny_encoder: StreamingEncoder) -> None:
