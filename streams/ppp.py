@@ -93,6 +93,15 @@ class PurchasingPowerScorer:
                 msg.user_id, msg.model_version, self.registry.default.model_version, self.registry.registry_dir,
             )
             return None
+        want = ckpt.config.rep_dim
+        got = np.shape(msg.vector)
+        if got != (want,):
+            # Anything that can write user-vectors decides this shape: a wrong one is skipped, not a crash.
+            metrics.PPP_SKIPPED.labels(reason="wrong_vector_size").inc()
+            log.warning(
+                "not scoring %s: vector of shape %s, model %s takes (%d,)", msg.user_id, got, msg.model_version, want
+            )
+            return None
         probs = ppp_probabilities(ckpt, msg.vector)
         return {
             "user_id": msg.user_id,

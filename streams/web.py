@@ -205,12 +205,36 @@ def _owner_routed(w: Worker, table: Any) -> Callable[[Handler], Handler]:
                 return await fun(view, request, *args, **kwargs)
             if request.headers.get(ROUTED_HEADER):
                 return unavailable(view.web, f"ownership of partition {partition} is moving")
+            if not may_forward_to(w.settings, owner):
+                return unavailable(view.web, untrusted_owner(owner))
             return await _forward(app, owner, view.web, request)
 
         routed.__name__ = fun.__name__
         return routed
 
     return wrap
+
+
+def _norm_url(url: str) -> str:
+    return url.strip().rstrip("/").lower()
+
+
+def may_forward_to(s: Settings, owner: str) -> bool:
+    """Whether a request (and its bearer token) may be forwarded to ``owner``.
+
+    Owner URLs come from consumer-group metadata, which anything that can join the group
+    writes: with ``DUPN_API_TOKEN`` set, the token goes only to a worker listed in
+    ``DUPN_WORKER_URLS`` (or to this worker itself). Without a token there is nothing to leak.
+    """
+    if not s.http.api_token:
+        return True
+    trusted = {_norm_url(u) for u in s.http.worker_urls.split(",") if u.strip()}
+    return _norm_url(owner) in trusted
+
+
+def untrusted_owner(owner: str) -> str:
+    log.warning("not forwarding to owner %s: it is not in DUPN_WORKER_URLS (the token goes only there)", owner[:200])
+    return f"owner {owner[:200]} is not a configured worker (DUPN_WORKER_URLS)"
 
 
 def _active_owner(app: Any, topic: str, partition: int) -> str | None:
