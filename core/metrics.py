@@ -65,7 +65,8 @@ CORRUPT_STATES = Counter("dupn_state_decode_errors", "Stored user states that fa
                          registry=REGISTRY)
 PPP_SCORED = Counter("dupn_ppp_scored", "Vectors given a purchasing-power level and published", registry=REGISTRY)
 PPP_SKIPPED = Counter(
-    "dupn_ppp_skipped", "Vectors not scored, by reason (unknown_model_version|bad_message|wrong_vector_size)", ["reason"],
+    "dupn_ppp_skipped", "Vectors not scored, by reason (unknown_model_version|bad_message|wrong_vector_size)",
+    ["reason"],
     registry=REGISTRY,
 )
 HTTP_REQUESTS = Counter(

@@ -39,10 +39,10 @@ from streams.web import (
     RETRY_AFTER_S,
     Handler,
     _active_owner,
-    may_forward_to,
-    untrusted_owner,
     _model_version,
     _not_servable_here,
+    may_forward_to,
+    untrusted_owner,
     web_application_options,
 )
 

@@ -26,7 +26,7 @@ from core.contracts import VectorMessage, decode_vector_message
 from core.settings import Settings
 from core.topics import PPP_TABLE
 from encoder.checkpoint import META, Checkpoint, load_checkpoint
-from streams.context import Worker, raw_topic
+from streams.context import Worker, raw_topic, rocksdb_table_options
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def register_ppp(w: Worker) -> None:
         key_type=bytes,
         value_type=bytes,
         extra_topic_configs={"cleanup.policy": "compact"},
+        options=rocksdb_table_options(s),
     )
     scorer = PurchasingPowerScorer.from_settings(s)
 
