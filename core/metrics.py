@@ -82,3 +82,7 @@ HTTP_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
     registry=REGISTRY,
 )
+HTTP_READS_REFUSED = Counter(
+    "dupn_http_reads_refused", "Re-pooling reads (?at, ?query, /explain) answered 429: DUPN_HTTP_MAX_CONCURRENT_READS",
+    registry=REGISTRY,
+)
