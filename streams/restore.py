@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from state.store import ChangelogPartitions
-from streams import seams
+from streams import local_state, seams
 from streams.table_store import RocksTablePartitions
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,18 @@ def store_of(table: Any) -> ChangelogPartitions:
 
 class BulkRecovery(seams.HookedRecovery):
     async def before_active_offsets(self, tps: Any) -> None:
+        self._discard_stale(tps)
         await self._bulk_restore(tps)
+
+    def _discard_stale(self, tps: Iterable[Any]) -> None:
+        """A local copy ahead of its changelog (truncated or recreated) is rebuilt, not a ConsistencyError."""
+        stores: dict[Any, Any] = {}
+        for tp in tps:
+            table: Any = self.tp_to_table.get(tp)
+            if table is not None and seams.is_rocksdb(table.data):
+                stores[tp] = table.data
+        offsets: Any = self.active_offsets  # Faust's Counter holds None for "no persisted offset"
+        local_state.discard_stale(offsets, self.active_highwaters, stores)
 
     async def _bulk_restore(self, tps: Iterable[Any]) -> None:
         # Records Faust has already counted in active_offsets may still sit in its buffers (taken from

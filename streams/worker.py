@@ -12,7 +12,7 @@ import faust
 
 from core.settings import Settings, load_settings
 from core.topics import USER_STATE_TABLE
-from streams import faults, highwater, seams
+from streams import faults, highwater, local_state, seams
 from streams.agents import register_agents
 from streams.context import Worker, raw_topic, rocksdb_table_options
 from streams.http_api import application_options, register_http_api
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Worker:
         register_agents(worker, intake)
     if "ppp" in roles:
         register_ppp(worker)
+    local_state.guard_tables([worker.table, worker.ppp_table])  # a corrupt partition is moved aside, rebuilt
     register_views(worker)
     register_http_api(worker)  # batch reads, /owners, probes, /openapi.json (streams.http_api)
     register_monitoring(worker)
