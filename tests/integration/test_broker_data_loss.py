@@ -43,10 +43,13 @@ def test_worker_starts_after_the_broker_lost_every_changelog(tmp_path: Path, mod
     try:
         setup_topics(s)
         worker.start()
-        produce(s, make_events("before", 12))
-        deadline = time.monotonic() + 120
-        while _events_seen(worker.url, "before") < 12 and time.monotonic() < deadline:
-            time.sleep(0.5)
+        users = [f"before{k}" for k in range(8)]
+        for round_ in range(1, 5):  # one batch per round: every partition's changelog gets past offset 0
+            for user in users:
+                produce(s, make_events(user, 3 * round_)[3 * (round_ - 1):])
+            deadline = time.monotonic() + 120
+            while any(_events_seen(worker.url, u) < 3 * round_ for u in users) and time.monotonic() < deadline:
+                time.sleep(0.2)
         worker.stop()
         broker.stop()
         broker = EmbeddedBroker(tmp_path / "broker", "127.0.0.1", port)
@@ -56,7 +59,7 @@ def test_worker_starts_after_the_broker_lost_every_changelog(tmp_path: Path, mod
         produce(s, make_events("after", 3))
         assert _events_seen(worker.url, "after") == 3
         assert "truncated or recreated" in worker.log_text()
-        status, _ = http_raw(f"{worker.url}/users/before/vector")
+        status, _ = http_raw(f"{worker.url}/users/{users[0]}/vector")
         assert status == 404  # its state went with the broker's data: not served from the discarded copy
     finally:
         worker.kill()
