@@ -101,15 +101,25 @@ class BulkRecovery(seams.HookedRecovery):
         self._discard_stale(tps)
         await self._bulk_restore(tps)
 
-    def _discard_stale(self, tps: Iterable[Any]) -> None:
+    async def before_standby_offsets(self, consumer: Any, tps: Any) -> None:
+        """Standbys too: Faust checks them against their end offsets after this step."""
+        tps = list(tps)
+        if not tps:
+            return
+        raw = await consumer.highwaters(*tps)
+        ends = {tp: (-1 if end is None else int(end) - 1) for tp, end in raw.items()}  # Faust's convention
+        self._discard_stale(tps, self.standby_offsets, ends)
+
+    def _discard_stale(self, tps: Iterable[Any], offsets: Any = None, ends: Any = None) -> None:
         """A local copy ahead of its changelog (truncated or recreated) is rebuilt, not a ConsistencyError."""
         stores: dict[Any, Any] = {}
         for tp in tps:
             table: Any = self.tp_to_table.get(tp)
             if table is not None and seams.is_rocksdb(table.data):
                 stores[tp] = table.data
-        offsets: Any = self.active_offsets  # Faust's Counter holds None for "no persisted offset"
-        local_state.discard_stale(offsets, self.active_highwaters, stores)
+        if offsets is None:  # Faust's Counter holds None for "no persisted offset"
+            offsets, ends = self.active_offsets, self.active_highwaters
+        local_state.discard_stale(offsets, ends, stores)
 
     async def _bulk_restore(self, tps: Iterable[Any]) -> None:
         # Records Faust has already counted in active_offsets may still sit in its buffers (taken from

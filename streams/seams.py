@@ -247,11 +247,17 @@ class HookedRecovery(Recovery):
     async def _build_offsets(self, consumer: Any, tps: Any, destination: Any, title: str) -> None:
         if destination is self.active_offsets:
             await self.before_active_offsets(tps)
+        elif destination is self.standby_offsets:
+            await self.before_standby_offsets(consumer, tps)
         await super()._build_offsets(consumer, tps, destination, title)
 
     async def before_active_offsets(self, tps: Any) -> None:
         """Runs once Faust has the active partitions' end offsets (``active_highwaters``) and their
         persisted offsets (``active_offsets``); it may advance the latter."""
+
+    async def before_standby_offsets(self, consumer: Any, tps: Any) -> None:
+        """Runs once Faust has the standby partitions' persisted offsets (``standby_offsets``), before
+        their end offsets (``consumer.highwaters``, which this step may ask for itself)."""
 
 
 class HookedTableManager(TableManager):

@@ -105,3 +105,26 @@ def test_bulk_recovery_discards_before_faust_checks_consistency(tmp_path: Path) 
     probe = Probe()
     asyncio.run(probe.before_active_offsets([tp0]))
     assert probe.active_offsets[tp0] is None and parts.get(0, b"u1") is None
+
+
+def test_standby_partitions_ahead_of_their_changelog_are_discarded_too(tmp_path: Path) -> None:
+    from streams.restore import BulkRecovery
+
+    w = _app(tmp_path)
+    parts = RocksTablePartitions.of_table(w.table)
+    parts.put_many(1, [(b"v1", b"a")])
+    parts.set_persisted_offset(1, 40)
+    tp1 = parts.tp(1)
+
+    class Consumer:
+        async def highwaters(self, *tps: TP) -> dict[TP, int]:
+            return dict.fromkeys(tps, 5)  # the next offset: the last record is at 4
+
+    class Probe(BulkRecovery):
+        def __init__(self) -> None:
+            self.tp_to_table = {tp1: w.table}
+            self.standby_offsets = {tp1: 40}
+
+    probe = Probe()
+    asyncio.run(probe.before_standby_offsets(Consumer(), {tp1}))
+    assert probe.standby_offsets[tp1] is None and parts.get(1, b"v1") is None
