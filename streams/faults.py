@@ -6,6 +6,10 @@ it has written to N, before that batch's changelog and vector records are
 produced. It is the one window a random ``kill -9`` rarely hits but that decides
 whether a crash can lose an applied event (see docs/guarantees.md), so the
 crash tests hit it on purpose.
+
+``DUPN_FAULT_FAIL_USER=<user_id>`` (test only) makes every state write that includes that user
+raise: a poison batch that fails on every attempt, for the quarantine test (docs/guarantees.md,
+"Batches that fail").
 """
 
 from __future__ import annotations
@@ -15,16 +19,32 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from state.store import BatchAck, StateWrite
 from streams.context import Worker
 from streams.table_store import TableStateStore
 
 ENV = "DUPN_FAULT_KILL_AFTER_STATES"
+FAIL_USER_ENV = "DUPN_FAULT_FAIL_USER"
 
 
 def install(w: Worker) -> None:
     limit = int(os.environ.get(ENV, "0") or 0)
     if limit > 0 and w.table is not None:
         w.store = _KillingStore(w.app, w.table, w.settings.kafka.vectors_topic, limit)
+    fail_user = os.environ.get(FAIL_USER_ENV, "")
+    if fail_user and w.table is not None:
+        w.store = _FailingStore(w.app, w.table, w.settings.kafka.vectors_topic, fail_user)
+
+
+class _FailingStore(TableStateStore):
+    def __init__(self, app: Any, table: Any, vectors_topic: str, user: str) -> None:
+        super().__init__(app, table, vectors_topic)
+        self._user = user
+
+    async def write_batch(self, writes: Sequence[StateWrite]) -> BatchAck:
+        if any(w.state.user_id == self._user for w in writes):
+            raise RuntimeError(f"{FAIL_USER_ENV}: refusing to write {self._user}")
+        return await super().write_batch(writes)
 
 
 class _KillingStore(TableStateStore):
