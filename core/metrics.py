@@ -65,7 +65,8 @@ CORRUPT_STATES = Counter("dupn_state_decode_errors", "Stored user states that fa
                          registry=REGISTRY)
 PPP_SCORED = Counter("dupn_ppp_scored", "Vectors given a purchasing-power level and published", registry=REGISTRY)
 PPP_SKIPPED = Counter(
-    "dupn_ppp_skipped", "Vectors not scored, by reason (unknown_model_version|bad_message)", ["reason"],
+    "dupn_ppp_skipped", "Vectors not scored, by reason (unknown_model_version|bad_message|wrong_vector_size)",
+    ["reason"],
     registry=REGISTRY,
 )
 HTTP_REQUESTS = Counter(
@@ -79,5 +80,9 @@ HTTP_LATENCY = Histogram(
     "Time to answer an HTTP request (forwarding to the owner included), by route template",
     ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+    registry=REGISTRY,
+)
+HTTP_READS_REFUSED = Counter(
+    "dupn_http_reads_refused", "Re-pooling reads (?at, ?query, /explain) answered 429: DUPN_HTTP_MAX_CONCURRENT_READS",
     registry=REGISTRY,
 )

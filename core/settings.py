@@ -134,6 +134,9 @@ class WorkerSettings:
     batch_within_s: float = 0.01  # stream intake: take_events' wait for a full batch
     batch_linger_s: float = 0.0  # lean intake: wait for more before taking a non-full batch (0 = natural batching)
     cache_users: int = 20_000
+    intake_max_bytes: int = 64 << 20  # lean intake: bytes (keys + values) buffered before the fetch loop waits
+    rocksdb_block_cache_bytes: int = 64 << 20  # per table partition (Faust's default: 2 GiB each)
+    poison_attempts: int = 3  # a batch that failed this many times is bisected, its failing events sent to the DLQ
     max_future_ms: int = 600_000
     log_format: str = "text"  # text | json
     log_level: str = "info"
@@ -147,6 +150,12 @@ class WorkerSettings:
             raise ValueError("DUPN_BATCH_MAX must be >= 1")
         if self.cache_users < 0:
             raise ValueError("DUPN_CACHE_USERS must be >= 0")
+        if self.intake_max_bytes < 1:
+            raise ValueError("DUPN_INTAKE_MAX_BYTES must be >= 1")
+        if self.rocksdb_block_cache_bytes < 1:
+            raise ValueError("DUPN_ROCKSDB_BLOCK_CACHE_BYTES must be >= 1")
+        if self.poison_attempts < 1:
+            raise ValueError("DUPN_POISON_ATTEMPTS must be >= 1")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"DUPN_LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.log_level.lower() not in LOG_LEVELS:
@@ -173,10 +182,14 @@ class HttpSettings:
     web_port: int = 6066
     worker_urls: str = "http://127.0.0.1:6066"  # where `dupn vector` asks (comma-separated)
     api_token: str = field(default="", repr=False)  # when set, every endpoint but /healthz needs a bearer token
+    # re-pooling reads (?at, ?query, /explain) computed at once per worker; past it: 429 + Retry-After
+    http_max_concurrent_reads: int = 4
 
     def __post_init__(self) -> None:
         if not 0 <= self.web_port <= 65535:
             raise ValueError(f"DUPN_WEB_PORT must be a TCP port, not {self.web_port}")
+        if self.http_max_concurrent_reads < 1:
+            raise ValueError("DUPN_HTTP_MAX_CONCURRENT_READS must be >= 1")
 
     @property
     def web_url(self) -> str:

@@ -34,6 +34,11 @@ class VersionedLRU(Generic[V]):
         self.hits += 1
         return entry[1]
 
+    def peek(self, key: str, version: Hashable) -> V | None:
+        """Like :meth:`get`, but leaves the order and the hit counts alone (a reader's look)."""
+        entry = self._data.get(key)
+        return None if entry is None or entry[0] != version else entry[1]
+
     def put(self, key: str, version: Hashable, value: V) -> None:
         self._data[key] = (version, value)
         self._data.move_to_end(key)

@@ -12,8 +12,10 @@ delivery, made idempotent by the source offset stored in each user's state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +24,7 @@ from core import metrics
 from core.contracts import Rejection, dlq_record
 from state.store import StateWrite, UserStateStore
 from state.user_state import UserState
+from streams import poison
 from streams.context import Worker
 from streams.intake import BatchIntake
 from streams.updater import BatchResult, RawMessage, vector_message
@@ -42,8 +45,7 @@ def register_agents(w: Worker, intake: BatchIntake | None) -> None:
 
         @w.app.agent(w.events_topic, name="update-vectors")
         async def update_vectors(stream: Any) -> None:
-            async for events in stream.take_events(s.worker.batch_max, s.worker.batch_within_s):
-                await process_batch(w, [e.message for e in events])
+            await consume_stream(w, stream)
 
     @w.app.task
     async def warm_model() -> None:
@@ -68,19 +70,24 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
 
     @w.app.task
     async def update_vectors() -> None:
-        while not w.app.should_stop:
-            async with intake.next_batch() as messages:  # taken under intake.lock: see on_revoked
-                if not messages:
-                    continue
-                if fenced.is_set():  # not acked: redelivered (seek to committed) after the rebalance
-                    continue
-                try:
-                    _, delivered = await start_batch(w, messages)
-                except FencedOut as exc:  # not acked: redelivered once the group has rebalanced
-                    fenced.set()
-                    log.warning("%s (%d events); dropping batches until the rebalance", exc, len(messages))
-                    continue
-                await in_flight.add(delivered, messages)
+        try:
+            while not w.app.should_stop:
+                async with intake.next_batch() as messages:  # taken under intake.lock: see on_revoked
+                    if not messages:
+                        continue
+                    if fenced.is_set():  # not acked: redelivered (seek to committed) after the rebalance
+                        continue
+                    try:
+                        _, delivered = await run_batch(w, messages)
+                    except FencedOut as exc:  # not acked: redelivered once the group has rebalanced
+                        fenced.set()
+                        log.warning("%s (%d events); dropping batches until the rebalance", exc, len(messages))
+                        continue
+                    await in_flight.add(delivered, messages)
+        except Exception as exc:  # the app crashes (Faust stops the worker); a full disk ends it at once
+            if poison.is_disk_full(exc):
+                poison.exit_disk_full(exc, "a batch's delivery")
+            raise
 
     @w.app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **_: Any) -> None:
@@ -101,21 +108,34 @@ class InFlight:
     The next batch is applied meanwhile (its reads see this one's local writes), so the broker's
     round trip is not part of every batch cycle. At most ``limit`` batches wait; a failed delivery
     surfaces in the batch loop (and stops the worker) instead of being acked.
+
+    Acks go in batch order, and none at all after a failed batch: Faust commits the first run of
+    consecutive acked offsets, so acking a later batch of a partition whose earlier batch failed
+    would commit past the failed one (issue 14 item 6).
     """
 
     def __init__(self, app: Any, limit: int = 4) -> None:
         self._app = app
         self._limit = limit
         self._pending: list[asyncio.Future[None]] = []
+        self._order: collections.deque[tuple[asyncio.Future[None], Sequence[Any]]] = collections.deque()
+        self.failed: BaseException | None = None
 
-    async def add(self, delivered: asyncio.Future[None], messages: Sequence[Any]) -> None:
-        def ack(fut: asyncio.Future[None]) -> None:
-            if not fut.cancelled() and fut.exception() is None:
+    def _ack_in_order(self, _: Any = None) -> None:
+        while self._order and self._order[0][0].done():
+            fut, messages = self._order.popleft()
+            if self.failed is None:
+                self.failed = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+            if self.failed is None:
                 ack_message = self._app.consumer.ack
                 for m in messages:
                     ack_message(m)
 
-        delivered.add_done_callback(ack)
+    async def add(self, delivered: asyncio.Future[None], messages: Sequence[Any]) -> None:
+        if self.failed is not None:
+            raise RuntimeError("an earlier batch failed; nothing more is acknowledged") from self.failed
+        self._order.append((delivered, messages))
+        delivered.add_done_callback(self._ack_in_order)
         self._pending.append(delivered)
         for fut in [f for f in self._pending if f.done()]:
             self._pending.remove(fut)
@@ -210,6 +230,122 @@ def with_dlq_deliveries(delivered: asyncio.Future[None], dlq: Sequence[Any]) -> 
             await fut
 
     return asyncio.ensure_future(both())
+
+
+async def consume_stream(w: Worker, stream: Any) -> None:
+    """The ``DUPN_INTAKE=stream`` agent: batches from ``noack_take``, acked only once delivered.
+
+    Faust's ``take_events`` acks a batch's events in a ``finally``, so a batch that raised was
+    acknowledged (and committed) anyway. Here nothing of a failed batch is acked and the app
+    crashes: Faust would restart the agent, whose next batch, once acked, would let the commit
+    pass the failed one (Faust commits the first run of consecutive acked offsets). The batch
+    comes back after the restart (or to the partition's next owner) and :func:`run_batch` counts it.
+    """
+    s = w.settings
+    try:
+        async for events in stream.noack_take(s.worker.batch_max, s.worker.batch_within_s):
+            messages = [e.message for e in events]
+            _, delivered = await run_batch(w, messages)
+            await delivered
+            for event in events:
+                await stream.ack(event)
+    except Exception as exc:
+        if poison.is_disk_full(exc):
+            poison.exit_disk_full(exc, "a batch's delivery")
+        log.critical("batch failed (%r): its events are not acknowledged; stopping the worker", exc)
+        await w.app.crash(exc)
+        raise
+
+
+async def run_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchResult, asyncio.Future[None]]:
+    """:func:`start_batch`, with the batch's attempts counted and a poison batch quarantined (streams.poison).
+
+    A full disk ends the process (:func:`streams.poison.exit_disk_full`); any other failure is
+    re-raised after its attempt was counted, and the worker stops without acknowledging the batch.
+    """
+    ledger = _ledger(w)
+    keys = poison.batch_keys(messages)
+    limit = w.settings.worker.poison_attempts
+    attempts = ledger.attempts(keys)
+    ledger.begin(keys)  # before trying: a process that dies in the attempt has it counted too
+    try:
+        if attempts >= 2 * limit:
+            result, delivered = await _quarantine_all(w, messages, attempts)
+        elif attempts >= limit:
+            result, delivered = await _bisect(w, messages, attempts)
+        else:
+            result, delivered = await start_batch(w, messages)
+    except FencedOut:
+        ledger.undo(keys)  # not the batch's fault: its new owner applies it
+        raise
+    except Exception as exc:
+        if poison.is_disk_full(exc):
+            ledger.undo(keys)  # not the batch's fault: no step towards quarantining it
+            poison.exit_disk_full(exc, "a batch's state write")
+        log.error("batch %s failed (attempt %d of %d before quarantine): %r", keys, attempts + 1, limit, exc)
+        raise
+    ledger.done(keys)
+    return result, delivered
+
+
+_LEDGERS: weakref.WeakKeyDictionary[Any, poison.PoisonLedger] = weakref.WeakKeyDictionary()
+
+
+def _ledger(w: Worker) -> poison.PoisonLedger:
+    """One ledger per worker (keyed by its runtime), loaded from the data dir on first use."""
+    ledger = _LEDGERS.get(w.runtime)
+    if ledger is None:
+        ledger = _LEDGERS[w.runtime] = poison.PoisonLedger(w.settings.data_path / poison.LEDGER_FILE)
+    return ledger
+
+
+async def _bisect(w: Worker, messages: Sequence[RawMessage], attempts: int) -> tuple[BatchResult, asyncio.Future[None]]:
+    """Apply the batch in halves, recursively; an event that fails alone goes to the DLQ."""
+    log.warning("batch of %d events failed %d times: applying it in halves to find the poison", len(messages), attempts)
+    merged = BatchResult()
+    delivered: list[asyncio.Future[None]] = []
+
+    async def go(part: Sequence[RawMessage]) -> None:
+        try:
+            result, fut = await start_batch(w, part)
+        except Exception as exc:
+            if poison.is_disk_full(exc) or isinstance(exc, FencedOut):
+                raise
+            if len(part) == 1:
+                delivered.append(
+                    await send_to_dlq(w, part[0], Rejection(poison.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"))
+                )
+                metrics.REJECTED.labels(reason=poison.PROCESSING_ERROR).inc()
+                return
+            mid = len(part) // 2
+            await go(part[:mid])  # in order: a user's events are applied oldest first
+            await go(part[mid:])
+            return
+        merged.updates.extend(result.updates)
+        merged.rejections.extend(result.rejections)
+        merged.duplicates += result.duplicates
+        delivered.append(fut)
+
+    await go(messages)
+    return merged, asyncio.ensure_future(_all_of(delivered))
+
+
+async def _quarantine_all(
+    w: Worker, messages: Sequence[RawMessage], attempts: int
+) -> tuple[BatchResult, asyncio.Future[None]]:
+    """Even the bisection failed (the process died in it): the whole batch to the DLQ, unapplied."""
+    log.error("batch of %d events failed %d times, bisecting too: all of it to the DLQ", len(messages), attempts)
+    sent = [
+        await send_to_dlq(w, msg, Rejection(poison.PROCESSING_ERROR, f"batch failed {attempts} times"))
+        for msg in messages
+    ]
+    metrics.REJECTED.labels(reason=poison.PROCESSING_ERROR).inc(len(messages))
+    return BatchResult(), asyncio.ensure_future(_all_of(sent))  # acked once every DLQ message is delivered
+
+
+async def _all_of(futures: Sequence[asyncio.Future[None]]) -> None:
+    for fut in futures:
+        await fut
 
 
 def _store(w: Worker) -> UserStateStore:

@@ -35,3 +35,8 @@ def raw_topic(app: Any, name: str, partitions: int) -> Any:
     return app.topic(
         name, partitions=partitions, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
+
+
+def rocksdb_table_options(settings: Settings) -> dict[str, Any]:
+    """Store options of a RocksDB table (Faust's ``RocksDBOptions``): a bounded block cache per partition."""
+    return {"block_cache_size": settings.worker.rocksdb_block_cache_bytes}

@@ -11,6 +11,9 @@ A freeze point for the zombie test: ``DUPN_FAULT_FREEZE_AFTER_READS=N`` makes th
 itself (SIGSTOP, the whole process, heartbeats included) at the N-th state read of its batches,
 i.e. while applying a batch, before anything of it is written. The test lets it sleep past the
 session timeout, then sends SIGCONT: the worker wakes as a zombie holding an applied batch.
+``DUPN_FAULT_FAIL_USER=<user_id>`` (test only) makes every state write that includes that user
+raise: a poison batch that fails on every attempt, for the quarantine test (docs/guarantees.md,
+"Batches that fail").
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from state.store import BatchAck, StateWrite
 from streams.context import Worker
 from streams.table_store import TableStateStore
 
 ENV = "DUPN_FAULT_KILL_AFTER_STATES"
 FREEZE_ENV = "DUPN_FAULT_FREEZE_AFTER_READS"
+FAIL_USER_ENV = "DUPN_FAULT_FAIL_USER"
 
 
 def install(w: Worker) -> None:
@@ -34,6 +39,20 @@ def install(w: Worker) -> None:
     freeze = int(os.environ.get(FREEZE_ENV, "0") or 0)
     if freeze > 0 and w.table is not None:
         w.store = _FreezingStore(w.app, w.table, w.settings.kafka.vectors_topic, freeze)
+    fail_user = os.environ.get(FAIL_USER_ENV, "")
+    if fail_user and w.table is not None:
+        w.store = _FailingStore(w.app, w.table, w.settings.kafka.vectors_topic, fail_user)
+
+
+class _FailingStore(TableStateStore):
+    def __init__(self, app: Any, table: Any, vectors_topic: str, user: str) -> None:
+        super().__init__(app, table, vectors_topic)
+        self._user = user
+
+    async def write_batch(self, writes: Sequence[StateWrite]) -> BatchAck:
+        if any(w.state.user_id == self._user for w in writes):
+            raise RuntimeError(f"{FAIL_USER_ENV}: refusing to write {self._user}")
+        return await super().write_batch(writes)
 
 
 class _KillingStore(TableStateStore):

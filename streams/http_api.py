@@ -41,6 +41,8 @@ from streams.web import (
     _active_owner,
     _model_version,
     _not_servable_here,
+    may_forward_to,
+    untrusted_owner,
     web_application_options,
 )
 
@@ -217,6 +219,8 @@ async def batch_read(w: Worker, ids: list[str], max_age_ms: int | None, request:
             rows[i] = _unavailable(user_id, reason) if reason else _local_row(w, user_id, max_age_ms, now_ms)
         elif routed:
             rows[i] = _unavailable(user_id, f"ownership of partition {p} is moving")
+        elif not may_forward_to(w.settings, owner):
+            rows[i] = _unavailable(user_id, untrusted_owner(owner))
         else:
             remote[owner].append(i)
     if remote:

@@ -37,10 +37,14 @@ class BatchIntake:
     ``linger_s`` > 0 trades latency for fuller batches.
     """
 
-    def __init__(self, topic: str, max_batch: int, linger_s: float = 0.0) -> None:
+    def __init__(self, topic: str, max_batch: int, linger_s: float = 0.0, max_bytes: int | None = None) -> None:
         self.topic = topic
         self.max_batch = max_batch
         self.linger_s = linger_s
+        # Memory is bounded by bytes too (DUPN_INTAKE_MAX_BYTES): max_batch messages of up to 1 MB
+        # each would otherwise be up to 2 GB held. Past it the fetch loop waits, as for a full buffer.
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
         self._buffer: list[Any] = []
         self._ready: asyncio.Event | None = None
         self._space: asyncio.Event | None = None
@@ -56,11 +60,17 @@ class BatchIntake:
         """Buffer a message; False when the buffer is now full (the caller should wait for space)."""
         ready, space = self._events()
         self._buffer.append(message)
+        self.held_bytes += message_bytes(message)
         ready.set()
-        if len(self._buffer) >= self.max_batch:
+        if self._full():
             space.clear()
             return False
         return True
+
+    def _full(self) -> bool:
+        return len(self._buffer) >= self.max_batch or (
+            self.max_bytes is not None and self.held_bytes >= self.max_bytes
+        )
 
     async def wait_space(self) -> None:
         await self._events()[1].wait()
@@ -91,9 +101,10 @@ class BatchIntake:
     def _swap(self) -> list[Any]:
         ready, space = self._events()
         batch, self._buffer = self._buffer[: self.max_batch], self._buffer[self.max_batch :]
+        self.held_bytes = sum(map(message_bytes, self._buffer))  # the rest: usually nothing
         if not self._buffer:
             ready.clear()
-        if len(self._buffer) < self.max_batch:
+        if not self._full():
             space.set()
         return batch
 
@@ -103,9 +114,16 @@ class BatchIntake:
         keep = [m for m in self._buffer if m.tp not in gone]
         dropped = len(self._buffer) - len(keep)
         self._buffer = keep
+        self.held_bytes = sum(map(message_bytes, keep))
         if self._ready is not None and not keep:
             self._ready.clear()
-        if len(keep) < self.max_batch and self._space is not None:
+        if not self._full() and self._space is not None:
             self._space.set()
         return dropped
+
+
+def message_bytes(message: Any) -> int:
+    """What a buffered message holds: its key and value (headers and object overhead not counted)."""
+    key, value = getattr(message, "key", None), getattr(message, "value", None)
+    return (len(key) if key else 0) + (len(value) if value else 0)
 

@@ -26,7 +26,7 @@ from core.contracts import VectorMessage, decode_vector_message
 from core.settings import Settings
 from core.topics import PPP_TABLE
 from encoder.checkpoint import META, Checkpoint, load_checkpoint
-from streams.context import Worker, raw_topic
+from streams.context import Worker, raw_topic, rocksdb_table_options
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,15 @@ class PurchasingPowerScorer:
             log.warning(
                 "not scoring %s: no checkpoint with model_version %s (loaded %s; registry %s)",
                 msg.user_id, msg.model_version, self.registry.default.model_version, self.registry.registry_dir,
+            )
+            return None
+        want = ckpt.config.rep_dim
+        got = np.shape(msg.vector)
+        if got != (want,):
+            # Anything that can write user-vectors decides this shape: a wrong one is skipped, not a crash.
+            metrics.PPP_SKIPPED.labels(reason="wrong_vector_size").inc()
+            log.warning(
+                "not scoring %s: vector of shape %s, model %s takes (%d,)", msg.user_id, got, msg.model_version, want
             )
             return None
         probs = ppp_probabilities(ckpt, msg.vector)
@@ -166,6 +175,7 @@ def register_ppp(w: Worker) -> None:
         key_type=bytes,
         value_type=bytes,
         extra_topic_configs={"cleanup.policy": "compact"},
+        options=rocksdb_table_options(s),
     )
     scorer = PurchasingPowerScorer.from_settings(s)
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from state.store import ChangelogPartitions
-from streams import seams
+from streams import local_state, seams
 from streams.table_store import RocksTablePartitions
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ class Span:
 class RestoreStats:
     partitions: int = 0
     records: int = 0
-    users: int = 0  # distinct keys restored
+    # distinct keys restored, counted per chunk and summed (a key restored in two chunks counts twice):
+    # no set of every key restored is kept, so memory stays one chunk's worth (issue 14 item 9)
+    users: int = 0
     seconds: float = 0.0
     complete: bool = True  # False: stopped at the time budget, Faust's recovery reads the rest
     applied: dict[Any, int] = field(default_factory=dict)  # TP -> persisted offset now
@@ -96,7 +98,28 @@ def store_of(table: Any) -> ChangelogPartitions:
 
 class BulkRecovery(seams.HookedRecovery):
     async def before_active_offsets(self, tps: Any) -> None:
+        self._discard_stale(tps)
         await self._bulk_restore(tps)
+
+    async def before_standby_offsets(self, consumer: Any, tps: Any) -> None:
+        """Standbys too: Faust checks them against their end offsets after this step."""
+        tps = list(tps)
+        if not tps:
+            return
+        raw = await consumer.highwaters(*tps)
+        ends = {tp: (-1 if end is None else int(end) - 1) for tp, end in raw.items()}  # Faust's convention
+        self._discard_stale(tps, self.standby_offsets, ends)
+
+    def _discard_stale(self, tps: Iterable[Any], offsets: Any = None, ends: Any = None) -> None:
+        """A local copy ahead of its changelog (truncated or recreated) is rebuilt, not a ConsistencyError."""
+        stores: dict[Any, Any] = {}
+        for tp in tps:
+            table: Any = self.tp_to_table.get(tp)
+            if table is not None and seams.is_rocksdb(table.data):
+                stores[tp] = table.data
+        if offsets is None:  # Faust's Counter holds None for "no persisted offset"
+            offsets, ends = self.active_offsets, self.active_highwaters
+        local_state.discard_stale(offsets, ends, stores)
 
     async def _bulk_restore(self, tps: Iterable[Any]) -> None:
         # Records Faust has already counted in active_offsets may still sit in its buffers (taken from
@@ -198,7 +221,6 @@ async def restore(consumer: Any, plan: Mapping[Any, Span], budget_s: float) -> R
     consumer.assign(list(ktps))
     for ktp, tp in ktps.items():
         consumer.seek(ktp, plan[tp].start)
-    keys: dict[Any, set[bytes]] = {tp: set() for tp in plan}
     pending = set(ktps)
     while pending:
         if time.monotonic() - t0 > budget_s:
@@ -210,7 +232,7 @@ async def restore(consumer: Any, plan: Mapping[Any, Span], budget_s: float) -> R
             span = plan[tp]
             wanted = [r for r in records if span.start <= r.offset <= span.end]
             if wanted:
-                keys[tp].update(span.store.restore_chunk(tp.partition, wanted))
+                stats.users += len(span.store.restore_chunk(tp.partition, wanted))
                 stats.records += len(wanted)
                 stats.applied[tp] = wanted[-1].offset
         for ktp in list(pending):
@@ -220,7 +242,6 @@ async def restore(consumer: Any, plan: Mapping[Any, Span], budget_s: float) -> R
                 if stats.applied.get(tp, -1) < plan[tp].end:  # the last offsets held no data records
                     plan[tp].store.set_persisted_offset(tp.partition, plan[tp].end)
                     stats.applied[tp] = plan[tp].end
-    stats.users = sum(len(k) for k in keys.values())
     stats.seconds = time.monotonic() - t0
     return stats
 

@@ -43,6 +43,10 @@ Private names used, and why:
   partition. Faust's public ``get``/``__setitem__`` choose the partition from the current
   event (faust-streaming #497 in batches) and write one key at a time; the state store reads
   and writes a given partition, a batch in one ``WriteBatch`` (:func:`db_for_partition`).
+- ``Store._open_for_partition`` (faust.stores.rocksdb): opens one partition's RocksDB; wrapped on
+  the store object by :func:`reopen_corrupt_partitions` so a partition that RocksDB reports
+  corrupt is moved aside and opened empty (then rebuilt from the changelog by recovery);
+  ``Store.partition_path`` (public, pinned too) names the directory moved.
 - ``Store._dbs_for_actives``: the RocksDB instances of the partitions this worker actively
   owns (the owned-users gauge; :func:`dbs_for_actives`).
 - ``Collection._on_changelog_event`` (faust.tables.base): a table's changelog callback, which
@@ -91,6 +95,8 @@ PINNED_SIGNATURES: dict[str, str] = {
     ),
     "faust.stores.rocksdb:Store._db_for_partition": "(self, partition: int) -> Rdict",
     "faust.stores.rocksdb:Store._dbs_for_actives": "(self) -> Iterator[Rdict]",
+    "faust.stores.rocksdb:Store._open_for_partition": "(self, partition: int) -> Rdict",
+    "faust.stores.rocksdb:Store.partition_path": "(self, partition: int) -> pathlib.Path",
     # public, pinned because the restore relies on exactly what they do
     "faust.stores.rocksdb:Store.apply_changelog_batch": (
         "(self, batch: Iterable[faust.types.events.EventT], to_key: Callable[[Any], Any], "
@@ -241,11 +247,17 @@ class HookedRecovery(Recovery):
     async def _build_offsets(self, consumer: Any, tps: Any, destination: Any, title: str) -> None:
         if destination is self.active_offsets:
             await self.before_active_offsets(tps)
+        elif destination is self.standby_offsets:
+            await self.before_standby_offsets(consumer, tps)
         await super()._build_offsets(consumer, tps, destination, title)
 
     async def before_active_offsets(self, tps: Any) -> None:
         """Runs once Faust has the active partitions' end offsets (``active_highwaters``) and their
         persisted offsets (``active_offsets``); it may advance the latter."""
+
+    async def before_standby_offsets(self, consumer: Any, tps: Any) -> None:
+        """Runs once Faust has the standby partitions' persisted offsets (``standby_offsets``), before
+        their end offsets (``consumer.highwaters``, which this step may ask for itself)."""
 
 
 class HookedTableManager(TableManager):
@@ -273,6 +285,23 @@ def is_rocksdb(store: Any) -> bool:
 def db_for_partition(store: Any, partition: int) -> Any:
     """The ``rocksdict.Rdict`` (raw mode) of one partition of a Faust RocksDB store."""
     return store._db_for_partition(partition)
+
+
+def reopen_corrupt_partitions(store: Any, on_corrupt: Callable[[int, Any, BaseException], Any]) -> None:
+    """Wrap ``store``'s partition open: when RocksDB reports corruption, ``on_corrupt(partition, path,
+    exc)`` runs (it moves the files aside) and the partition is opened again, empty."""
+    opened = store._open_for_partition
+
+    def _open_for_partition(partition: int) -> Any:
+        try:
+            return opened(partition)
+        except Exception as exc:
+            if "Corruption" not in str(exc):
+                raise
+            on_corrupt(partition, store.partition_path(partition), exc)
+            return opened(partition)
+
+    store._open_for_partition = _open_for_partition
 
 
 def dbs_for_actives(store: Any) -> Iterator[Any] | None:

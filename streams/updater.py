@@ -18,6 +18,7 @@ Per batch:
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -144,6 +145,16 @@ class VectorUpdater:
         (rebuilt,) = self.encoder.replay([self._run_records(state.records, state.events_seen)])
         self.cache.put(state.user_id, version, rebuilt)
         return rebuilt
+
+    def read_snapshot(self, state: UserState) -> tuple[StreamingEncoder, EncoderState | None, np.ndarray]:
+        """For a read (HTTP re-pool, explain), taken under the batch lock: the encoder, a copy of the
+        cached carried state (None: not cached) and the run's records to rebuild it from.
+
+        Nothing is put in the cache (a read must not evict the users the batches keep hot), and the
+        copy is the reader's own: the next batch advances the cached one in place."""
+        cached = self.cache.peek(state.user_id, (self.encoder.model_version, state.events_seen))
+        records = self._run_records(state.records, state.events_seen)
+        return self.encoder, (None if cached is None else copy.deepcopy(cached)), records
 
     # -- steps -------------------------------------------------------------------------
     def _parse(

@@ -17,13 +17,16 @@ behaviors, errors echo only validated input.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import hmac
 import ipaddress
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,7 +49,7 @@ from streams.updater import vector_message
 
 if TYPE_CHECKING:
     from core.settings import Settings
-    from encoder.streaming import StreamingEncoder
+    from encoder.streaming import EncoderState, StreamingEncoder
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +151,13 @@ async def vector_view(w: Worker, web: Any, request: Any, user_id: str) -> Any:
     if state is None:
         return error(web)
     at, query = request.query.get("at"), request.query.get("query")
-    repool = at is not None or query is not None  # re-pooling reads (and keeps scores in) carried states
-    async with w.runtime.batch_lock if repool else contextlib.nullcontext():
-        body = vector_body(w, state, at, query)
+    if at is None and query is None:
+        body: dict[str, Any] | str = vector_body(w, state, at, query)
+    else:  # a re-pool: torch, bounded in number, off the event loop and off the batch lock
+        limited = await _repool_read(w, web, lambda snap: vector_body(w, state, at, query, snap), state)
+        if not isinstance(limited, _Answer):
+            return limited
+        body = limited.body
     if isinstance(body, str):
         return web.json({"error": body}, status=400)
     metrics.VECTOR_AGE.labels(source="served").observe(max(0.0, time.time() - state.updated_at / 1000))
@@ -162,11 +169,65 @@ async def explain_view(w: Worker, web: Any, request: Any, user_id: str) -> Any:
     state, error = _local_state(w, user_id)
     if state is None:
         return error(web)
-    async with w.runtime.batch_lock:  # the carried encoder state must not be advanced meanwhile
-        body = explain_body(w, state, request.query.get("at"), request.query.get("query"))
-    if isinstance(body, str):
-        return web.json({"error": body}, status=400)
-    return web.json(body)
+    at, query = request.query.get("at"), request.query.get("query")
+    limited = await _repool_read(w, web, lambda snap: explain_body(w, state, at, query, snap), state)
+    if not isinstance(limited, _Answer):
+        return limited
+    if isinstance(limited.body, str):
+        return web.json({"error": limited.body}, status=400)
+    return web.json(limited.body)
+
+
+# -- reads that run the encoder (issue 14 item 8) -----------------------------------------------------
+# A re-pool or an explanation runs torch. They used to run on the event loop holding the batch lock
+# (ingestion waited for every read) and to fill the updater's cache with rebuilt states (evicting the
+# users the batches keep hot). Now: at most DUPN_HTTP_MAX_CONCURRENT_READS at once per worker (429 +
+# Retry-After past it), the batch lock held only to copy what the read needs (the cached carried state,
+# if any: never inserted), the computing done in a thread of its own.
+_READ_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dupn-read")
+_READS_ACTIVE: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+READ_RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True)
+class ReadSnapshot:
+    """What a read computes from, taken under the batch lock: the encoder and the user's carried state."""
+
+    encoder: StreamingEncoder
+    carried: EncoderState | None  # a copy of the cached one; None: rebuilt from ``records``
+    records: np.ndarray
+
+    def encoder_state(self) -> EncoderState:
+        if self.carried is not None:
+            return self.carried
+        (rebuilt,) = self.encoder.replay([self.records])
+        return rebuilt
+
+
+@dataclass(frozen=True)
+class _Answer:
+    body: dict[str, Any] | str
+
+
+async def _repool_read(
+    w: Worker, web: Any, compute: Callable[[ReadSnapshot], dict[str, Any] | str], state: UserState
+) -> Any:
+    """``compute`` on a snapshot, in the read threads; a 429 answer when too many run already."""
+    active = _READS_ACTIVE.setdefault(w.runtime, [0])
+    if active[0] >= w.settings.http.http_max_concurrent_reads:
+        metrics.HTTP_READS_REFUSED.inc()
+        return web.json(
+            {"error": "too many re-pooling reads at once; retry", "retry_after_s": READ_RETRY_AFTER_S},
+            status=429, headers={"Retry-After": str(READ_RETRY_AFTER_S)},
+        )
+    active[0] += 1
+    try:
+        async with w.runtime.batch_lock:  # only to copy: a batch must not advance the cached state meanwhile
+            snap = ReadSnapshot(*w.runtime.updater.read_snapshot(state))
+        body = await asyncio.get_running_loop().run_in_executor(_READ_THREADS, compute, snap)
+        return _Answer(body)
+    finally:
+        active[0] -= 1
 
 
 def _register_ppp_view(w: Worker) -> None:
@@ -205,12 +266,36 @@ def _owner_routed(w: Worker, table: Any) -> Callable[[Handler], Handler]:
                 return await fun(view, request, *args, **kwargs)
             if request.headers.get(ROUTED_HEADER):
                 return unavailable(view.web, f"ownership of partition {partition} is moving")
+            if not may_forward_to(w.settings, owner):
+                return unavailable(view.web, untrusted_owner(owner))
             return await _forward(app, owner, view.web, request)
 
         routed.__name__ = fun.__name__
         return routed
 
     return wrap
+
+
+def _norm_url(url: str) -> str:
+    return url.strip().rstrip("/").lower()
+
+
+def may_forward_to(s: Settings, owner: str) -> bool:
+    """Whether a request (and its bearer token) may be forwarded to ``owner``.
+
+    Owner URLs come from consumer-group metadata, which anything that can join the group
+    writes: with ``DUPN_API_TOKEN`` set, the token goes only to a worker listed in
+    ``DUPN_WORKER_URLS`` (or to this worker itself). Without a token there is nothing to leak.
+    """
+    if not s.http.api_token:
+        return True
+    trusted = {_norm_url(u) for u in s.http.worker_urls.split(",") if u.strip()}
+    return _norm_url(owner) in trusted
+
+
+def untrusted_owner(owner: str) -> str:
+    log.warning("not forwarding to owner %s: it is not in DUPN_WORKER_URLS (the token goes only there)", owner[:200])
+    return f"owner {owner[:200]} is not a configured worker (DUPN_WORKER_URLS)"
 
 
 def _active_owner(app: Any, topic: str, partition: int) -> str | None:
@@ -258,7 +343,9 @@ def unavailable(web: Any, reason: str) -> Any:
                     headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-def vector_body(w: Worker, state: UserState, at: str | None, query: str | None = None) -> dict[str, Any] | str:
+def vector_body(
+    w: Worker, state: UserState, at: str | None, query: str | None = None, snap: ReadSnapshot | None = None
+) -> dict[str, Any] | str:
     """The last published vector, or one re-pooled as of ``at`` and/or for a query (no LSTM step).
 
     With ``query`` the attention is re-pooled with that query's embedding as of ``at``
@@ -272,18 +359,21 @@ def vector_body(w: Worker, state: UserState, at: str | None, query: str | None =
         body["as_of"] = state.last_event_ts
         body["vector"] = [float(x) for x in state.vector] if state.vector is not None else []
         return body
-    enc = w.runtime.encoder
+    snap = snap or ReadSnapshot(*w.runtime.updater.read_snapshot(state))
+    enc = snap.encoder
     parsed = _repool_args(enc, state, at, query, now_ms)
     if isinstance(parsed, str):
         return parsed
     as_of, context, extra = parsed
     body.update(extra)
-    vec = enc.represent([w.runtime.updater.encoder_state(state)], [as_of], context)[0]
+    vec = enc.represent([snap.encoder_state()], [as_of], context)[0]
     body.update(as_of=as_of, model_version=enc.model_version, vector=[float(x) for x in vec])
     return body
 
 
-def explain_body(w: Worker, state: UserState, at: str | None, query: str | None = None) -> dict[str, Any] | str:
+def explain_body(
+    w: Worker, state: UserState, at: str | None, query: str | None = None, snap: ReadSnapshot | None = None
+) -> dict[str, Any] | str:
     """The attention weights behind a user's vector, one row per window behavior (oldest first).
 
     α comes from the same encoder state, time and query context as ``vector_body``
@@ -291,12 +381,13 @@ def explain_body(w: Worker, state: UserState, at: str | None, query: str | None 
     same ``at`` / ``query``. Item and category appear as hashes only: the store
     never keeps raw ids.
     """
-    enc = w.runtime.encoder
+    snap = snap or ReadSnapshot(*w.runtime.updater.read_snapshot(state))
+    enc = snap.encoder
     parsed = _repool_args(enc, state, at, query, int(time.time() * 1000))
     if isinstance(parsed, str):
         return parsed
     as_of, context, extra = parsed
-    enc_state = w.runtime.updater.encoder_state(state)
+    enc_state = snap.encoder_state()
     alpha = enc.attention_weights(enc_state, as_of, context) if enc_state.length else np.zeros(0, np.float32)
     records = state.window(enc_state.length) if enc_state.length else state.records[:0]
     return {

@@ -12,9 +12,9 @@ import faust
 
 from core.settings import Settings, load_settings
 from core.topics import USER_STATE_TABLE
-from streams import faults, highwater, seams
+from streams import faults, highwater, local_state, seams
 from streams.agents import register_agents
-from streams.context import Worker, raw_topic
+from streams.context import Worker, raw_topic, rocksdb_table_options
 from streams.http_api import application_options, register_http_api
 from streams.intake import BatchIntake
 from streams.monitoring import register_monitoring
@@ -33,7 +33,9 @@ def create_app(settings: Settings | None = None) -> Worker:
     roles = s.worker.role_set
     intake = None
     if "vectors" in roles and s.worker.intake == "lean":
-        intake = BatchIntake(s.kafka.events_topic, s.worker.batch_max, s.worker.batch_linger_s)
+        intake = BatchIntake(
+            s.kafka.events_topic, s.worker.batch_max, s.worker.batch_linger_s, max_bytes=s.worker.intake_max_bytes
+        )
     seams.install(  # every Faust/aiokafka private name this app relies on (see streams.seams)
         app,
         fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,  # Faust hard-codes 1500 ms: a freshness floor on Tansu
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Worker:
             key_type=bytes,
             value_type=bytes,
             extra_topic_configs={"cleanup.policy": "compact"},
+            options=rocksdb_table_options(s),  # Faust's default block cache is 2 GiB per partition
         )
     worker = Worker(s, app, Runtime(s), events_topic, vectors_topic, dlq_topic, table)
     if table is not None:
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Worker:
         register_agents(worker, intake)
     if "ppp" in roles:
         register_ppp(worker)
+    local_state.guard_tables([worker.table, worker.ppp_table])  # a corrupt partition is moved aside, rebuilt
     register_views(worker)
     register_http_api(worker)  # batch reads, /owners, probes, /openapi.json (streams.http_api)
     register_monitoring(worker)

@@ -155,6 +155,8 @@ def test_token_is_forwarded_when_a_request_is_routed_to_the_owning_worker(
     # both workers join before any state exists (adding a worker to a group with state is another test's topic)
     s1 = isolated_settings(broker_url, tmp_path, model_dir, api_token=TOKEN, partitions=2)
     s2 = s1.replace(web_port=free_port(), data_dir=str(tmp_path / "data2"))
+    urls = f"{s1.http.web_url},{s2.http.web_url}"  # the token is forwarded only to these (issue 14 item 10)
+    s1, s2 = s1.replace(worker_urls=urls), s2.replace(worker_urls=urls)
     setup_topics(s1)
     users = [f"r{k}" for k in range(8)]
     with running_worker(s1), running_worker(s2, name="worker2"):

@@ -54,6 +54,8 @@ def group(tmp_path_factory: pytest.TempPathFactory, broker_url: str, model_dir: 
     home = tmp_path_factory.mktemp("serving")
     s1 = isolated_settings(broker_url, home, model_dir, api_token=TOKEN, partitions=4)
     s2 = s1.replace(web_port=free_port(), data_dir=str(home / "data2"))
+    urls = f"{s1.http.web_url},{s2.http.web_url}"  # the token is forwarded only to these (issue 14 item 10)
+    s1, s2 = s1.replace(worker_urls=urls), s2.replace(worker_urls=urls)
     setup_topics(s1)
     with running_workers([s1, s2], ["worker1", "worker2"]):
         for user in USERS:

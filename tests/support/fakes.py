@@ -8,7 +8,9 @@ so updater tests exercise the real updater and codec without Faust or RocksDB.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 from core.contracts import VectorMessage
 from state.codec import decode_state, encode_state
@@ -45,3 +47,21 @@ def apply_in_batches(
             store.data[up.state.user_id] = encode_state(up.state)
             published.append(up.vector)
     return published
+
+
+class RecordingTopic:
+    """A topic the agent sends to (the DLQ): records what was sent; each send's delivery is a future
+    (Faust's ``FutureMessage``), acknowledged at once unless ``fail`` is set (then it fails with that)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes | None, bytes | None, Any]] = []
+        self.fail: BaseException | None = None
+
+    async def send(self, *, key: bytes | None, value: bytes | None, headers: Any = None) -> asyncio.Future[None]:
+        self.sent.append((key, value, headers))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(self.fail)
+        return fut

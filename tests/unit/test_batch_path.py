@@ -25,26 +25,9 @@ from streams.runtime import Runtime
 from streams.updater import Incoming, VectorUpdater
 from streams.web import explain_view, partition_of, vector_view
 from tests.support.factories import make_events
+from tests.support.fakes import RecordingTopic
 
 POLICY = UpdatePolicy("incremental", 10)
-
-
-class Topic:
-    """The DLQ topic: records what was sent; each send's delivery is a future (Faust's FutureMessage),
-    acknowledged at once unless ``fail`` is set (then it fails with that exception)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes | None, bytes | None, Any]] = []
-        self.fail: BaseException | None = None
-
-    async def send(self, *, key: bytes | None, value: bytes | None, headers: Any = None) -> asyncio.Future[None]:
-        self.sent.append((key, value, headers))
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.fail is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(self.fail)
-        return fut
 
 
 class Web:
@@ -62,7 +45,7 @@ class Request:
 def make_worker(encoder: StreamingEncoder, store: MemoryStateStore) -> Worker:
     s = load_settings(env={})
     runtime = Runtime(s, VectorUpdater(encoder, POLICY))
-    return Worker(s, None, runtime, None, None, Topic(), None, store=store)
+    return Worker(s, None, runtime, None, None, RecordingTopic(), None, store=store)
 
 
 def messages(w: Worker, events: Sequence[dict[str, Any]], offset0: int = 0) -> list[Incoming]:
@@ -75,8 +58,8 @@ def messages(w: Worker, events: Sequence[dict[str, Any]], offset0: int = 0) -> l
     ]
 
 
-def dlq(w: Worker) -> Topic:
-    assert isinstance(w.dlq_topic, Topic)
+def dlq(w: Worker) -> RecordingTopic:
+    assert isinstance(w.dlq_topic, RecordingTopic)
     return w.dlq_topic
 
 
@@ -257,5 +240,86 @@ def test_http_views_answer_from_the_store(tiny_encoder: StreamingEncoder) -> Non
         store.put_raw("gus", partition_of(b"gus", w.settings.kafka.partitions), b"\x09garbage")
         status, error = await vector_view(w, Web(), Request(), "gus")
         assert status == 500 and "gus" in error["error"]
+
+    asyncio.run(go())
+
+
+class WebWithHeaders(Web):
+    def json(self, body: Any, status: int = 200, headers: Any = None) -> tuple[int, Any]:
+        return status, (body, headers or {})
+
+
+def test_repooling_reads_run_off_the_loop_and_the_batch_lock_and_leave_the_updater_cache_alone(
+    tiny_encoder: StreamingEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14 item 8: ``?at``/``?query``/``/explain`` ran torch on the event loop under the batch lock and
+    put their rebuilt states in the updater's cache (evicting the users the batches keep hot)."""
+    import threading
+
+    async def go() -> None:
+        store = MemoryStateStore()
+        w = make_worker(tiny_encoder, store)
+        events = make_events("hal", 15)
+        await (await start_batch(w, messages(w, events)))[1]
+        updater = w.runtime.updater
+        updater.cache = type(updater.cache)(4)  # a cold cache: the read must rebuild
+        seen: list[tuple[str, bool]] = []
+        represent, attention = tiny_encoder.represent, tiny_encoder.attention_weights
+
+        def spy_represent(*a: Any, **k: Any) -> Any:
+            seen.append((threading.current_thread().name, w.runtime.batch_lock.locked()))
+            return represent(*a, **k)
+
+        def spy_attention(*a: Any, **k: Any) -> Any:
+            seen.append((threading.current_thread().name, w.runtime.batch_lock.locked()))
+            return attention(*a, **k)
+
+        monkeypatch.setattr(tiny_encoder, "represent", spy_represent)
+        monkeypatch.setattr(tiny_encoder, "attention_weights", spy_attention)
+        at = str(int(events[-1]["ts"]) + 86_400_000)
+        status, body = await vector_view(w, Web(), Request(at=at), "hal")
+        assert status == 200 and body["as_of"] == int(at)
+        status, _ = await vector_view(w, Web(), Request(query="running shoes"), "hal")
+        assert status == 200
+        status, explained = await explain_view(w, Web(), Request(at=at), "hal")
+        assert status == 200 and len(explained["behaviors"]) == 15
+        assert len(seen) == 3
+        assert all(name != threading.main_thread().name and not locked for name, locked in seen), seen
+        assert len(updater.cache) == 0  # nothing the reads rebuilt went into the updater's cache
+
+    asyncio.run(go())
+
+
+def test_repooling_reads_past_the_limit_get_429_with_retry_after(
+    tiny_encoder: StreamingEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    async def go() -> None:
+        store = MemoryStateStore()
+        s = load_settings(env={"DUPN_HTTP_MAX_CONCURRENT_READS": "1"})
+        runtime = Runtime(s, VectorUpdater(tiny_encoder, POLICY))
+        w = Worker(s, None, runtime, None, None, RecordingTopic(), None, store=store)
+        await (await start_batch(w, messages(w, make_events("ivy", 5))))[1]
+        started, release = threading.Event(), threading.Event()
+        represent = tiny_encoder.represent
+
+        def slow(*a: Any, **k: Any) -> Any:
+            started.set()
+            release.wait(60)
+            return represent(*a, **k)
+
+        monkeypatch.setattr(tiny_encoder, "represent", slow)
+        first = asyncio.ensure_future(vector_view(w, WebWithHeaders(), Request(at="now"), "ivy"))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        status, (body, headers) = await vector_view(w, WebWithHeaders(), Request(query="x"), "ivy")
+        assert status == 429 and headers["Retry-After"] == "1" and "retry" in body["error"]
+        status, (body, _) = await explain_view(w, WebWithHeaders(), Request(), "ivy")
+        assert status == 429
+        assert (await vector_view(w, WebWithHeaders(), Request(), "ivy"))[0] == 200  # plain reads are not limited
+        release.set()
+        assert (await first)[0] == 200
+        assert (await vector_view(w, WebWithHeaders(), Request(query="x"), "ivy"))[0] == 200  # a slot again
 
     asyncio.run(go())

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.settings import load_settings
@@ -36,3 +38,17 @@ def test_security_settings_reach_kafka_clients() -> None:
     opts = s.kafka.kafka_client_options()
     assert opts["security_protocol"] == "SASL_SSL" and opts["sasl_mechanism"] == "SCRAM-SHA-512"
     assert opts["sasl_plain_username"] == "svc"
+
+
+def test_rocksdb_block_cache_is_the_setting_not_faust_s_2_gib(tmp_path: Path) -> None:
+    """Issue 14 item 9: Faust's RocksDB store opens each partition with a 2 GiB block cache by default."""
+    from streams.worker import create_app
+
+    s = load_settings(env={}, home=str(tmp_path), model_path=str(tmp_path / "none"), rocksdb_block_cache_bytes=8 << 20)
+    w = create_app(s)
+    assert w.table.data.rocksdb_options.block_cache_size == 8 << 20
+    assert w.ppp_table.data.rocksdb_options.block_cache_size == 8 << 20
+    with pytest.raises(ValueError, match="DUPN_ROCKSDB_BLOCK_CACHE_BYTES"):
+        load_settings(env={"DUPN_ROCKSDB_BLOCK_CACHE_BYTES": "0"})
+    with pytest.raises(ValueError, match="DUPN_INTAKE_MAX_BYTES"):
+        load_settings(env={"DUPN_INTAKE_MAX_BYTES": "0"})

@@ -57,7 +57,8 @@ class Owner:
 
 def run_batch(monkeypatch: pytest.MonkeyPatch, ids: list[str], owners: dict[int, str | None],
               table: dict[bytes, bytes], max_age_ms: int | None = None, routed: bool = False,
-              servable: dict[int, str | None] | None = None) -> list[dict[str, Any]]:
+              servable: dict[int, str | None] | None = None, api_token: str = "",
+              worker_urls: str = "") -> list[dict[str, Any]]:
     monkeypatch.setattr(http_api, "_active_owner", lambda app, topic, p: owners[p])
     monkeypatch.setattr(http_api, "_not_servable_here", lambda app, topic, p: (servable or {}).get(p))
 
@@ -68,7 +69,9 @@ def run_batch(monkeypatch: pytest.MonkeyPatch, ids: list[str], owners: dict[int,
             for key, value in table.items():
                 store.put_raw(key.decode(), wire.partition_of(key, PARTS), value)
             w: Any = SimpleNamespace(
-                app=app, settings=SimpleNamespace(kafka=SimpleNamespace(partitions=PARTS)), store=store,
+                app=app, store=store,
+                settings=SimpleNamespace(kafka=SimpleNamespace(partitions=PARTS),
+                                         http=SimpleNamespace(api_token=api_token, worker_urls=worker_urls)),
                 table=SimpleNamespace(changelog_topic=SimpleNamespace(get_topic_name=lambda: "t")),
             )
             headers = {"Authorization": "Bearer t", **({wire.ROUTED_HEADER: "x"} if routed else {})}
@@ -152,3 +155,26 @@ def test_model_version_needs_the_token() -> None:
     assert not http_api._authorized(req(None), "tok")
     assert not http_api._authorized(req("Bearer nope"), "tok")
     assert http_api._authorized(req("Bearer tok"), "tok")
+
+
+def test_the_token_is_forwarded_only_to_configured_worker_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Owner URLs come from group metadata (anyone who joins the group writes them): issue 14 item 10."""
+    trusted, rogue = Owner("ok"), Owner("ok")
+    loop = asyncio.new_event_loop()
+    servers = loop.run_until_complete(_start(trusted, rogue))
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    try:
+        urls = [str(s.make_url("")).rstrip("/") for s in servers]
+        owners = {0: ME, 1: urls[0], 2: urls[1], 3: None, 4: None, 5: None}
+        ids = [users_in(1, 1)[0], users_in(2, 1)[0]]
+        rows = run_batch(monkeypatch, ids, owners, {}, api_token="t", worker_urls=f"{ME},{urls[0].upper()}/")
+        assert [r["status"] for r in rows] == ["found", "unavailable"]
+        assert "DUPN_WORKER_URLS" in rows[1]["reason"]
+        assert rogue.calls == []  # never asked: the token did not go there
+        assert trusted.calls[0][1]["Authorization"] == "Bearer t"
+        rows = run_batch(monkeypatch, ids, owners, {}, api_token="", worker_urls=ME)  # no token: nothing to leak
+        assert [r["status"] for r in rows] == ["found", "found"]
+    finally:
+        for s in servers:
+            asyncio.run_coroutine_threadsafe(s.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)

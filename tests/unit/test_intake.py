@@ -81,3 +81,46 @@ def test_a_batch_taken_while_a_revoke_runs_holds_no_message_of_the_revoked_parti
         assert [m.offset for m in taken[0]] == [0, 2]
 
     asyncio.run(scenario())
+
+
+@dataclass(frozen=True)
+class Big:
+    tp: tuple[str, int]
+    offset: int
+    key: bytes
+    value: bytes
+
+
+def test_held_bytes_stay_under_the_limit_with_large_events() -> None:
+    """Issue 14 item 9: with 1 MB events, 2,000 buffered messages would be 2 GB; DUPN_INTAKE_MAX_BYTES bounds it.
+
+    The fetch loop's side is played as streams.seams' copy plays it: offer, and on False wait for space.
+    """
+    limit, size, n = 4 << 20, 1 << 20, 40
+    seen: list[int] = []
+
+    async def scenario() -> None:
+        intake = BatchIntake("events", max_batch=2000, max_bytes=limit)
+
+        async def fetch_loop() -> None:
+            for i in range(n):
+                if not intake.offer(Big(("events", 0), i, b"u%d" % i, bytes(size))):
+                    seen.append(intake.held_bytes)
+                    await intake.wait_space()
+                seen.append(intake.held_bytes)
+
+        fetcher = asyncio.ensure_future(fetch_loop())
+        taken = []
+        while len(taken) < n:
+            batch = await intake.take()
+            seen.append(sum(len(m.value) + len(m.key) for m in batch))  # what one batch holds once taken
+            taken.extend(batch)
+            await asyncio.sleep(0.001)  # the batch is being applied: the fetch loop runs meanwhile
+        await fetcher
+        assert [m.offset for m in taken] == list(range(n))
+        assert intake.held_bytes == 0
+
+    asyncio.run(scenario())
+    # never more than the limit plus the one message being handed in
+    assert max(seen) < limit + size + 16, max(seen)
+    assert max(seen) >= limit  # the limit was reached: the fetch loop did wait

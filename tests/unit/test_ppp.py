@@ -81,3 +81,23 @@ def test_bad_message_is_skipped(tmp_path: Path) -> None:
     topic: Any = FakeTopic()
     assert asyncio.run(process_vector(scorer, {}, topic, b"u1", b"{not json")) is None
     assert topic.sent == []
+
+
+def test_a_vector_of_the_wrong_size_is_skipped_and_counted_not_a_crash(tmp_path: Path) -> None:
+    """Anything that can write ``user-vectors`` controls the vector's size (issue 14 item 10)."""
+    scorer, current, _ = _setup(tmp_path)
+    topic, table = FakeTopic(), {}
+
+    def wrong() -> float:
+        return metrics.REGISTRY.get_sample_value("dupn_ppp_skipped_total", {"reason": "wrong_vector_size"}) or 0.0
+
+    before = wrong()
+    for size in (3, 257, 0):
+        vec = np.ones(size, np.float32)
+        msg = VectorMessage("u1", current, vec, 5, "e5", 1_700_000_000_000, 1_700_000_000_100)
+        assert scorer.score(msg) is None
+        body = asyncio.run(process_vector(scorer, table, topic, b"u1", msg.to_bytes()))
+        assert body is None
+    assert wrong() == before + 6
+    assert topic.sent == [] and table == {}
+    assert scorer.score(_message(current)) is not None  # the right size still scores

@@ -41,6 +41,7 @@ from streams.table_store import TableStateStore
 from streams.updater import Incoming, VectorUpdater
 from streams.web import partition_of
 from tests.support.factories import T0, make_events, tiny_model
+from tests.support.fakes import RecordingTopic
 from tests.support.reference import applied_events
 
 
@@ -163,18 +164,8 @@ def test_the_ppp_agent_does_not_replace_a_level_by_an_older_vector(tmp_path: Pat
 
 # -- 2. a state that does not decode is never reset ------------------------------------------------------
 def make_worker(encoder: StreamingEncoder, store: MemoryStateStore, policy: UpdatePolicy) -> Worker:
-    class Topic:
-        def __init__(self) -> None:
-            self.sent: list[Any] = []
-
-        async def send(self, *, key: Any, value: Any, headers: Any = None) -> asyncio.Future[None]:
-            self.sent.append((key, value, headers))
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
-
     s = load_settings(env={})
-    return Worker(s, None, Runtime(s, VectorUpdater(encoder, policy)), None, None, Topic(), None, store=store)
+    return Worker(s, None, Runtime(s, VectorUpdater(encoder, policy)), None, None, RecordingTopic(), None, store=store)
 
 
 def test_one_undecodable_changelog_record_costs_no_history(tiny_encoder: StreamingEncoder) -> None:

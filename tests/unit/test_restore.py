@@ -126,7 +126,8 @@ def test_last_write_wins_tombstones_delete_and_offsets_are_faust_s(tmp_path: Pat
     assert store.get(1, b"v1") == b"x2"
     assert (store.persisted(0), store.persisted(1)) == (6, 1)
     assert stats.applied == {TP(TOPIC, 0): 6, TP(TOPIC, 1): 1}
-    assert (stats.records, stats.users, stats.complete) == (9, 5, True)
+    # users: distinct keys per chunk of 2, summed (u1 u2 | u1 gone | u2 u3 | u1, and v1 once)
+    assert (stats.records, stats.users, stats.complete) == (9, 8, True)
 
 
 def test_reads_from_the_start_offset_and_never_past_faust_s_end(tmp_path: Path) -> None:
@@ -157,3 +158,54 @@ def test_stops_at_the_time_budget_with_a_consistent_prefix(tmp_path: Path) -> No
     assert not stats.complete
     assert store.persisted(0) == 3 and stats.applied == {TP(TOPIC, 0): 3}
     assert [store.get(0, k) for k in (b"u0", b"u1", b"u2")] == [b"3", b"1", b"2"]
+
+
+class _FreshLog:
+    """``n`` records of distinct 100-byte keys, made as they are fetched (nothing held by the consumer)."""
+
+    def __init__(self, n: int, chunk: int) -> None:
+        self.n, self.chunk, self.pos = n, chunk, 0
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        pass
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.pos = offset
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int = 0) -> dict[Any, list[Rec]]:
+        end = min(self.pos + self.chunk, self.n)
+        recs = [Rec(o, b"user-%095d" % o, b"v") for o in range(self.pos, end)]
+        self.pos = end
+        return {tps[0]: recs} if recs else {}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.pos
+
+
+class _KeysOnly:
+    """A ChangelogPartitions that keeps nothing: what the restore itself holds is all that is measured."""
+
+    def restore_chunk(self, partition: int, records: Sequence[Rec]) -> Any:
+        return {r.key: r.value for r in records}.keys()
+
+    def persisted_offset(self, partition: int) -> int | None:
+        return None
+
+    def set_persisted_offset(self, partition: int, offset: int) -> None:
+        pass
+
+
+def test_the_restore_holds_one_chunk_of_keys_not_every_key(tmp_path: Path) -> None:
+    """Issue 14 item 9: the bulk restore kept every restored key in a set (memory grew with the table)."""
+    import tracemalloc
+
+    n, chunk = 100_000, 1_000
+    plan = {TP(TOPIC, 0): Span(_KeysOnly(), 0, n - 1)}
+    tracemalloc.start()
+    try:
+        stats = asyncio.run(restore(_FreshLog(n, chunk), plan, budget_s=600))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stats.complete and stats.records == n and stats.users == n
+    assert peak < 4 << 20, f"peak {peak} bytes: {n} keys of ~130 bytes each would be ~13 MB"
