@@ -31,21 +31,16 @@ from core.contracts import STATE_UNDECODABLE, BehaviorEvent, Rejection, VectorMe
 from encoder.features import behavior_records, concat_records, hash_event_id
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy
 from state.cache import VersionedLRU
-from state.store import StateDecodeError
+from state.store import ChangelogRecord, StateDecodeError
 from state.user_state import UserState
 
 
-class RawMessage(Protocol):
-    """What the updater needs of a ``behavior-events`` message (a Faust or aiokafka record has it)."""
+class RawMessage(ChangelogRecord, Protocol):
+    """What the updater needs of a ``behavior-events`` message (a Faust or aiokafka record has it):
+    a record (offset, key, value) and the partition it came from."""
 
     @property
     def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
 
 
 class Incoming(NamedTuple):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-pytest_plugins = ("tests.support.fixtures.encoder", "tests.support.fixtures.broker")
+pytest_plugins = ("tests.support.fixtures.encoder", "tests.support.fixtures.broker", "tests.support.fixtures.stores")
 
 # One intra-op thread: tiny tensors gain nothing from two, and a second busy
 # process (a worker under test) turns torch's thread spinning into stalls.

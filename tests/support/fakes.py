@@ -65,3 +65,20 @@ class RecordingTopic:
         else:
             fut.set_exception(self.fail)
         return fut
+
+
+class AckingConsumer:
+    """Faust's consumer as the agent sees it: records what was acknowledged, in order."""
+
+    def __init__(self) -> None:
+        self.acked: list[Any] = []
+
+    def ack(self, message: Any) -> None:
+        self.acked.append(message)
+
+
+class ConsumerApp:
+    """A Faust app reduced to what acknowledging needs: its consumer."""
+
+    def __init__(self) -> None:
+        self.consumer = AckingConsumer()

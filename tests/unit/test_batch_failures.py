@@ -27,7 +27,7 @@ from streams.context import Worker
 from streams.runtime import Runtime
 from streams.updater import Incoming, VectorUpdater
 from tests.support.factories import make_events
-from tests.support.fakes import RecordingTopic
+from tests.support.fakes import ConsumerApp, RecordingTopic
 
 POLICY = UpdatePolicy("incremental", 10)
 
@@ -46,17 +46,9 @@ def worker(encoder: StreamingEncoder, store: MemoryStateStore, home: Path, app: 
     return Worker(s, app, Runtime(s, VectorUpdater(encoder, POLICY)), None, None, RecordingTopic(), None, store=store)
 
 
-class Consumer:
+class App(ConsumerApp):
     def __init__(self) -> None:
-        self.acked: list[Any] = []
-
-    def ack(self, message: Any) -> None:
-        self.acked.append(message)
-
-
-class App:
-    def __init__(self) -> None:
-        self.consumer = Consumer()
+        super().__init__()
         self.crashed: BaseException | None = None
         self.agents: dict[str, Any] = {}
 

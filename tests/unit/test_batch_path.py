@@ -25,7 +25,7 @@ from streams.runtime import Runtime
 from streams.updater import Incoming, VectorUpdater
 from streams.web import explain_view, partition_of, vector_view
 from tests.support.factories import make_events
-from tests.support.fakes import RecordingTopic
+from tests.support.fakes import ConsumerApp, RecordingTopic
 
 POLICY = UpdatePolicy("incremental", 10)
 
@@ -93,20 +93,10 @@ def test_a_batch_is_readable_at_once_and_published_only_when_acknowledged(tiny_e
 
 
 def test_messages_are_acked_only_after_the_write_future(tiny_encoder: StreamingEncoder) -> None:
-    class Consumer:
-        def __init__(self) -> None:
-            self.acked: list[Any] = []
-
-        def ack(self, message: Any) -> None:
-            self.acked.append(message)
-
-    class App:
-        consumer = Consumer()
-
     async def go() -> None:
         store = MemoryStateStore(auto_ack=False)
         w = make_worker(tiny_encoder, store)
-        app = App()
+        app = ConsumerApp()
         in_flight = InFlight(app)
         first = messages(w, make_events("carol", 5))
         _, delivered = await start_batch(w, first)
@@ -131,23 +121,13 @@ def test_messages_are_acked_only_after_the_write_future(tiny_encoder: StreamingE
 
 
 def test_a_failed_dlq_send_fails_the_batch_and_acks_nothing(tiny_encoder: StreamingEncoder) -> None:
-    class Consumer:
-        def __init__(self) -> None:
-            self.acked: list[Any] = []
-
-        def ack(self, message: Any) -> None:
-            self.acked.append(message)
-
-    class App:
-        consumer = Consumer()
-
     async def go() -> None:
         store = MemoryStateStore()  # the states' records are acknowledged at once
         w = make_worker(tiny_encoder, store)
         dlq(w).fail = RuntimeError("DLQ produce failed")
         good = messages(w, make_events("hal", 2))
         batch = [*good, Incoming(good[0].partition, 2, b"hal", b"{not json")]
-        app = App()
+        app = ConsumerApp()
         in_flight = InFlight(app)
         _, delivered = await start_batch(w, batch)
         await in_flight.add(delivered, batch)

@@ -38,7 +38,7 @@ from streams.context import Worker
 from streams.ppp import ModelRegistry, PurchasingPowerScorer, process_vector
 from streams.runtime import Runtime
 from streams.table_store import TableStateStore
-from streams.updater import Incoming, VectorUpdater
+from streams.updater import Incoming, VectorUpdater, vector_message
 from streams.web import partition_of
 from tests.support.factories import T0, make_events, tiny_model
 from tests.support.fakes import RecordingTopic
@@ -56,27 +56,6 @@ def a_state(user: str, n: int) -> UserState:
     records = records_from_events(make_events(user, n))[-100:]
     vector = np.full(256, n, dtype=np.float32)
     return UserState(user, records, n, f"{user}-e{n - 1}", 0, n - 1, "m1", vector, 1_700_000_000_000 + n)
-
-
-def vector_of(state: UserState) -> VectorMessage:
-    assert state.vector is not None
-    return VectorMessage(state.user_id, state.model_version, state.vector, state.events_seen,
-                         state.last_event_id, state.last_event_ts, state.updated_at)
-
-
-@pytest.fixture
-def faust_table(tmp_path: Path) -> Any:
-    import faust
-
-    app = faust.App("reliab-test", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=str(tmp_path))
-    return app.Table("user-state", default=None, partitions=4, key_type=bytes, value_type=bytes)
-
-
-@pytest.fixture(params=["memory", "rocksdb"])
-def store(request: pytest.FixtureRequest) -> Any:
-    if request.param == "memory":
-        return MemoryStateStore()
-    return TableStateStore(None, request.getfixturevalue("faust_table"), "user-vectors")
 
 
 # -- 1. versions: the newest state / vector wins, not the last written -----------------------------------
@@ -130,7 +109,7 @@ def test_the_vector_cache_keeps_the_highest_events_seen() -> None:
         offset: int
         value: bytes
 
-    newer, older = vector_of(a_state("kim", 9)), vector_of(a_state("kim", 7))
+    newer, older = vector_message(a_state("kim", 9)), vector_message(a_state("kim", 7))
     cache._apply({0: [R(0, newer.to_bytes()), R(1, older.to_bytes())]})
     got = cache.get("kim")
     assert got is not None and got[0].events_seen == 9

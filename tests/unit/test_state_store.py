@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.contracts import VectorMessage
 from encoder.features import records_from_events
 from state.memory import MemoryStateStore
 from state.store import StateDecodeError, StateWrite
 from state.user_state import UserState
-from streams.table_store import RocksTablePartitions, TableStateStore
+from streams.table_store import RocksTablePartitions
+from streams.updater import vector_message
 from tests.support.factories import make_events
 
 
@@ -38,31 +38,9 @@ def a_state(user: str, n: int = 5) -> UserState:
     return UserState(user, records, n, f"{user}-e{n - 1}", 3, 40 + n, "m1", vector, 1_700_000_000_000)
 
 
-def vector_of(state: UserState) -> VectorMessage:
-    assert state.vector is not None
-    return VectorMessage(state.user_id, state.model_version, state.vector, state.events_seen, state.last_event_id,
-                         state.last_event_ts, state.updated_at)
-
-
-@pytest.fixture
-def faust_table(tmp_path: Path) -> Any:
-    import faust
-
-    app = faust.App("store-test", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=str(tmp_path))
-    return app.Table("user-state", default=None, partitions=4, key_type=bytes, value_type=bytes)
-
-
-@pytest.fixture(params=["memory", "rocksdb"])
-def store(request: pytest.FixtureRequest) -> Any:
-    if request.param == "memory":
-        return MemoryStateStore()
-    table = request.getfixturevalue("faust_table")
-    return TableStateStore(None, table, "user-vectors")
-
-
 def put(store: Any, state: UserState, partition: int) -> None:
     if isinstance(store, MemoryStateStore):
-        asyncio.run(store.write_batch([StateWrite(partition, state, vector_of(state))]))
+        asyncio.run(store.write_batch([StateWrite(partition, state, vector_message(state))]))
     else:  # the local half of write_batch (the changelog half needs a broker)
         from state.codec import encode_state
 
@@ -110,7 +88,7 @@ def test_the_memory_store_publishes_only_acknowledged_batches() -> None:
     async def go() -> None:
         store = MemoryStateStore(auto_ack=False)
         state = a_state("ed")
-        ack = await store.write_batch([StateWrite(0, state, vector_of(state))])
+        ack = await store.write_batch([StateWrite(0, state, vector_message(state))])
         assert ack.state_bytes > 0 and not ack.delivered.done()
         assert store.read("ed", 0) is not None and store.published() == [] and store.persisted_offset(0) is None
         store.ack()
