@@ -344,18 +344,38 @@ def _train(args: argparse.Namespace, s: Settings) -> int:
 
 
 def _eval_parser(sub: Any) -> None:
-    ep = sub.add_parser("eval", help="the paper's experiments on simulator data -> results/eval.md")
-    ep.add_argument("--quick", action="store_true", help="smaller run (< 15 min on 2 cores)")
+    ep = sub.add_parser("eval", help="the paper's experiments on simulator data, several seeds -> results/eval.md")
+    ep.add_argument("--quick", action="store_true", help="smaller world and budget (3000 users, 250 steps)")
     ep.add_argument("--out", type=Path, default=Path("results"))
-    ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    ep.add_argument("--model-out", type=Path, help="save the first seed's DUPN-all here (for `dupn drift`)")
+    ep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a training setting of the plan (e.g. weighting=norm); repeatable")
     ep.set_defaults(run=_eval)
 
 
 def _eval(args: argparse.Namespace, s: Settings) -> int:
-    from training.experiments import run_eval
+    import dataclasses
+    import shlex
 
-    run_eval(quick=args.quick, out_dir=args.out, seed=args.seed)
-    print(f"wrote {args.out / 'eval.md'} and {args.out / 'eval.json'}")
+    from training.experiments import plan_for, run_eval
+
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    train = plan_for(args.quick, seeds[0]).train
+    changes: dict[str, Any] = {}
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        current = getattr(train, key)
+        changes[key] = None if raw == "None" else type(current)(raw) if current is not None else int(raw)
+    overrides = {"train": dataclasses.replace(train, **changes)} if changes else None
+    command = "dupn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None
+    res = run_eval(args.quick, args.out, seeds, command=command, model_out=args.model_out, plan_overrides=overrides)
+    from ops.plots import write_heatmap_png
+    from training.report import attention_table
+
+    png = write_heatmap_png(args.out / "attention.png", attention_table(res["per_seed"]),
+                            f"DUPN-all attention by type × age (test users, seeds {args.seeds})")
+    print(f"wrote {args.out / 'eval.md'}, {args.out / 'eval.json'} and {png}")
     return 0
 
 
@@ -365,6 +385,7 @@ def _drift_parser(sub: Any) -> None:
     dp.add_argument("--events-per-user", type=int, default=250)
     dp.add_argument("--reanchor", default="10,25,50,100,200", help="comma-separated periods R")
     dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--model", dest="model_path", type=Path, help="checkpoint dir (default: the settings' model dir)")
     dp.add_argument("--json", action="store_true")
     dp.set_defaults(run=_drift)
 
@@ -373,7 +394,8 @@ def _drift(args: argparse.Namespace, s: Settings) -> int:
     from ops.drift import measure_drift, render_table
 
     periods = [int(x) for x in args.reanchor.split(",") if x.strip()]
-    rows = measure_drift(str(s.model_dir), args.users, args.events_per_user, periods, seed=args.seed)
+    model_dir = args.model_path or s.model_dir
+    rows = measure_drift(str(model_dir), args.users, args.events_per_user, periods, seed=args.seed)
     print(json.dumps(rows, indent=2) if args.json else render_table(rows))
     return 0
 

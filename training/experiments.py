@@ -53,7 +53,17 @@ from training.metrics import (
 from training.protocol import check_split, split_examples, split_users
 from training.served import offline_scores, served_scores
 from training.simulator import DAY_MS, SimConfig, SimData, Simulator
-from training.train import FitLog, Prepared, TaskModel, TrainConfig, TrainData, fit, init_output_biases, prepare, set_threads
+from training.train import (
+    FitLog,
+    Prepared,
+    TaskModel,
+    TrainConfig,
+    TrainData,
+    fit,
+    init_output_biases,
+    prepare,
+    set_threads,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,9 @@ def plan_for(quick: bool, seed: int = 0) -> EvalPlan:
         )
         return EvalPlan(sim, 100, TrainConfig(steps=250, batch_size=64, seed=seed))
     sim = SimConfig(n_users=6000, n_items=20000, events_per_user=120, seed=seed)
-    return EvalPlan(sim, 100, TrainConfig(steps=1000, batch_size=64, seed=seed), test_contexts=4000, transfer_steps=1000)
+    return EvalPlan(
+        sim, 100, TrainConfig(steps=1000, batch_size=64, seed=seed), test_contexts=4000, transfer_steps=1000
+    )
 
 
 @dataclass
@@ -194,7 +206,9 @@ def run_seed(plan: EvalPlan, seed: int, progress: bool, model_out: Path | None =
     policy = UpdatePolicy("incremental", plan.reanchor, plan.window)
     tables = {t: board.test.tables[t] for t in FOUR_TASKS}
     t0 = time.perf_counter()
-    rows["DUPN-all served"] = board.record("DUPN-all served", served_scores(dupn, board.test.store, setup.sim.histories, tables, policy))
+    rows["DUPN-all served"] = board.record(
+        "DUPN-all served", served_scores(dupn, board.test.store, setup.sim.histories, tables, policy)
+    )
     rows["DUPN-all served"]["seconds"] = round(time.perf_counter() - t0, 1)
     rows["DUPN-all offline, unknown profile"] = board.record(
         "DUPN-all offline, unknown profile", offline_scores(dupn, board.test.store, tables, plan.reanchor, True)
@@ -209,9 +223,17 @@ def run_seed(plan: EvalPlan, seed: int, progress: bool, model_out: Path | None =
     transfer = run_transfer(setup, plan, cfg, dupn, progress) if plan.transfer_steps else {}
     comparisons = _comparisons(board, rows, single, transfer)
     attention = attention_report(
-        StreamingEncoder(dupn, "eval"), [setup.train.store.records[setup.train.store.index(u)] for u in sorted(
-            {u for u, i in setup.train.store.user_index.items() if i in set(board.test.tables["ppp"].ctx_user.tolist())}
-        )]
+        StreamingEncoder(dupn, "eval"),
+        [
+            setup.train.store.records[setup.train.store.index(u)]
+            for u in sorted(
+                {
+                    u
+                    for u, i in setup.train.store.user_index.items()
+                    if i in set(board.test.tables["ppp"].ctx_user.tolist())
+                }
+            )
+        ],
     )
     if model_out is not None:
         from encoder.checkpoint import save_checkpoint
@@ -225,7 +247,11 @@ def run_seed(plan: EvalPlan, seed: int, progress: bool, model_out: Path | None =
         "single": single,
         "transfer": transfer,
         "comparisons": comparisons,
-        "attention": {"mean": np.nan_to_num(attention.mean, nan=-1.0).tolist(), "counts": attention.counts.tolist(), "users": attention.users},
+        "attention": {
+            "mean": np.nan_to_num(attention.mean, nan=-1.0).tolist(),
+            "counts": attention.counts.tolist(),
+            "users": attention.users,
+        },
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -248,7 +274,9 @@ def _comparisons(
     out = []
     for a, b, t in pairs:
         c = board.compare(a, b, t)
-        out.append({"a": a, "b": b, "task": t, "a_value": c.a_value, "b_value": c.b_value, "delta": c.delta, "se": c.se})
+        out.append(
+            {"a": a, "b": b, "task": t, "a_value": c.a_value, "b_value": c.b_value, "delta": c.delta, "se": c.se}
+        )
     return out
 
 
@@ -270,10 +298,17 @@ def run_transfer(setup: Setup, plan: EvalPlan, cfg: TrainConfig, pretrained: DUP
         else:
             model = copy.deepcopy(pretrained)
             if name == "RT":
-                kw = {"params": [*model.heads.shop.parameters(), *model.heads.shop_emb.parameters()], "train_encoder": False}
+                kw = {
+                    "params": [*model.heads.shop.parameters(), *model.heads.shop_emb.parameters()],
+                    "train_encoder": False,
+                }
         log = train_model(name, model, setup, run_cfg, progress, **kw)
         row = _scored(name, model, setup.test, log, ("shop",))
-        out[name] = {"shop_auc": row["shop_auc"], "shop_auc_se": row["shop_auc_se"], "train_seconds": row["train_seconds"]}
+        out[name] = {
+            "shop_auc": row["shop_auc"],
+            "shop_auc_se": row["shop_auc_se"],
+            "train_seconds": row["train_seconds"],
+        }
     return out
 
 
@@ -340,7 +375,7 @@ def run_validation(
     choices: Sequence[str],
     seed: int = 0,
     out: Path | None = None,
-    single: bool = True,
+    singles: Sequence[str] = FOUR_TASKS,
     progress: bool = True,
     extra: Mapping[str, tuple[dict[str, Any], bool]] | None = None,
     on_row: Callable[[str, dict[str, Any]], None] | None = None,
@@ -361,8 +396,7 @@ def run_validation(
     runs: list[tuple[str, str, dict[str, Any], bool, tuple[str, ...]]] = [
         (c, "DUPN-all", table[c][0], table[c][1], FOUR_TASKS) for c in choices
     ]
-    if single:
-        runs += [(f"single-{t}", "DUPN-all", {}, True, (t,)) for t in FOUR_TASKS]
+    runs += [(f"single-{t}", "DUPN-all", {}, True, (t,)) for t in singles]
     for label, model_name, over, q, tasks in runs:
         setup = setup_for(q)
         cfg = replace(base, tasks=tasks, **over)
@@ -370,7 +404,12 @@ def run_validation(
         log = train_model(label, model, setup, cfg, progress)
         row = _scored(label, model, setup.val, log, tasks)
         res["rows"][label] = row
-        _say(progress, f"  {label}: " + ", ".join(f"{METRIC_OF[t]}={row[METRIC_OF[t]]:.4f}±{row[METRIC_OF[t] + '_se']:.4f}" for t in tasks) + f" ({log.seconds:.0f}s)")
+        _say(
+            progress,
+            f"  {label}: "
+            + ", ".join(f"{METRIC_OF[t]}={row[METRIC_OF[t]]:.4f}±{row[METRIC_OF[t] + '_se']:.4f}" for t in tasks)
+            + f" ({log.seconds:.0f}s)",
+        )
         if on_row is not None:
             on_row(label, row)
         if out is not None:

@@ -46,8 +46,8 @@ def split_users(user_ids: Sequence[str], seed: int, fractions: tuple[float, floa
         raise ValueError("fractions must be three non-negative numbers summing to 1")
     order = np.random.default_rng(np.random.SeedSequence([seed, 77])).permutation(len(user_ids))
     ids = [user_ids[i] for i in order.tolist()]
-    a = int(round(fractions[0] * len(ids)))
-    b = a + int(round(fractions[1] * len(ids)))
+    a = round(fractions[0] * len(ids))
+    b = a + round(fractions[1] * len(ids))
     return UserSplit(frozenset(ids[:a]), frozenset(ids[a:b]), frozenset(ids[b:]))
 
 
@@ -56,9 +56,7 @@ def label_time(ex: TaskExample, shop_horizon_ms: int) -> int:
     return ex.now_ms + (shop_horizon_ms if ex.task == "shop" else 0)
 
 
-def split_examples(
-    data: SimData, users: UserSplit, train_frac: float = 0.8
-) -> dict[str, dict[str, list[TaskExample]]]:
+def split_examples(data: SimData, users: UserSplit, train_frac: float = 0.8) -> dict[str, dict[str, list[TaskExample]]]:
     """{split: {task: examples}} by the rules in the module docstring."""
     if not 0.0 < train_frac < 1.0:
         raise ValueError("train_frac must be in (0, 1)")

@@ -85,7 +85,9 @@ def served_scores(
     states = served_states(encoder, policy, histories, needed)
     out: dict[str, np.ndarray] = {}
     for task, table in tables.items():
-        ctx_states = [states[(names[u], int(n))] for u, n in zip(table.ctx_user.tolist(), table.ctx_len.tolist(), strict=True)]
+        ctx_states = [
+            states[(names[u], int(n))] for u, n in zip(table.ctx_user.tolist(), table.ctx_len.tolist(), strict=True)
+        ]
         unknown = torch.full((table.n_contexts,), -1, dtype=torch.int64)
         context = UserContext(query=torch.from_numpy(table.ctx_query.copy()), age_group=unknown, gender=unknown)
         reps = []
@@ -105,7 +107,11 @@ def served_scores(
 
 @torch.no_grad()
 def offline_scores(
-    model: DUPN, store: HistoryStore, tables: Mapping[str, ExampleTable], anchor_every: int | None, unknown_profile: bool
+    model: DUPN,
+    store: HistoryStore,
+    tables: Mapping[str, ExampleTable],
+    anchor_every: int | None,
+    unknown_profile: bool,
 ) -> dict[str, np.ndarray]:
     """The training code path's scores, optionally with every profile "unknown" (the served path's twin)."""
     model.train(False)

@@ -357,11 +357,8 @@ class LossCombiner(nn.Module):
                 out[t] = v / max(self.running[t], 1e-6)
             return out
         assert self.log_var is not None
-        return {
-            t: 0.5 * (torch.exp(-self.log_var[i]) * v + self.log_var[i])
-            for i, t in enumerate(self.tasks)
-            if (v := losses.get(t)) is not None
-        }
+        lv = self.log_var
+        return {t: 0.5 * (torch.exp(-lv[i]) * losses[t] + lv[i]) for i, t in enumerate(self.tasks) if t in losses}
 
     def weights(self) -> dict[str, float]:
         """Current multiplier of each task's loss (for the log)."""
@@ -386,9 +383,12 @@ def combine_gradients(
     names = list(terms)
     for i, t in enumerate(names):
         gs = torch.autograd.grad(terms[t], params, retain_graph=i < len(names) - 1, allow_unused=True)
-        grads.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, gs, strict=True)]))
+        flat = [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, gs, strict=True)]
+        grads.append(torch.cat(flat))
+    total = torch.zeros_like(grads[0])
     if mode == "task_clip":
-        total = sum(g * min(1.0, clip_norm / (float(g.norm()) + 1e-12)) for g in grads)
+        for g in grads:
+            total += g * min(1.0, clip_norm / (float(g.norm()) + 1e-12))
     else:
         rng = np.random.default_rng(seed)
         projected = []
@@ -401,11 +401,11 @@ def combine_gradients(
                 if dot < 0:
                     g -= dot / (float(grads[j] @ grads[j]) + 1e-12) * grads[j]
             projected.append(g)
-        total = sum(projected)
-        norm = float(total.norm())  # type: ignore[union-attr]
+        for g in projected:
+            total += g
+        norm = float(total.norm())
         if norm > clip_norm:
             total = total * (clip_norm / norm)
-    assert isinstance(total, Tensor)
     offset = 0
     for p in params:
         n = p.numel()
