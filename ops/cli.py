@@ -349,6 +349,7 @@ def _eval_parser(sub: Any) -> None:
     ep.add_argument("--out", type=Path, default=Path("results"))
     ep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ep.add_argument("--model-out", type=Path, help="save the first seed's DUPN-all here (for `dupn drift`)")
+    ep.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (1 torch thread each)")
     ep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a training setting of the plan (e.g. weighting=norm); repeatable")
     ep.set_defaults(run=_eval)
@@ -361,15 +362,25 @@ def _eval(args: argparse.Namespace, s: Settings) -> int:
     from training.experiments import plan_for, run_eval
 
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    train = plan_for(args.quick, seeds[0]).train
-    changes: dict[str, Any] = {}
+    plan = plan_for(args.quick, seeds[0])
+    train_changes: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
     for item in args.set:
         key, _, raw = item.partition("=")
-        current = getattr(train, key)
-        changes[key] = None if raw == "None" else type(current)(raw) if current is not None else int(raw)
-    overrides = {"train": dataclasses.replace(train, **changes)} if changes else None
+        value = _literal(raw)
+        if key in {f.name for f in dataclasses.fields(plan)} and key not in ("sim", "train"):
+            overrides[key] = value
+        elif key in {f.name for f in dataclasses.fields(plan.train)}:
+            train_changes[key] = value
+        else:
+            raise SystemExit(f"--set {key}: not a setting of the evaluation plan or of TrainConfig")
+    if train_changes:
+        overrides["train"] = dataclasses.replace(plan.train, **train_changes)
     command = "dupn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None
-    res = run_eval(args.quick, args.out, seeds, command=command, model_out=args.model_out, plan_overrides=overrides)
+    res = run_eval(
+        args.quick, args.out, seeds, command=command, model_out=args.model_out, plan_overrides=overrides or None,
+        jobs=args.jobs,
+    )
     from ops.plots import write_heatmap_png
     from training.report import attention_table
 
@@ -377,6 +388,20 @@ def _eval(args: argparse.Namespace, s: Settings) -> int:
                             f"DUPN-all attention by type × age (test users, seeds {args.seeds})")
     print(f"wrote {args.out / 'eval.md'}, {args.out / 'eval.json'} and {png}")
     return 0
+
+
+def _literal(raw: str) -> Any:
+    """A --set value: None, true/false, an int, a float, or the string itself."""
+    if raw in ("None", "none"):
+        return None
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def _drift_parser(sub: Any) -> None:

@@ -320,25 +320,33 @@ def run_eval(
     command: str | None = None,
     model_out: Path | None = None,
     plan_overrides: Mapping[str, Any] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run every seed; write ``out_dir/eval.json`` and ``out_dir/eval.md``; return the results.
 
     ``model_out``: where to save seed ``seeds[0]``'s DUPN-all (for ``dupn drift`` and the
-    attention figure).
+    attention figure). ``jobs`` > 1 runs the seeds in that many processes, 1 torch thread each.
     """
     from training.report import write_report
 
     threads = set_threads()
     start = time.perf_counter()
     plan = replace(plan_for(quick, seeds[0]), **dict(plan_overrides or {}))
-    per_seed = []
-    for i, seed in enumerate(seeds):
-        per_seed.append(run_seed(plan, seed, progress, model_out if i == 0 else None))
+    outs = [model_out if i == 0 else None for i in range(len(seeds))]
+    if jobs > 1:  # one process per seed (1 torch thread each): the seeds are independent
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=mp.get_context("spawn")) as pool:
+            per_seed = list(pool.map(_seed_job, [(plan, s, o) for s, o in zip(seeds, outs, strict=True)]))
+    else:
+        per_seed = [run_seed(plan, seed, progress, out) for seed, out in zip(seeds, outs, strict=True)]
     res: dict[str, Any] = {
         "command": command or f"dupn eval{' --quick' if quick else ''} --seeds {','.join(map(str, seeds))}",
         "quick": quick,
         "seeds": list(seeds),
-        "threads": threads,
+        "threads": 1 if jobs > 1 else threads,
+        "jobs": jobs,
         "plan": _plan_json(plan),
         "per_seed": per_seed,
     }
@@ -346,6 +354,12 @@ def run_eval(
     write_report(res, out_dir)
     _say(progress, f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'} in {res['wall_seconds']:.0f} s")
     return res
+
+
+def _seed_job(args: tuple[EvalPlan, int, Path | None]) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    plan, seed, out = args
+    return run_seed(plan, seed, False, out)
 
 
 def _plan_json(plan: EvalPlan) -> dict[str, Any]:
