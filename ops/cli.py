@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _train_parser(sub)
     _eval_parser(sub)
+    _validate_parser(sub)
     _drift_parser(sub)
     _bench_parser(sub)
     _explain_parsers(sub)
@@ -387,6 +388,25 @@ def _eval(args: argparse.Namespace, s: Settings) -> int:
     png = write_heatmap_png(args.out / "attention.png", attention_table(res["per_seed"]),
                             f"DUPN-all attention by type × age (test users, seeds {args.seeds})")
     print(f"wrote {args.out / 'eval.md'}, {args.out / 'eval.json'} and {png}")
+    return 0
+
+
+def _validate_parser(sub: Any) -> None:
+    vp = sub.add_parser("validate", help="DUPN-all under training choices, scored on the validation users")
+    vp.add_argument("--choices", default="", help="'|'-separated names of training.experiments.CHOICES")
+    vp.add_argument("--singles", default="", help="comma-separated tasks for single-task references")
+    vp.add_argument("--seed", type=int, default=0)
+    vp.add_argument("--out", type=Path, required=True, help="JSON file, rewritten after every row")
+    vp.set_defaults(run=_validate)
+
+
+def _validate(args: argparse.Namespace, s: Settings) -> int:
+    from training.experiments import run_validation
+
+    choices = [c for c in args.choices.split("|") if c]
+    singles = [t for t in args.singles.split(",") if t]
+    run_validation(True, choices, seed=args.seed, out=args.out, singles=singles)
+    print(f"wrote {args.out}")
     return 0
 
 

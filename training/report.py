@@ -377,3 +377,29 @@ def write_report(res: Mapping[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
     (out_dir / "eval.md").write_text(render_markdown(res))
+
+
+def render_validation(runs: Sequence[Mapping[str, Any]], command: str) -> str:
+    """results/validation.md: DUPN-all's validation metrics under each training choice (one seed)."""
+    rows: dict[str, Mapping[str, Any]] = {}
+    for run in runs:
+        rows.update(run["rows"])
+    head = [
+        "# Training choices on the validation users",
+        "",
+        f"Command: `{command}`  ",
+        "DUPN-all, quick world (3000 users, window 100, 250 steps × 64 user windows per task), seed 0, scored on "
+        "the validation users only (± user-bootstrap SE, 200 resamples). Every choice after the first also has the "
+        "query in DUPN's representation. Final training loss: mean of the last 20 steps.",
+        "",
+        "| choice | " + " | ".join(METRIC_OF[t] for t in FOUR_TASKS) + " | final train loss | train s |",
+        "|---|" + "---|" * (len(FOUR_TASKS) + 2),
+    ]
+    for name, row in rows.items():
+        cells = [
+            f"{row[METRIC_OF[t]]:.4f} ± {row[METRIC_OF[t] + '_se']:.4f}" if METRIC_OF[t] in row else "–"
+            for t in FOUR_TASKS
+        ]
+        loss = ", ".join(f"{t} {v:.3f}" for t, v in row.get("final_train_loss", {}).items())
+        head.append(f"| {name} | " + " | ".join(cells) + f" | {loss} | {row.get('train_seconds', '–')} |")
+    return "\n".join(head) + "\n"
