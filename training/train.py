@@ -2,7 +2,7 @@ r"""Multi-task training of DUPN (and of the baselines, which share its heads).
 
 Objective (one step; each task's mini-batch is drawn from its own data set):
 
-    L = Σ_{t ∈ tasks} L_t
+    L = Σ_{t ∈ tasks} L_t          (default; weighted variants: :class:`LossCombiner`)
 
     L_ctr    = -1/N Σ_i [y_i log σ(z_i) + (1-y_i) log(1-σ(z_i))]         z = ctr_logit(r_i, e_item)
     L_l2r    = -Σ_i w_i [y_i log σ(z_i) + (1-y_i) log(1-σ(z_i))] / Σ_i w_i  z = MLP₂(r_i)·x_rank
@@ -88,7 +88,7 @@ class TrainConfig:
     ``max_seconds`` is a wall-clock guard (stops early, flagged in the log) for
     the demo paths that promise a time bound.
 
-    Multi-task handling (see :func:`combine_losses` and :func:`fit`): ``weighting`` is
+    Multi-task handling (see :class:`LossCombiner`, :func:`combine_gradients` and :func:`fit`): ``weighting`` is
     ``sum`` (L = Σ_t L_t), ``norm`` (each L_t divided by a running mean of itself) or
     ``uncertainty`` (learned weights, Kendall et al. 2018); ``grad_mode`` is ``global`` (one
     clip of the summed gradient), ``task_clip`` (each task's gradient clipped to ``clip_norm``
@@ -224,7 +224,7 @@ def drop_profile(ctx: UserContext, rate: float, gen: torch.Generator | None = No
     """Profile dropout: each context's age group and gender become "unknown" (-1) with prob ``rate``.
 
     The stream worker encodes every user with the unknown profile (it has no profile
-    source), so that row must be trained; a fully profiled training set never touches it.
+    source), so that row must be trained; a fully profiled training set gives it no data gradient.
     """
     if rate <= 0 or ctx.age_group is None:
         return ctx
