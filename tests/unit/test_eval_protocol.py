@@ -73,8 +73,9 @@ def test_no_training_label_crosses_the_cutoff(sim: SimData) -> None:
     with pytest.raises(AssertionError, match="crosses the cutoff"):
         check_split(bad, cutoff, horizon)
     u = late[0].user_id
-    twice = {"train": {"ppp": [e for e in sim.examples["ppp"] if e.user_id == u and e.now_ms < cutoff][:1]},
-             "test": {"ppp": [e for e in sim.examples["ppp"] if e.user_id == u and e.now_ms >= cutoff][:1]}}  # fmt: skip
+    mine = [e for e in sim.examples["ppp"] if e.user_id == u]
+    twice = {"train": {"ppp": [e for e in mine if e.now_ms < cutoff][:1]},
+             "test": {"ppp": [e for e in mine if e.now_ms >= cutoff][:1]}}  # fmt: skip
     if twice["train"]["ppp"] and twice["test"]["ppp"]:
         with pytest.raises(AssertionError, match="in both"):
             check_split(twice, cutoff, horizon)
@@ -169,7 +170,8 @@ def test_anchored_runs_are_the_policy_runs(split: tuple) -> None:  # type: ignor
     for r in (1, 7, 25):
         policy = UpdatePolicy("incremental", r, 30)
         assert run_starts(lengths, 30, r).tolist() == [policy.run_start(int(n)) for n in lengths]
-    assert run_starts(lengths, 30, None).tolist() == [UpdatePolicy("exact", window=30).run_start(int(n)) for n in lengths]
+    exact = UpdatePolicy("exact", window=30)
+    assert run_starts(lengths, 30, None).tolist() == [exact.run_start(int(n)) for n in lengths]
     table = prep.tables["ppp"]
     long = np.flatnonzero(table.ctx_len > 40)[:8]
     batch = collate(prep.store, [(table, long)], TINY_ENC, 30, anchor_every=25)
