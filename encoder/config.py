@@ -49,6 +49,9 @@ class EncoderConfig:
     # ablations: where behavior properties enter (DUPN-nobp / bplstm / bpatt / all)
     props_in_lstm: bool = True
     props_in_attention: bool = True
+    # the query also enters the representation (r = tanh(W_r [pooled; u; q])), as it enters the
+    # baselines' inputs; off by default so that checkpoints written before the field load unchanged
+    query_in_rep: bool = False
     # heads
     n_ranking_features: int = 4
     n_talent_features: int = 3

@@ -283,7 +283,8 @@ class DUPN(nn.Module):
         self.cell = PropertyGatedLSTMCell(cfg)
         self.attention = AttentionPooling(cfg)
         self.context = ContextEmbedding(cfg)
-        self.rep = nn.Linear(cfg.pooled_dim + cfg.profile_dim, cfg.rep_dim)
+        side = cfg.profile_dim + (cfg.query_dim if cfg.query_in_rep else 0)
+        self.rep = nn.Linear(cfg.pooled_dim + side, cfg.rep_dim)
         self.rep_dropout = nn.Dropout(cfg.dropout)
         self.heads = TaskHeads(cfg)
 
@@ -315,20 +316,32 @@ class DUPN(nn.Module):
         return hs, h, c
 
     def user_context(self, ctx: UserContext, batch: int) -> tuple[Tensor, Tensor]:
+        """([q; u], side): the attention context and what enters the representation beside the
+        pooled vector: u, or [u; q] with ``query_in_rep``."""
         q, u = self.context(ctx, batch)
-        return torch.cat([q, u], dim=-1), u
+        side = torch.cat([u, q], dim=-1) if self.cfg.query_in_rep else u
+        return torch.cat([q, u], dim=-1), side
 
-    def representation(self, pooled: Tensor, profile: Tensor) -> Tensor:
-        """r = tanh(W_r [pooled; u] + b_r): the 256-d user representation."""
-        return torch.tanh(self.rep(torch.cat([pooled, profile], dim=-1)))
+    def representation(self, pooled: Tensor, side: Tensor) -> Tensor:
+        """r = tanh(W_r [pooled; u] + b_r), or tanh(W_r [pooled; u; q] + b_r) with ``query_in_rep``:
+        the 256-d user representation (``side`` from :meth:`user_context`)."""
+        return torch.tanh(self.rep(torch.cat([pooled, side], dim=-1)))
 
-    def encode(self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext) -> Tensor:
-        """Exact user representation of (B, L) windows as of ``now`` (B,) ms."""
+    def encode(
+        self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext, pool_mask: Tensor | None = None
+    ) -> Tensor:
+        """User representation of (B, L) left-padded runs as of ``now`` (B,) ms.
+
+        The LSTM runs over ``mask``; attention pools over ``pool_mask`` (default: the same).
+        A run that starts before the window (the incremental policy's anchored run, see
+        ``encoder.streaming.UpdatePolicy``) passes the last W positions as ``pool_mask``: its
+        first steps only warm the state up, exactly as the stream worker computes it.
+        """
         hs, _, _ = self.run_lstm(b, mask)
         k, v = self.attention.keys_values(hs, b.event_type, b.scenario)
-        full_ctx, profile = self.user_context(ctx, mask.shape[0])
-        pooled = self.attention(k, v, b.ts, mask, now, full_ctx)
-        return self.representation(pooled, profile)
+        full_ctx, side = self.user_context(ctx, mask.shape[0])
+        pooled = self.attention(k, v, b.ts, mask if pool_mask is None else pool_mask, now, full_ctx)
+        return self.representation(pooled, side)
 
     # -- item part --------------------------------------------------------------------
     def item_vectors(self, b: BehaviorTensors) -> Tensor:

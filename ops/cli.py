@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _train_parser(sub)
     _eval_parser(sub)
+    _validate_parser(sub)
     _drift_parser(sub)
     _bench_parser(sub)
     _explain_parsers(sub)
@@ -386,11 +387,15 @@ def _train(args: argparse.Namespace, s: Settings) -> int:
 
 
 def _eval_parser(sub: Any) -> None:
-    ep = sub.add_parser("eval", help="the paper's experiments on simulator data -> results/eval.md "
+    ep = sub.add_parser("eval", help="the paper's experiments on simulator data, several seeds -> results/eval.md "
                                      "(--taobao FILE: DUPN vs baselines on that file -> results/taobao_eval.md)")
-    ep.add_argument("--quick", action="store_true", help="smaller run (< 15 min on 2 cores)")
+    ep.add_argument("--quick", action="store_true", help="smaller world and budget (3000 users, 250 steps)")
     ep.add_argument("--out", type=Path, default=Path("results"))
-    ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2; --taobao: the first)")
+    ep.add_argument("--model-out", type=Path, help="save the first seed's DUPN-all here (for `dupn drift`)")
+    ep.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (1 torch thread each)")
+    ep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a training setting of the plan (e.g. weighting=norm); repeatable")
     ep.add_argument("--taobao", type=Path,
                     help="a Taobao UserBehavior CSV: ctr and l2r, DUPN vs Wide, Wide&Deep, CNN-max")
     ep.add_argument("--steps", type=int, help="--taobao: training steps per model")
@@ -401,20 +406,80 @@ def _eval_parser(sub: Any) -> None:
 
 
 def _eval(args: argparse.Namespace, s: Settings) -> int:
+    import dataclasses
+
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     if args.taobao:
         from training.taobao_eval import run_taobao_eval, taobao_plan
 
-        plan = taobao_plan(args.quick, steps=args.steps, batch_size=args.batch_size, max_rows=args.max_rows,
-                           user_sample=args.user_sample, seed=args.seed)
-        command = "dupn " + shlex.join(sys.argv[1:]) if "eval" in sys.argv[1:] else ""
-        run_taobao_eval(args.taobao, plan, args.out, command=command, synthetic_note=args.note)
+        tplan = taobao_plan(args.quick, steps=args.steps, batch_size=args.batch_size, max_rows=args.max_rows,
+                            user_sample=args.user_sample, seed=seeds[0])
+        tcommand = "dupn " + shlex.join(sys.argv[1:]) if "eval" in sys.argv[1:] else ""
+        run_taobao_eval(args.taobao, tplan, args.out, command=tcommand, synthetic_note=args.note)
         print(f"wrote {args.out / 'taobao_eval.md'} and {args.out / 'taobao_eval.json'}")
         return 0
-    from training.experiments import run_eval
 
-    run_eval(quick=args.quick, out_dir=args.out, seed=args.seed)
-    print(f"wrote {args.out / 'eval.md'} and {args.out / 'eval.json'}")
+    from training.experiments import plan_for, run_eval
+
+    plan = plan_for(args.quick, seeds[0])
+    train_changes: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        value = _literal(raw)
+        if key in {f.name for f in dataclasses.fields(plan)} and key not in ("sim", "train"):
+            overrides[key] = value
+        elif key in {f.name for f in dataclasses.fields(plan.train)}:
+            train_changes[key] = value
+        else:
+            raise SystemExit(f"--set {key}: not a setting of the evaluation plan or of TrainConfig")
+    if train_changes:
+        overrides["train"] = dataclasses.replace(plan.train, **train_changes)
+    command = "dupn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None
+    res = run_eval(
+        args.quick, args.out, seeds, command=command, model_out=args.model_out, plan_overrides=overrides or None,
+        jobs=args.jobs,
+    )
+    from ops.plots import write_heatmap_png
+    from training.report import attention_table
+
+    png = write_heatmap_png(args.out / "attention.png", attention_table(res["per_seed"]),
+                            f"DUPN-all attention by type × age (test users, seeds {args.seeds})")
+    print(f"wrote {args.out / 'eval.md'}, {args.out / 'eval.json'} and {png}")
     return 0
+
+
+def _validate_parser(sub: Any) -> None:
+    vp = sub.add_parser("validate", help="DUPN-all under training choices, scored on the validation users")
+    vp.add_argument("--choices", default="", help="'|'-separated names of training.experiments.CHOICES")
+    vp.add_argument("--singles", default="", help="comma-separated tasks for single-task references")
+    vp.add_argument("--seed", type=int, default=0)
+    vp.add_argument("--out", type=Path, required=True, help="JSON file, rewritten after every row")
+    vp.set_defaults(run=_validate)
+
+
+def _validate(args: argparse.Namespace, s: Settings) -> int:
+    from training.experiments import run_validation
+
+    choices = [c for c in args.choices.split("|") if c]
+    singles = [t for t in args.singles.split(",") if t]
+    run_validation(True, choices, seed=args.seed, out=args.out, singles=singles)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _literal(raw: str) -> Any:
+    """A --set value: None, true/false, an int, a float, or the string itself."""
+    if raw in ("None", "none"):
+        return None
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def _drift_parser(sub: Any) -> None:
@@ -423,6 +488,7 @@ def _drift_parser(sub: Any) -> None:
     dp.add_argument("--events-per-user", type=int, default=250)
     dp.add_argument("--reanchor", default="10,25,50,100,200", help="comma-separated periods R")
     dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--model", dest="model_path", type=Path, help="checkpoint dir (default: the settings' model dir)")
     dp.add_argument("--json", action="store_true")
     dp.set_defaults(run=_drift)
 
@@ -431,7 +497,8 @@ def _drift(args: argparse.Namespace, s: Settings) -> int:
     from ops.drift import measure_drift, render_table
 
     periods = [int(x) for x in args.reanchor.split(",") if x.strip()]
-    rows = measure_drift(str(s.model_dir), args.users, args.events_per_user, periods, seed=args.seed)
+    model_dir = args.model_path or s.model_dir
+    rows = measure_drift(str(model_dir), args.users, args.events_per_user, periods, seed=args.seed)
     print(json.dumps(rows, indent=2) if args.json else render_table(rows))
     return 0
 

@@ -122,6 +122,7 @@ class ExampleTable:
     items: np.ndarray | None  # (N,) BEHAVIOR_DTYPE candidate items (ctr, l2r)
     features: np.ndarray | None  # (N, F) float32 ranking / talent / shop features
     target: np.ndarray | None  # (N,) int64 talent / shop bucket
+    oracle: np.ndarray | None = None  # (N, 2) float64 planted truth: all effects, static effects (simulator only)
 
     @property
     def n_examples(self) -> int:
@@ -160,7 +161,16 @@ def build_table(
         items=_item_records(examples) if task in ("ctr",) else None,
         features=_task_features(task, examples, cfg),
         target=_targets(task, examples, cfg),
+        oracle=_oracle(examples),
     )
+
+
+def _oracle(examples: Sequence[Example]) -> np.ndarray | None:
+    """The simulator's planted scores (``TaskExample.oracle`` / ``oracle_static``) when every example has them."""
+    rows = [(getattr(e, "oracle", None), getattr(e, "oracle_static", None)) for e in examples]
+    if not rows or any(a is None or b is None for a, b in rows):
+        return None
+    return np.array(rows, dtype=np.float64)
 
 
 def _item_records(examples: Sequence[Example]) -> np.ndarray:
@@ -228,15 +238,30 @@ class Batch:
     now: Tensor  # (C,) int64 ms
     context: UserContext
     parts: list[TaskPart]
+    pool_mask: Tensor | None = None  # (C, L) bool: the attention window (None = ``mask``)
 
     @property
     def n_contexts(self) -> int:
         return int(self.mask.shape[0])
 
 
-def left_padded(store: HistoryStore, users: np.ndarray, lengths: np.ndarray, window: int) -> np.ndarray:
-    """(C, L) records: each row the last ≤ ``window`` behaviors before ``lengths``, left-padded."""
-    takes = np.minimum(lengths, window)
+def run_starts(lengths: np.ndarray, window: int, anchor_every: int | None) -> np.ndarray:
+    """Where the LSTM run behind a prefix of n behaviors starts (``UpdatePolicy.run_start``).
+
+    ``None``: the exact window, max(0, n - W). R: the incremental policy's anchored run,
+    max(0, ⌊n/R⌋·R - W), which starts up to R - 1 behaviors before the window.
+    """
+    if anchor_every is None:
+        return np.maximum(lengths - window, 0)
+    return np.maximum((lengths // anchor_every) * anchor_every - window, 0)
+
+
+def left_padded(
+    store: HistoryStore, users: np.ndarray, lengths: np.ndarray, window: int, anchor_every: int | None = None
+) -> np.ndarray:
+    """(C, L) records: each row its run (default: the last ≤ ``window`` behaviors before
+    ``lengths``; with ``anchor_every``, the anchored run of :func:`run_starts`), left-padded."""
+    takes = lengths - run_starts(lengths, window, anchor_every)
     width = max(int(takes.max()) if len(takes) else 0, 1)
     block = np.zeros((len(users), width), dtype=BEHAVIOR_DTYPE)
     for row, (u, n, k) in enumerate(zip(users.tolist(), lengths.tolist(), takes.tolist(), strict=True)):
@@ -250,8 +275,13 @@ def collate(
     picks: Sequence[tuple[ExampleTable, np.ndarray]],
     cfg: EncoderConfig,
     window: int,
+    anchor_every: int | None = None,
 ) -> Batch:
-    """One batch from (table, context indices) per task; identical contexts are encoded once."""
+    """One batch from (table, context indices) per task; identical contexts are encoded once.
+
+    ``mask`` marks each row's LSTM run and ``pool_mask`` its last ≤ ``window`` behaviors (the
+    attention window); they differ only for anchored runs (``anchor_every``, see :func:`run_starts`).
+    """
     keys: dict[tuple[int, int, int, int], int] = {}
     rows: list[tuple[int, int, int, int]] = []
     parts: list[TaskPart] = []
@@ -268,13 +298,13 @@ def collate(
             if ctx_row[j] == len(rows):
                 rows.append(key)
         ex, owner = table.example_rows(contexts)
-        parts.append(_task_part(table, ex, ctx_row[owner], cfg))
+        parts.append(task_part(table, ex, ctx_row[owner], cfg))
     arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
     users, lengths, now, query = arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
-    block = left_padded(store, users, lengths, window)
-    mask = np.zeros(block.shape, dtype=bool)
-    takes = np.minimum(lengths, window)
-    mask[:, :] = np.arange(block.shape[1])[None, :] >= (block.shape[1] - takes)[:, None]
+    block = left_padded(store, users, lengths, window, anchor_every)
+    cols = np.arange(block.shape[1])[None, :]
+    mask = cols >= (block.shape[1] - (lengths - run_starts(lengths, window, anchor_every)))[:, None]
+    pool_mask = cols >= (block.shape[1] - np.minimum(lengths, window))[:, None]
     ctx = UserContext(
         query=torch.from_numpy(query.copy()),
         age_group=torch.from_numpy(store.age_group[users]),
@@ -286,10 +316,11 @@ def collate(
         torch.from_numpy(now.copy()),
         ctx,
         parts,
+        torch.from_numpy(pool_mask),
     )
 
 
-def _task_part(table: ExampleTable, ex: np.ndarray, ctx_row: np.ndarray, cfg: EncoderConfig) -> TaskPart:
+def task_part(table: ExampleTable, ex: np.ndarray, ctx_row: np.ndarray, cfg: EncoderConfig) -> TaskPart:
     def opt(a: np.ndarray | None) -> Tensor | None:
         return None if a is None else torch.from_numpy(np.ascontiguousarray(a[ex]))
 
@@ -342,9 +373,11 @@ class MultiTaskBatches:
         batch_size: int,
         seed: int,
         window: int | None = None,
+        anchor_every: int | None = None,
     ) -> None:
         self.store, self.cfg = store, cfg
         self.window = min(window or cfg.window, cfg.window)
+        self.anchor_every = anchor_every
         seq = np.random.SeedSequence(seed)
         self.samplers = [
             ContextSampler(t, batch_size, int(s.generate_state(1)[0]))
@@ -355,7 +388,13 @@ class MultiTaskBatches:
         return self
 
     def __next__(self) -> Batch:
-        return collate(self.store, [(s.table, s.next()) for s in self.samplers], self.cfg, self.window)
+        picks = [(s.table, s.next()) for s in self.samplers]
+        return collate(self.store, picks, self.cfg, self.window, self.anchor_every)
+
+    def one_task(self, index: int) -> Batch:
+        """A batch of one task only (the ``round_robin`` schedule)."""
+        s = self.samplers[index]
+        return collate(self.store, [(s.table, s.next())], self.cfg, self.window, self.anchor_every)
 
 
 def eval_batches(
@@ -364,13 +403,14 @@ def eval_batches(
     cfg: EncoderConfig,
     contexts_per_batch: int = 512,
     window: int | None = None,
+    anchor_every: int | None = None,
 ) -> Iterator[tuple[np.ndarray, Batch]]:
     """In-order batches over a whole table; yields (example indices, batch) to align predictions."""
     w = min(window or cfg.window, cfg.window)
     for lo in range(0, table.n_contexts, contexts_per_batch):
         contexts = np.arange(lo, min(lo + contexts_per_batch, table.n_contexts))
         ex, _ = table.example_rows(contexts)
-        yield ex, collate(store, [(table, contexts)], cfg, w)
+        yield ex, collate(store, [(table, contexts)], cfg, w, anchor_every)
 
 
 def subsample_contexts(table: ExampleTable, max_contexts: int, seed: int) -> ExampleTable:
@@ -396,6 +436,7 @@ def subsample_contexts(table: ExampleTable, max_contexts: int, seed: int) -> Exa
         items=sel(table.items),
         features=sel(table.features),
         target=sel(table.target),
+        oracle=sel(table.oracle),
     )
 
 

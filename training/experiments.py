@@ -1,17 +1,23 @@
-"""The paper's three offline experiments, re-run on simulated data.
+"""The talk's offline experiments on simulated data, over several seeds, on held-out users.
 
-1. Baselines (Wide, Wide&Deep, CNN-max) vs DUPN-nobp / -bplstm / -bpatt / -all,
-   each trained multi-task on CTR, L2R, talent and PPP with the same heads,
-   data, seed and step budget.
-2. Multi-task vs single-task DUPN-all, with an equal step budget per task.
-3. Transfer to shop preference: RS, RA, RT and FT (see :func:`transfer`).
+Per seed (:func:`run_seed`): a simulated world, whole users split train / val / test and a
+time cutoff no training label crosses (``training.protocol``), then
 
-Uncertainty: test examples come in clusters (a slate's candidates share one
-user window), so standard errors come from a bootstrap over *contexts*, and
-two models are compared with a paired bootstrap on the same resamples.  A
-difference within two standard errors is reported as a tie.  The report's
-"where we differ from the paper" text is generated from these comparisons and
-the training logs, never written by hand.
+1. baselines (Wide, Wide&Deep, CNN-max) vs DUPN-all, multi-task on CTR, L2R, talent and PPP,
+   the same data, heads, inputs (query and profile in every model's context), schedule and
+   training settings for every model; optionally the DUPN ablations (nobp, bplstm, bpatt);
+2. multi-task vs single-task, for DUPN-all and (optionally) for every baseline, with an equal
+   step budget per task;
+3. oracle rows: the simulator's planted scores, with and without its time- and type-dependent
+   effects (``TaskExample.oracle``);
+4. the served path: DUPN-all's scores from vectors the stream worker itself produces
+   (``training.served``), next to the offline rows with the same and with the full inputs;
+5. attention by behavior type × age on the test users (the talk's attention analysis).
+
+Optionally (``transfer_steps > 0``) the transfer experiment (RS / RA / RT / FT) on shop.
+Standard errors: a bootstrap over test *users* per seed, and the spread across seeds
+(``training.report`` aggregates). :func:`run_validation` scores training choices on the
+validation users only; the test users are scored once per reported run.
 """
 
 from __future__ import annotations
@@ -19,18 +25,21 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from encoder.config import EncoderConfig
+from encoder.explain import attention_report
 from encoder.model import DUPN
+from encoder.streaming import StreamingEncoder, UpdatePolicy
 from training.baselines import make_baseline
-from training.data import build_table, subsample_contexts
+from training.data import ExampleTable, build_table, subsample_contexts
 from training.metrics import (
     BASELINE_NAMES,
     DUPN_VARIANTS,
@@ -39,18 +48,11 @@ from training.metrics import (
     N_BOOT,
     TRANSFER_METHODS,
     Scoreboard,
-    evaluate_model,
     majority_accuracy,
 )
-from training.report import (
-    RunFacts,
-    differences_paragraph,
-    model_claims,
-    multitask_claims,
-    transfer_claims,
-    write_report,
-)
-from training.simulator import SimConfig, Simulator, split_by_time
+from training.protocol import check_split, split_examples, split_users
+from training.served import offline_scores, served_scores
+from training.simulator import DAY_MS, SimConfig, SimData, Simulator
 from training.train import (
     FitLog,
     Prepared,
@@ -66,210 +68,366 @@ from training.train import (
 
 @dataclass(frozen=True)
 class EvalPlan:
-    """Data size and budgets of one evaluation run."""
+    """World size, split, budgets and the training settings of one evaluation."""
 
     sim: SimConfig
-    window: int  # behaviors per input window (the paper: 100)
-    train: TrainConfig  # per-model schedule for experiments 1 and 2
-    transfer_steps: int
-    test_contexts: int  # per task, for the final metrics
-    curve_contexts: int  # per task, for the learning curves
-    curve_points: int
+    window: int  # behaviors per attention window (the talk: 100)
+    train: TrainConfig  # every model's schedule and multi-task settings
+    query_in_rep: bool = True  # DUPN's representation sees the query, as the baselines' inputs do
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # users: train / val / test
+    reanchor: int = 25  # the worker's default policy (incremental, R)
+    test_contexts: int = 2000  # per task, cap on scored test contexts
+    single_baselines: bool = True
+    variants: bool = False
+    transfer_steps: int = 0
 
-def plan_for(quick: bool, seed: int) -> EvalPlan:
-    """quick: ≈ 8 min on 2 idle cores (window 50, 250 steps); full: window 100, more data and steps.
 
-    Every model gets the same schedule: 64 contexts (user windows) per task
-    and step.  The quick world has many users so that the budget stays near
-    one epoch of CTR slates: with fewer users the id embeddings memorise the
-    training slates (measured: train AUC 0.84 vs test 0.59 at 600 users).
-    """
+def plan_for(quick: bool, seed: int = 0) -> EvalPlan:
+    """quick: 3000 users, window 100, 250 steps × 64 windows per task; full: 6000 users, 1000 steps."""
     if quick:
         sim = SimConfig(
-            n_users=3000,
-            n_items=10000,
-            n_shops=300,
-            n_brands=200,
-            n_talents=60,
-            events_per_user=80,
-            seed=seed,
+            n_users=3000, n_items=10000, n_shops=300, n_brands=200, n_talents=60, events_per_user=80, seed=seed
         )
-        return EvalPlan(sim, 50, TrainConfig(steps=250, batch_size=64, seed=seed), 250, 1200, 250, 5)
+        return EvalPlan(sim, 100, TrainConfig(steps=250, batch_size=64, seed=seed))
     sim = SimConfig(n_users=6000, n_items=20000, events_per_user=120, seed=seed)
-    return EvalPlan(sim, 100, TrainConfig(steps=1000, batch_size=64, seed=seed), 1000, 4000, 500, 8)
+    return EvalPlan(
+        sim, 100, TrainConfig(steps=1000, batch_size=64, seed=seed), test_contexts=4000, transfer_steps=1000
+    )
+
 
 @dataclass
 class Setup:
-    """Prepared train data, scored and curve-sized test sets, the encoder config, bookkeeping."""
+    """One seed's world: prepared training data, validation and test scoreboards, bookkeeping."""
 
+    sim: SimData
     enc: EncoderConfig
     train: Prepared
-    board: Scoreboard
-    curve: Prepared
+    val: Scoreboard
+    test: Scoreboard
     sizes: dict[str, Any]
     logs: dict[str, FitLog] = field(default_factory=dict)
 
+
 def make_setup(plan: EvalPlan, seed: int) -> Setup:
-    sim = Simulator(plan.sim).generate()
-    train_ex, test_ex = split_by_time(sim, 0.8)
-    enc = EncoderConfig(window=plan.window)
-    prep = prepare(TrainData(sim.histories, sim.users, train_ex), enc)
-    full = {t: build_table(t, exs, prep.store, enc) for t, exs in test_ex.items() if exs}
-    test = {t: subsample_contexts(v, plan.test_contexts, seed) for t, v in full.items()}
-    curve = {t: subsample_contexts(v, plan.curve_contexts, seed) for t, v in test.items()}
+    sim = Simulator(replace(plan.sim, seed=seed)).generate()
+    users = split_users(sorted(sim.histories), seed, plan.fractions)
+    splits = split_examples(sim, users)
+    cutoff = sim.config.start_ms + int(0.8 * sim.config.days * DAY_MS)
+    check_split(splits, cutoff, int(sim.config.shop_horizon_days * DAY_MS))
+    enc = EncoderConfig(window=plan.window, query_in_rep=plan.query_in_rep)
+    prep = prepare(TrainData(sim.histories, sim.users, splits["train"]), enc)
+
+    def tables(name: str) -> dict[str, ExampleTable]:
+        full = {t: build_table(t, exs, prep.store, enc) for t, exs in splits[name].items() if exs}
+        return {t: subsample_contexts(v, plan.test_contexts, seed) for t, v in full.items()}
+
+    val, test = tables("val"), tables("test")
     sizes = {
-        "users": len(sim.users),
+        "users": {k: len(users.of(k)) for k in ("train", "val", "test")},
         "events": sum(len(h) for h in sim.histories.values()),
-        "train_examples": {t: v.n_examples for t, v in prep.tables.items()},
         "train_contexts": {t: v.n_contexts for t, v in prep.tables.items()},
+        "val_examples": {t: v.n_examples for t, v in val.items()},
         "test_examples": {t: v.n_examples for t, v in test.items()},
-        "test_contexts": {t: v.n_contexts for t, v in test.items()},
-        "test_examples_available": {t: v.n_examples for t, v in full.items()},
+        "test_users": {t: len(np.unique(v.ctx_user)) for t, v in test.items()},
     }
-    board = Scoreboard(Prepared(prep.store, test), N_BOOT, seed)
-    return Setup(enc, prep, board, Prepared(prep.store, curve), sizes)
+    return Setup(
+        sim,
+        enc,
+        prep,
+        Scoreboard(Prepared(prep.store, val), N_BOOT, seed, plan.reanchor),
+        Scoreboard(Prepared(prep.store, test), N_BOOT, seed, plan.reanchor),
+        sizes,
+    )
 
-def _curve_fn(model: TaskModel, setup: Setup, tasks: tuple[str, ...]) -> Callable[[int], dict[str, float]]:
-    def at_step(_: int) -> dict[str, float]:
-        sub = Prepared(setup.curve.store, {t: setup.curve.tables[t] for t in tasks})
-        return {k: v for k, v in evaluate_model(model, sub, n_boot=0).items() if not k.endswith("_se")}
-
-    return at_step
-
-def _run(
-    name: str,
-    model: nn.Module,
-    setup: Setup,
-    cfg: TrainConfig,
-    progress: bool,
-    curve_points: int = 0,
-    **fit_kw: Any,
-) -> dict[str, Any]:
-    """Fit one model (every trained head here is new, so biases start at the base rates), then score it."""
-    tm: TaskModel = model  # type: ignore[assignment]
-    every = max(1, cfg.steps // curve_points) if curve_points else 0
-    on_eval = _curve_fn(tm, setup, cfg.tasks[-1:]) if curve_points else None
-    init_output_biases(tm, setup.train, cfg.tasks)
-    log = fit(tm, setup.train, cfg, progress=progress, desc=name, eval_every=every, on_eval=on_eval, **fit_kw)
-    setup.logs[name] = log
-    row: dict[str, Any] = setup.board.score(name, tm, cfg.tasks)
-    row["train_seconds"] = round(log.seconds, 1)
-    row["params"] = sum(p.numel() for p in model.parameters())
-    row["final_train_loss"] = {t: round(log.mean_loss(t, last=20), 4) for t in cfg.tasks}
-    if log.curve:
-        row["curve"] = log.curve
-    _say(progress, f"{name}: " + ", ".join(f"{METRIC_OF[t]}={row[METRIC_OF[t]]:.4f}" for t in cfg.tasks))
-    return row
 
 def _say(progress: bool, msg: str) -> None:
     if progress:
         print(msg, file=sys.stderr, flush=True)
 
-def compare_models(setup: Setup, plan: EvalPlan, progress: bool) -> tuple[dict[str, dict[str, Any]], DUPN]:
-    """Experiment 1; also returns the trained DUPN-all (reused by experiments 2 and 3)."""
-    cfg = replace(plan.train, tasks=FOUR_TASKS)
-    rows = {name: _run(name, make_baseline(name, setup.enc), setup, cfg, progress) for name in BASELINE_NAMES}
-    dupn_all = DUPN(setup.enc)
-    for variant in DUPN_VARIANTS:
-        model = dupn_all if variant == "all" else DUPN(setup.enc.variant(variant))
-        rows[f"DUPN-{variant}"] = _run(f"DUPN-{variant}", model, setup, cfg, progress)
-    return rows, dupn_all
 
-def multi_vs_single(setup: Setup, plan: EvalPlan, progress: bool) -> dict[str, dict[str, Any]]:
-    """Experiment 2: a single-task DUPN-all per task, same steps and per-task batch as the multi-task one."""
-    out: dict[str, dict[str, Any]] = {}
-    for task in FOUR_TASKS:
-        single = _run(f"single-{task}", DUPN(setup.enc), setup, replace(plan.train, tasks=(task,)), progress)
-        cmp = setup.board.compare("DUPN-all", f"single-{task}", task)
-        out[task] = {
-            "metric": METRIC_OF[task],
-            "multi": cmp.a_value,
-            "single": cmp.b_value,
-            "diff_se": cmp.se,
-            "single_train_seconds": single["train_seconds"],
-        }
+def train_model(name: str, model: nn.Module, setup: Setup, cfg: TrainConfig, progress: bool, **fit_kw: Any) -> FitLog:
+    """Fit one model with fresh heads (output biases at the base rates)."""
+    tm: TaskModel = model  # type: ignore[assignment]
+    init_output_biases(tm, setup.train, cfg.tasks)
+    if not isinstance(model, DUPN):
+        cfg = replace(cfg, anchor_every=None)  # no state to warm up: the window is all they see
+    log = fit(tm, setup.train, cfg, progress=progress, desc=name, **fit_kw)
+    setup.logs[name] = log
+    return log
+
+
+def _scored(name: str, model: nn.Module, board: Scoreboard, log: FitLog, tasks: Sequence[str]) -> dict[str, Any]:
+    tm: TaskModel = model  # type: ignore[assignment]
+    row: dict[str, Any] = board.score(name, tm, tasks)
+    row["train_seconds"] = round(log.seconds, 1)
+    row["params"] = sum(p.numel() for p in model.parameters())
+    row["final_train_loss"] = {t: round(log.mean_loss(t, last=20), 4) for t in tasks}
+    if log.task_weights:
+        row["task_weights"] = {t: round(w, 4) for t, w in log.task_weights.items()}
+    return row
+
+
+def _new_model(name: str, enc: EncoderConfig) -> nn.Module:
+    if name.startswith("DUPN-"):
+        return DUPN(enc.variant(name.removeprefix("DUPN-")))
+    return make_baseline(name, enc)
+
+
+def oracle_scores(table: ExampleTable, static: bool) -> np.ndarray:
+    """The planted truth as scores: log P(click) (ctr, l2r), follow affinity (talent), the level (ppp)."""
+    assert table.oracle is not None
+    col = table.oracle[:, 1 if static else 0]
+    if table.task == "ppp":
+        onehot = np.zeros((len(col), 7))
+        onehot[np.arange(len(col)), col.astype(np.int64) - 1] = 1.0
+        return onehot
+    return col
+
+
+def run_seed(plan: EvalPlan, seed: int, progress: bool, model_out: Path | None = None) -> dict[str, Any]:
+    """Every experiment of one seed (module docstring); returns rows, pairwise comparisons, attention."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    setup = make_setup(plan, seed)
+    _say(progress, f"seed {seed}: {setup.sizes}")
+    board, cfg = setup.test, replace(plan.train, seed=seed, tasks=FOUR_TASKS, anchor_every=plan.reanchor)
+    rows: dict[str, dict[str, Any]] = {}
+    names = [*BASELINE_NAMES, "DUPN-all"] + ([f"DUPN-{v}" for v in DUPN_VARIANTS[:3]] if plan.variants else [])
+    models: dict[str, nn.Module] = {}
+    for name in names:
+        models[name] = _new_model(name, setup.enc)
+        log = train_model(name, models[name], setup, cfg, progress)
+        rows[name] = _scored(name, models[name], board, log, FOUR_TASKS)
+        _say(progress, f"  {name}: " + ", ".join(f"{METRIC_OF[t]}={rows[name][METRIC_OF[t]]:.4f}" for t in FOUR_TASKS))
+    dupn = models["DUPN-all"]
+    assert isinstance(dupn, DUPN)
+    for static, label in ((False, "oracle"), (True, "oracle (static effects only)")):
+        rows[label] = board.record(label, {t: oracle_scores(board.test.tables[t], static) for t in FOUR_TASKS})
+    policy = UpdatePolicy("incremental", plan.reanchor, plan.window)
+    tables = {t: board.test.tables[t] for t in FOUR_TASKS}
+    t0 = time.perf_counter()
+    rows["DUPN-all served"] = board.record(
+        "DUPN-all served", served_scores(dupn, board.test.store, setup.sim.histories, tables, policy)
+    )
+    rows["DUPN-all served"]["seconds"] = round(time.perf_counter() - t0, 1)
+    rows["DUPN-all offline, unknown profile"] = board.record(
+        "DUPN-all offline, unknown profile", offline_scores(dupn, board.test.store, tables, plan.reanchor, True)
+    )
+    single: dict[str, dict[str, Any]] = {}
+    for base in ["DUPN-all", *(BASELINE_NAMES if plan.single_baselines else ())]:
+        for task in FOUR_TASKS:
+            name = f"{base} single-{task}"
+            model = _new_model(base, setup.enc)
+            log = train_model(name, model, setup, replace(cfg, tasks=(task,)), progress)
+            single[name] = _scored(name, model, board, log, (task,))
+    transfer = run_transfer(setup, plan, cfg, dupn, progress) if plan.transfer_steps else {}
+    comparisons = _comparisons(board, rows, single, transfer)
+    attention = attention_report(
+        StreamingEncoder(dupn, "eval"),
+        [
+            setup.train.store.records[setup.train.store.index(u)]
+            for u in sorted(
+                {
+                    u
+                    for u, i in setup.train.store.user_index.items()
+                    if i in set(board.test.tables["ppp"].ctx_user.tolist())
+                }
+            )
+        ],
+    )
+    if model_out is not None:
+        from encoder.checkpoint import save_checkpoint
+
+        save_checkpoint(dupn, model_out, seed=seed, train_anchor_every=plan.reanchor, source="dupn eval")
+    return {
+        "seed": seed,
+        "sizes": setup.sizes,
+        "ppp_majority_acc": majority_accuracy(setup.train.tables["ppp"], board.test.tables["ppp"]),
+        "models": rows,
+        "single": single,
+        "transfer": transfer,
+        "comparisons": comparisons,
+        "attention": {
+            "mean": np.nan_to_num(attention.mean, nan=-1.0).tolist(),
+            "counts": attention.counts.tolist(),
+            "users": attention.users,
+        },
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _comparisons(
+    board: Scoreboard, rows: Mapping[str, Any], single: Mapping[str, Any], transfer: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Every paired difference the report uses: (a, b, task, a − b, paired user-bootstrap SE)."""
+    pairs: list[tuple[str, str, str]] = []
+    for t in FOUR_TASKS:
+        pairs += [("DUPN-all", b, t) for b in BASELINE_NAMES]
+        pairs += [("CNN-max", "Wide", t), ("CNN-max", "Wide&Deep", t)]
+        pairs += [("DUPN-all served", "DUPN-all", t), ("DUPN-all served", "DUPN-all offline, unknown profile", t)]
+        pairs += [(m, f"{m} single-{t}", t) for m in ["DUPN-all", *BASELINE_NAMES] if f"{m} single-{t}" in single]
+        if "DUPN-nobp" in rows:
+            pairs += [("DUPN-bplstm", "DUPN-nobp", t), ("DUPN-bpatt", "DUPN-nobp", t), ("DUPN-nobp", "CNN-max", t)]
+            pairs += [("DUPN-all", f"DUPN-{v}", t) for v in DUPN_VARIANTS[:3]]
+    if transfer:
+        pairs += [("FT", m, "shop") for m in ("RS", "RA", "RT")]
+    out = []
+    for a, b, t in pairs:
+        c = board.compare(a, b, t)
+        out.append(
+            {"a": a, "b": b, "task": t, "a_value": c.a_value, "b_value": c.b_value, "delta": c.delta, "se": c.se}
+        )
     return out
 
-def transfer(setup: Setup, plan: EvalPlan, pretrained: DUPN, progress: bool) -> dict[str, dict[str, Any]]:
-    """Experiment 3 on shop preference, the same step budget for each method.
 
-    RS: fresh DUPN trained on shop only.  RA: fresh DUPN trained on all 5
-    tasks.  RT: the 4-task DUPN-all frozen, only the shop head trained.  FT:
-    the 4-task DUPN-all trained end to end on shop.
+def run_transfer(setup: Setup, plan: EvalPlan, cfg: TrainConfig, pretrained: DUPN, progress: bool) -> dict[str, Any]:
+    """Transfer to shop preference, the same step budget for each method.
+
+    RS: fresh DUPN trained on shop only.  RA: fresh DUPN trained on all 5 tasks.  RT: the
+    4-task DUPN-all frozen, only the shop head trained.  FT: the 4-task DUPN-all trained end
+    to end on shop.
     """
-    base = replace(plan.train, steps=plan.transfer_steps, tasks=("shop",))
-    out: dict[str, dict[str, Any]] = {}
+    base = replace(cfg, steps=plan.transfer_steps, tasks=("shop",))
+    out: dict[str, Any] = {}
     for name in TRANSFER_METHODS:
-        model, cfg, kw = _transfer_setup(name, setup.enc, pretrained, base)
-        row = _run(name, model, setup, cfg, progress, plan.curve_points, **kw)
+        kw: dict[str, Any] = {}
+        run_cfg = base
+        if name in ("RS", "RA"):
+            model = DUPN(setup.enc)
+            run_cfg = base if name == "RS" else replace(base, tasks=(*FOUR_TASKS, "shop"))
+        else:
+            model = copy.deepcopy(pretrained)
+            if name == "RT":
+                kw = {
+                    "params": [*model.heads.shop.parameters(), *model.heads.shop_emb.parameters()],
+                    "train_encoder": False,
+                }
+        log = train_model(name, model, setup, run_cfg, progress, **kw)
+        row = _scored(name, model, setup.test, log, ("shop",))
         out[name] = {
             "shop_auc": row["shop_auc"],
             "shop_auc_se": row["shop_auc_se"],
             "train_seconds": row["train_seconds"],
-            "curve": [{"step": p["step"], "shop_auc": p["shop_auc"]} for p in row.get("curve", [])],
         }
     return out
 
-def _transfer_setup(
-    name: str, enc: EncoderConfig, pretrained: DUPN, base: TrainConfig
-) -> tuple[DUPN, TrainConfig, dict[str, Any]]:
-    if name == "RS":
-        return DUPN(enc), base, {}
-    if name == "RA":  # shop last: its curve is the one recorded
-        return DUPN(enc), replace(base, tasks=(*FOUR_TASKS, "shop")), {}
-    model = copy.deepcopy(pretrained)  # the experiment-1 model stays untouched
-    if name == "FT":
-        return model, base, {}
-    head = [*model.heads.shop.parameters(), *model.heads.shop_emb.parameters()]
-    return model, base, {"params": head, "train_encoder": False}
-
-def _facts(setup: Setup, plan: EvalPlan) -> RunFacts:
-    ctx = setup.sizes["train_contexts"]
-    return RunFacts(
-        steps=plan.train.steps,
-        batch=plan.train.batch_size,
-        epochs={t: plan.train.steps * plan.train.batch_size / max(n, 1) for t, n in ctx.items()},
-        train_contexts=ctx,
-        losses={
-            name: {t: log.mean_loss(t, last=20) for t in log.losses[-1]} for name, log in setup.logs.items()
-        },
-        momentum_hours=plan.sim.momentum_halflife_hours,
-        suppression_days=plan.sim.suppression_halflife_days,
-    )
 
 def run_eval(
-    quick: bool, out_dir: Path = Path("results"), seed: int = 0, progress: bool = True
+    quick: bool,
+    out_dir: Path = Path("results"),
+    seeds: Sequence[int] = (0, 1, 2),
+    progress: bool = True,
+    command: str | None = None,
+    model_out: Path | None = None,
+    plan_overrides: Mapping[str, Any] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Run the three experiments; write ``out_dir/eval.json`` and ``out_dir/eval.md``; return the results."""
+    """Run every seed; write ``out_dir/eval.json`` and ``out_dir/eval.md``; return the results.
+
+    ``model_out``: where to save seed ``seeds[0]``'s DUPN-all (for ``dupn drift`` and the
+    attention figure). ``jobs`` > 1 runs the seeds in that many processes, 1 torch thread each.
+    """
+    from training.report import write_report
+
     threads = set_threads()
-    torch.manual_seed(seed)
     start = time.perf_counter()
-    plan = plan_for(quick, seed)
-    setup = make_setup(plan, seed)
-    _say(progress, f"data: {setup.sizes}")
-    rows, dupn_all = compare_models(setup, plan, progress)
-    mt = multi_vs_single(setup, plan, progress)
-    tr = transfer(setup, plan, dupn_all, progress)
-    claims = model_claims(setup.board) + multitask_claims(setup.board) + transfer_claims(setup.board, tr)
+    plan = replace(plan_for(quick, seeds[0]), **dict(plan_overrides or {}))
+    outs = [model_out if i == 0 else None for i in range(len(seeds))]
+    if jobs > 1:  # one process per seed (1 torch thread each): the seeds are independent
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=mp.get_context("spawn")) as pool:
+            per_seed = list(pool.map(_seed_job, [(plan, s, o) for s, o in zip(seeds, outs, strict=True)]))
+    else:
+        per_seed = [run_seed(plan, seed, progress, out) for seed, out in zip(seeds, outs, strict=True)]
     res: dict[str, Any] = {
-        "command": "PYTHONPATH=. python -c "
-        f'"from training.experiments import run_eval; run_eval(quick={quick}, seed={seed})"',
+        "command": command or f"dupn eval{' --quick' if quick else ''} --seeds {','.join(map(str, seeds))}",
         "quick": quick,
-        "seed": seed,
-        "threads": threads,
-        "sim_config": asdict(plan.sim),
-        "train_config": asdict(plan.train),
-        "transfer_steps": plan.transfer_steps,
-        "window": plan.window,
-        "sizes": setup.sizes,
-        "ppp_majority_acc": majority_accuracy(setup.train.tables["ppp"], setup.board.test.tables["ppp"]),
-        "models": rows,
-        "multitask": mt,
-        "transfer": tr,
-        "claims": [{k: v for k, v in asdict(c).items() if k != "comparisons"} for c in claims],
-        "differences": differences_paragraph(claims, _facts(setup, plan)),
+        "seeds": list(seeds),
+        "threads": 1 if jobs > 1 else threads,
+        "jobs": jobs,
+        "plan": _plan_json(plan),
+        "per_seed": per_seed,
     }
     res["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_report(res, out_dir)
     _say(progress, f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'} in {res['wall_seconds']:.0f} s")
+    return res
+
+
+def _seed_job(args: tuple[EvalPlan, int, Path | None]) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    plan, seed, out = args
+    return run_seed(plan, seed, False, out)
+
+
+def _plan_json(plan: EvalPlan) -> dict[str, Any]:
+    d = asdict(plan)
+    d["sim"] = asdict(plan.sim)
+    d["train"] = asdict(plan.train)
+    return d
+
+
+# -- validation: training choices, scored on the validation users only -----------------
+
+#: name → (TrainConfig overrides, query_in_rep). The first is today's recipe.
+CHOICES: dict[str, tuple[dict[str, Any], bool]] = {
+    "plain sum (today)": ({}, False),
+    "sum + query in rep": ({}, True),
+    "norm": ({"weighting": "norm"}, True),
+    "uncertainty": ({"weighting": "uncertainty"}, True),
+    "task_clip": ({"grad_mode": "task_clip"}, True),
+    "pcgrad": ({"grad_mode": "pcgrad"}, True),
+    "round_robin": ({"schedule": "round_robin"}, True),
+    "anchored R=25 + profile dropout 0.2": ({"anchor_every": 25, "profile_dropout": 0.2}, True),
+}
+
+
+def run_validation(
+    quick: bool,
+    choices: Sequence[str],
+    seed: int = 0,
+    out: Path | None = None,
+    singles: Sequence[str] = FOUR_TASKS,
+    progress: bool = True,
+    extra: Mapping[str, tuple[dict[str, Any], bool]] | None = None,
+    on_row: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """DUPN-all under each training choice, and single-task references, scored on the validation users."""
+    set_threads()
+    table = {**CHOICES, **dict(extra or {})}
+    plan = plan_for(quick, seed)
+    setups: dict[bool, Setup] = {}
+    res: dict[str, Any] = {"seed": seed, "quick": quick, "rows": {}}
+
+    def setup_for(q: bool) -> Setup:
+        if q not in setups:
+            setups[q] = make_setup(replace(plan, query_in_rep=q), seed)
+        return setups[q]
+
+    base = replace(plan.train, seed=seed, tasks=FOUR_TASKS)
+    runs: list[tuple[str, str, dict[str, Any], bool, tuple[str, ...]]] = [
+        (c, "DUPN-all", table[c][0], table[c][1], FOUR_TASKS) for c in choices
+    ]
+    runs += [(f"single-{t}", "DUPN-all", {}, True, (t,)) for t in singles]
+    for label, model_name, over, q, tasks in runs:
+        setup = setup_for(q)
+        cfg = replace(base, tasks=tasks, **over)
+        model = _new_model(model_name, setup.enc)
+        log = train_model(label, model, setup, cfg, progress)
+        row = _scored(label, model, setup.val, log, tasks)
+        res["rows"][label] = row
+        _say(
+            progress,
+            f"  {label}: "
+            + ", ".join(f"{METRIC_OF[t]}={row[METRIC_OF[t]]:.4f}±{row[METRIC_OF[t] + '_se']:.4f}" for t in tasks)
+            + f" ({log.seconds:.0f}s)",
+        )
+        if on_row is not None:
+            on_row(label, row)
+        if out is not None:
+            import json
+
+            out.write_text(json.dumps(res, indent=1))
     return res

@@ -1,8 +1,10 @@
 """Test metrics and their uncertainty: AUC, PPP accuracy, cluster bootstrap, paired comparisons.
 
-Test examples come in clusters (a slate's candidates share one user window), so standard errors
-come from a bootstrap over *contexts*, and two models are compared with a paired bootstrap on the
-same resamples. A difference within two standard errors is a tie.
+Test examples come in clusters (a slate's candidates share one user window, and a user's
+examples share the user), so standard errors come from a bootstrap over *users* (the
+:class:`Scoreboard`; ``context_bootstrap`` remains for the learning curves), and two models are
+compared with a paired bootstrap on the same resamples. A difference within two standard errors
+is a tie.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from training.data import ExampleTable, HistoryStore, eval_batches, subsample_co
 from training.train import (
     Prepared,
     TaskModel,
+    encode_batch,
     part_logits,
 )
 
@@ -73,14 +76,32 @@ def context_bootstrap(table: ExampleTable, n_boot: int, seed: int) -> list[np.nd
     rng = np.random.default_rng(seed)
     return [table.example_rows(rng.integers(0, table.n_contexts, table.n_contexts))[0] for _ in range(n_boot)]
 
+def user_bootstrap(table: ExampleTable, n_boot: int, seed: int) -> list[np.ndarray]:
+    """Example indices of ``n_boot`` resamples of the table's users (all of a user's contexts together)."""
+    rng = np.random.default_rng(seed)
+    users, ctx_of = np.unique(table.ctx_user, return_inverse=True)
+    by_user = [np.flatnonzero(ctx_of == i) for i in range(len(users))]
+    out = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(users), len(users))
+        contexts = np.concatenate([by_user[i] for i in pick.tolist()]) if len(users) else np.zeros(0, np.int64)
+        out.append(table.example_rows(contexts)[0])
+    return out
+
+
 @torch.no_grad()
-def predict(model: TaskModel, store: HistoryStore, table: ExampleTable) -> np.ndarray:
-    """Scores in table order: logits (N,) for binary tasks, class logits (N, 7) for ppp."""
+def predict(
+    model: TaskModel, store: HistoryStore, table: ExampleTable, anchor_every: int | None = None
+) -> np.ndarray:
+    """Scores in table order: logits (N,) for binary tasks, class logits (N, 7) for ppp.
+
+    ``anchor_every``: encode each context's anchored run (the served function), as in training.
+    """
     model.train(False)
     out: list[np.ndarray] = []
     order: list[np.ndarray] = []
-    for ex, batch in eval_batches(store, table, model.cfg):
-        rep = model.encode(batch.behaviors, batch.mask, batch.now, batch.context)
+    for ex, batch in eval_batches(store, table, model.cfg, anchor_every=anchor_every):
+        rep = encode_batch(model, batch)
         out.append(part_logits(model, rep, batch.parts[0]).numpy())
         order.append(ex)
     scores = np.concatenate(out)
@@ -134,19 +155,24 @@ class Comparison:
 class Scoreboard:
     """Test tables, fixed bootstrap resamples, and every scored model's predictions."""
 
-    def __init__(self, test: Prepared, n_boot: int, seed: int) -> None:
+    def __init__(self, test: Prepared, n_boot: int, seed: int, anchor_every: int | None = None) -> None:
         self.test = test
-        self.boots = {
-            t: context_bootstrap(tab, n_boot, seed + i) for i, (t, tab) in enumerate(test.tables.items())
-        }
+        self.anchor_every = anchor_every
+        self.boots = {t: user_bootstrap(tab, n_boot, seed + i) for i, (t, tab) in enumerate(test.tables.items())}
         self.scores: dict[str, dict[str, np.ndarray]] = {}
 
     def score(self, name: str, model: TaskModel, tasks: Sequence[str]) -> dict[str, float]:
         """Predict ``tasks`` with ``model`` under ``name``; return metric and ``*_se`` per task."""
+        return self.record(
+            name, {t: predict(model, self.test.store, self.test.tables[t], self.anchor_every) for t in tasks}
+        )
+
+    def record(self, name: str, scores: dict[str, np.ndarray]) -> dict[str, float]:
+        """Register scores computed elsewhere (oracles, the served path); metric and ``*_se`` per task."""
         out: dict[str, float] = {}
-        for task in tasks:
+        for task, s in scores.items():
             table = self.test.tables[task]
-            s = self.scores.setdefault(name, {})[task] = predict(model, self.test.store, table)
+            self.scores.setdefault(name, {})[task] = s
             key = METRIC_OF[task]
             out[key] = metric_value(task, table.label, s)
             out[key + "_se"] = float(

@@ -172,6 +172,12 @@ class TaskExample:
     target_features: tuple[float, ...] | None
     label: float
     weight: float
+    # The simulator's planted truth for this example (evaluation only, never a model input):
+    # ``oracle`` the Bayes score with every planted effect, ``oracle_static`` without the
+    # time- and type-dependent ones (click momentum, buy suppression, wishlist re-shows);
+    # see ``docs/simulator.md``, "Oracle scores".
+    oracle: float | None = None
+    oracle_static: float | None = None
 
 
 @dataclass
@@ -429,6 +435,9 @@ class _Step:
     col: Arr  # clicked slot or -1
     flags: Arr  # (A, 4) bool: click, cart, fav, buy
     ts: Arr  # (A, 4) int64 event times (valid where flagged)
+    # log P(click on slot) under the planted multinomial logit, all effects / static effects only
+    log_p: Arr | None = None
+    log_p_static: Arr | None = None
 
 
 class _Engine:
@@ -486,11 +495,42 @@ class _Engine:
         scen, query = self.scenario[idx], self.query[idx]
         items = self._slate(idx, scen, query, u)
         col, is_pref, in_wish = self._choose(idx, eff, items, query, u)
+        log_p, log_p_static = self._click_truth(idx, eff, items, query)
         flags, ts = self._follow_ups(idx, block, now, items, col, is_pref, in_wish, u)
         self.state[idx] = block
         self._advance(idx, now, flags, ts, u)
         self.steps[idx] += 1
-        return _Step(idx, now.astype(np.int64), scen, query, items, col, flags, ts)
+        return _Step(idx, now.astype(np.int64), scen, query, items, col, flags, ts, log_p, log_p_static)
+
+    def _click_truth(self, idx: Arr, eff: Arr, items: Arr, query: Arr) -> tuple[Arr, Arr]:
+        r"""The planted click probabilities of a slate (no randomness drawn).
+
+        ``_choose`` clicks argmax_k (v_k + G_k) if it beats c + G_0, G iid Gumbel, so
+
+            P(click k) = exp(v_k) / (exp(c) + Σ_j exp(v_j))          (multinomial logit)
+
+        with v_k the deterministic utility. "static" drops the time- and type-dependent
+        terms: momentum and suppression (in ``eff``) and the wishlist boost (carts / favs).
+        """
+        cfg, cat = self.cfg, self.cat
+        icat = cat.item_cat[items]
+        is_pref = (cat.item_shop[items][:, :, None] == self.pop.pref_shops[idx][:, None, :]).any(-1)
+        in_wish = (items[:, :, None] == self.wish[idx][:, None, :]).any(-1)
+        rest = (
+            cfg.popularity_weight * cat.item_pop01[items]
+            - cfg.click_price_sensitivity * np.abs(cat.item_price[items] - self.pop.level[idx][:, None])
+            + cfg.preferred_shop_boost * is_pref
+            + cfg.query_boost * (icat == query[:, None])
+        )
+        full = np.take_along_axis(eff, icat, axis=1) + rest + cfg.wishlist_click_boost * in_wish
+        static = np.take_along_axis(self.base_log[idx], icat, axis=1) + rest
+
+        def log_p(v: Arr) -> Arr:
+            both = np.concatenate([np.full((v.shape[0], 1), cfg.no_click_utility), v], axis=1)
+            m = both.max(axis=1, keepdims=True)
+            return np.asarray(v - (m + np.log(np.exp(both - m).sum(axis=1, keepdims=True))))
+
+        return log_p(full), log_p(static)
 
     def _start_sessions(self, idx: Arr, eff: Arr, u: Arr) -> None:
         rows = np.flatnonzero(self.sess_left[idx] == 0)
@@ -796,6 +836,10 @@ class Simulator:
                 col, weight = int(step.col[j]), _strongest_weight(step.flags[j])
                 for s, i in enumerate(step.items[j].tolist()):
                     hit = s == col
+                    truth = (None, None) if step.log_p is None or step.log_p_static is None else (
+                        float(step.log_p[j, s]),
+                        float(step.log_p_static[j, s]),
+                    )
                     feats = None
                     if task == "l2r":
                         feats = (
@@ -817,6 +861,7 @@ class Simulator:
                             None,
                             1.0 if hit else 0.0,
                             weight if hit and task == "l2r" else 1.0,
+                            *truth,
                         )
                     )
 
@@ -844,6 +889,7 @@ class Simulator:
             for s in range(cfg.n_shops)
         ]
         period, horizon = int(cfg.snapshot_days * DAY_MS), int(cfg.shop_horizon_days * DAY_MS)
+        self._talent_affinity = _talent_affinity(pop, cat)
         for u, events in enumerate(hist):
             uid, ts = f"u{u}", [ev["ts"] for ev in events]
             pref = sorted(set(pop.pref_shops[u].tolist()))
@@ -851,8 +897,9 @@ class Simulator:
             while ts and moment <= ts[-1]:
                 hl = bisect.bisect_left(ts, moment)
                 if hl >= 1:
+                    level = float(pop.level[u])
                     out["ppp"].append(
-                        TaskExample("ppp", uid, hl, moment, None, None, None, None, None, float(pop.level[u]), 1.0)
+                        TaskExample("ppp", uid, hl, moment, None, None, None, None, None, level, 1.0, level, level)
                     )
                     self._talent_examples(uid, hl, moment, followed[u], talent_feats, rng, out["talent"])
                     if ts[-1] >= moment + horizon:
@@ -878,8 +925,12 @@ class Simulator:
                 t = int(rng.integers(self.config.n_talents))
                 if t not in followed:
                     targets.append((t, 0.0))
+        aff = self._talent_affinity[int(uid[1:])]
         for t, label in targets:
-            out.append(TaskExample("talent", uid, hl, moment, None, None, None, f"t{t}", feats[t], label, 1.0))
+            truth = float(aff[t])
+            out.append(
+                TaskExample("talent", uid, hl, moment, None, None, None, f"t{t}", feats[t], label, 1.0, truth, truth)
+            )
 
     def _shop_examples(
         self,
@@ -898,6 +949,17 @@ class Simulator:
         for s in dict.fromkeys([*pref, *sorted(positives), *randoms]):
             label = 1.0 if s in positives else 0.0
             out.append(TaskExample("shop", uid, hl, moment, None, None, None, f"s{s}", feats[s], label, 1.0))
+
+
+def _talent_affinity(pop: _Population, cat: _Catalog) -> Arr:
+    """(users, talents) noise-free follow affinity of ``_match``: the talent oracle's score.
+
+    Users follow their top 5 of affinity + 0.2·Gumbel; talent has no time- or type-dependent
+    effect, so its static oracle is the same score.
+    """
+    lv = pop.level[:, None]
+    norms = np.linalg.norm(pop.interest, axis=1)[:, None] * np.linalg.norm(cat.talent_mix, axis=1)[None, :]
+    return np.asarray((pop.interest @ cat.talent_mix.T) / norms - 0.3 * np.abs(cat.talent_tier[None, :] - lv))
 
 
 def _strongest_weight(flags: Arr) -> float:

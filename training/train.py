@@ -2,7 +2,7 @@ r"""Multi-task training of DUPN (and of the baselines, which share its heads).
 
 Objective (one step; each task's mini-batch is drawn from its own data set):
 
-    L = Σ_{t ∈ tasks} L_t
+    L = Σ_{t ∈ tasks} L_t          (default; weighted variants: :class:`LossCombiner`)
 
     L_ctr    = -1/N Σ_i [y_i log σ(z_i) + (1-y_i) log(1-σ(z_i))]         z = ctr_logit(r_i, e_item)
     L_l2r    = -Σ_i w_i [y_i log σ(z_i) + (1-y_i) log(1-σ(z_i))] / Σ_i w_i  z = MLP₂(r_i)·x_rank
@@ -62,6 +62,11 @@ def set_threads() -> int:
     return n
 
 
+WEIGHTINGS: tuple[str, ...] = ("sum", "norm", "uncertainty")
+GRAD_MODES: tuple[str, ...] = ("global", "task_clip", "pcgrad")
+SCHEDULES: tuple[str, ...] = ("all", "round_robin")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings.
@@ -82,6 +87,18 @@ class TrainConfig:
     the config's window).  ``clip_norm`` bounds the global gradient norm.
     ``max_seconds`` is a wall-clock guard (stops early, flagged in the log) for
     the demo paths that promise a time bound.
+
+    Multi-task handling (see :class:`LossCombiner`, :func:`combine_gradients` and :func:`fit`): ``weighting`` is
+    ``sum`` (L = Σ_t L_t), ``norm`` (each L_t divided by a running mean of itself) or
+    ``uncertainty`` (learned weights, Kendall et al. 2018); ``grad_mode`` is ``global`` (one
+    clip of the summed gradient), ``task_clip`` (each task's gradient clipped to ``clip_norm``
+    before summing) or ``pcgrad`` (each task's gradient projected off the others it conflicts
+    with, Yu et al. 2020); ``schedule`` is ``all`` (every task's mini-batch in every step) or
+    ``round_robin`` (one task per step, T× the steps: the same examples, T× the updates).
+    ``profile_dropout`` replaces a context's profile by "unknown" with that probability, so
+    the unknown row the stream worker serves with is trained.  ``anchor_every`` = R trains on
+    the incremental policy's anchored runs (the function the worker serves; see
+    ``training.data.run_starts``) instead of zero-state windows.
     """
 
     tasks: tuple[str, ...] = ("ctr", "l2r", "talent", "ppp")
@@ -97,8 +114,19 @@ class TrainConfig:
     max_history: int = 100
     clip_norm: float = 5.0
     max_seconds: float | None = None
+    weighting: str = "sum"
+    grad_mode: str = "global"
+    schedule: str = "all"
+    profile_dropout: float = 0.0
+    anchor_every: int | None = None
 
     def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS or self.grad_mode not in GRAD_MODES or self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"weighting in {WEIGHTINGS}, grad_mode in {GRAD_MODES}, schedule in {SCHEDULES} required"
+            )
+        if not 0.0 <= self.profile_dropout <= 1.0 or (self.anchor_every is not None and self.anchor_every < 1):
+            raise ValueError("profile_dropout in [0, 1] and anchor_every >= 1 (or None) required")
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
@@ -179,12 +207,39 @@ def part_loss(part: TaskPart, logits: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, part.label)
 
 
+def encode_batch(model: TaskModel, batch: Batch) -> Tensor:
+    """The model's representation of a batch's contexts.
+
+    DUPN runs its LSTM over ``batch.mask`` (an anchored run may start before the window)
+    and pools over ``batch.pool_mask``; the baselines have no state to warm up and see
+    only the window (``pool_mask``), so every model sees the same W behaviors.
+    """
+    if isinstance(model, DUPN):
+        return model.encode(batch.behaviors, batch.mask, batch.now, batch.context, batch.pool_mask)
+    mask = batch.mask if batch.pool_mask is None else batch.pool_mask
+    return model.encode(batch.behaviors, mask, batch.now, batch.context)
+
+
+def drop_profile(ctx: UserContext, rate: float, gen: torch.Generator | None = None) -> UserContext:
+    """Profile dropout: each context's age group and gender become "unknown" (-1) with prob ``rate``.
+
+    The stream worker encodes every user with the unknown profile (it has no profile
+    source), so that row must be trained; a fully profiled training set gives it no data gradient.
+    """
+    if rate <= 0 or ctx.age_group is None:
+        return ctx
+    drop = torch.rand(ctx.age_group.shape, generator=gen) < rate
+    unknown = torch.full_like(ctx.age_group, -1)
+    gender = None if ctx.gender is None else torch.where(drop, unknown, ctx.gender)
+    return dataclasses.replace(ctx, age_group=torch.where(drop, unknown, ctx.age_group), gender=gender)
+
+
 def batch_losses(
     model: TaskModel, batch: Batch, dropout: float, train_encoder: bool = True
 ) -> dict[str, Tensor]:
     """Per-task losses of one batch (one encoder pass over its distinct contexts)."""
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
-        rep = model.encode(batch.behaviors, batch.mask, batch.now, batch.context)
+        rep = encode_batch(model, batch)
     rep = F.dropout(rep, p=dropout, training=dropout > 0)
     return {p.task: part_loss(p, part_logits(model, rep, p)) for p in batch.parts}
 
@@ -238,6 +293,7 @@ class FitLog:
     curve: list[dict[str, float]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    task_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def mean_loss(self, task: str, first: int | None = None, last: int | None = None) -> float:
         vals = [s[task] for s in self.losses if task in s]
@@ -271,6 +327,92 @@ def resolve_steps(cfg: TrainConfig, tables: Mapping[str, ExampleTable]) -> int:
     return max(1, math.ceil(cfg.epochs * largest / cfg.batch_size))
 
 
+class LossCombiner(nn.Module):
+    r"""How the task losses become one objective.
+
+    - ``sum``:         L = Σ_t L_t
+    - ``norm``:        L = Σ_t L_t / L̄_t, L̄_t an exponential moving average (0.9) of L_t,
+                        detached (every task contributes ≈ 1 whatever its loss scale: PPP's
+                        7-way cross-entropy starts near 1.9, CTR's BCE near 0.35)
+    - ``uncertainty``: L = Σ_t ½ (exp(-s_t) L_t + s_t), s_t = log σ_t² learned
+                        (Kendall, Gal & Cipolla 2018); at the optimum exp(-s_t) = 1/L_t
+    """
+
+    def __init__(self, tasks: Sequence[str], mode: str) -> None:
+        super().__init__()
+        self.mode, self.tasks = mode, tuple(tasks)
+        self.log_var = nn.Parameter(torch.zeros(len(self.tasks))) if mode == "uncertainty" else None
+        self.running: dict[str, float] = {}
+
+    def weighted(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each task's term of L (their sum is the objective)."""
+        if self.mode == "sum":
+            return dict(losses)
+        if self.mode == "norm":
+            out = {}
+            for t, v in losses.items():
+                prev = self.running.get(t)
+                cur = float(v.detach())
+                self.running[t] = cur if prev is None else 0.9 * prev + 0.1 * cur
+                out[t] = v / max(self.running[t], 1e-6)
+            return out
+        assert self.log_var is not None
+        lv = self.log_var
+        return {t: 0.5 * (torch.exp(-lv[i]) * losses[t] + lv[i]) for i, t in enumerate(self.tasks) if t in losses}
+
+    def weights(self) -> dict[str, float]:
+        """Current multiplier of each task's loss (for the log)."""
+        if self.mode == "uncertainty" and self.log_var is not None:
+            return {t: 0.5 * float(torch.exp(-self.log_var[i].detach())) for i, t in enumerate(self.tasks)}
+        if self.mode == "norm":
+            return {t: 1.0 / max(v, 1e-6) for t, v in self.running.items()}
+        return dict.fromkeys(self.tasks, 1.0)
+
+
+def combine_gradients(
+    terms: Mapping[str, Tensor], params: Sequence[nn.Parameter], mode: str, clip_norm: float, seed: int
+) -> None:
+    r"""Per-task gradients g_t = ∇_θ L_t, combined into ``p.grad``.
+
+    - ``task_clip``: g = Σ_t g_t · min(1, c / ‖g_t‖)  (no task's step exceeds the clip alone)
+    - ``pcgrad``:    for each t, for each other u (random order) with g_t·g_u < 0:
+                     g_t ← g_t − (g_t·g_u / ‖g_u‖²) g_u;  then g = Σ_t g_t, clipped to c
+    Costs one backward pass per task (the graph is kept between them).
+    """
+    grads: list[Tensor] = []
+    names = list(terms)
+    for i, t in enumerate(names):
+        gs = torch.autograd.grad(terms[t], params, retain_graph=i < len(names) - 1, allow_unused=True)
+        flat = [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, gs, strict=True)]
+        grads.append(torch.cat(flat))
+    total = torch.zeros_like(grads[0])
+    if mode == "task_clip":
+        for g in grads:
+            total += g * min(1.0, clip_norm / (float(g.norm()) + 1e-12))
+    else:
+        rng = np.random.default_rng(seed)
+        projected = []
+        for i, g in enumerate(grads):
+            g = g.clone()
+            for j in rng.permutation(len(grads)).tolist():
+                if j == i:
+                    continue
+                dot = float(g @ grads[j])
+                if dot < 0:
+                    g -= dot / (float(grads[j] @ grads[j]) + 1e-12) * grads[j]
+            projected.append(g)
+        for g in projected:
+            total += g
+        norm = float(total.norm())
+        if norm > clip_norm:
+            total = total * (clip_norm / norm)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = total[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
 def fit(
     model: TaskModel,
     prep: Prepared,
@@ -284,31 +426,54 @@ def fit(
     on_eval: Callable[[int], dict[str, float]] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> FitLog:
-    """AdaGrad on the sum of the task losses for ``cfg.tasks``; returns the log.
+    """AdaGrad on the combined task losses for ``cfg.tasks``; returns the log.
 
     ``params`` restricts what is optimised (RT: the shop head only), and
     ``train_encoder=False`` then also skips the encoder's backward pass.
     ``optimizer`` (default: a fresh ``make_optimizer``) lets a daily run resume
     yesterday's optimizer state (``training.daily``) and save it afterwards.
+    One step (``schedule="all"``): a mini-batch of every task, L = combine(L_t) (see
+    :class:`LossCombiner`), gradients summed (``global``: clipped once) or combined per task
+    (:func:`combine_gradients`), one AdaGrad update.  ``round_robin``: each step one task's
+    mini-batch, cycling, for T × ``steps`` steps.
     """
     missing = [t for t in cfg.tasks if t not in prep.tables]
     if missing:
         raise ValueError(f"no training examples for task(s) {missing}")
     torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
     tables = {t: prep.tables[t] for t in cfg.tasks}
-    batches = MultiTaskBatches(prep.store, tables, model.cfg, cfg.batch_size, cfg.seed, cfg.max_history)
+    batches = MultiTaskBatches(
+        prep.store, tables, model.cfg, cfg.batch_size, cfg.seed, cfg.max_history, cfg.anchor_every
+    )
     trainable = list(params) if params is not None else list(model.parameters())
+    combiner = LossCombiner(cfg.tasks, cfg.weighting)
     opt = optimizer if optimizer is not None else make_optimizer(model, trainable, cfg)
+    if combiner.log_var is not None:  # learned task weights: never part of a saved (per-parameter) state
+        opt.add_param_group({"params": [combiner.log_var], "lr": cfg.embedding_lr or cfg.lr, "weight_decay": 0.0})
     dropout = model.cfg.dropout if cfg.dropout is None else cfg.dropout
     steps, log, start = resolve_steps(cfg, tables), FitLog(), time.perf_counter()
+    n_tasks = len(cfg.tasks)
+    if cfg.schedule == "round_robin":
+        steps *= n_tasks
     model.train()
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
     for step in bar:
-        losses = batch_losses(model, next(batches), dropout, train_encoder)
-        total = torch.stack(list(losses.values())).sum()
+        batch = next(batches) if cfg.schedule == "all" else batches.one_task((step - 1) % n_tasks)
+        batch.context = drop_profile(batch.context, cfg.profile_dropout, gen)
+        losses = batch_losses(model, batch, dropout, train_encoder)
+        terms = combiner.weighted(losses)
+        total = torch.stack(list(terms.values())).sum()
         opt.zero_grad(set_to_none=True)
-        total.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_norm)
+        if cfg.grad_mode == "global" or len(terms) == 1:
+            total.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_norm)
+        else:
+            lv = combiner.log_var
+            lv_grad = torch.autograd.grad(total, [lv], retain_graph=True)[0] if lv is not None else None
+            combine_gradients(terms, trainable, cfg.grad_mode, cfg.clip_norm, cfg.seed + step)
+            if lv is not None:
+                lv.grad = lv_grad
         opt.step()
         log.losses.append({t: float(v.detach()) for t, v in losses.items()})
         bar.set_postfix(loss=f"{float(total.detach()):.3f}")
@@ -319,6 +484,7 @@ def fit(
             log.stopped_early = True
             break
     model.train(False)
+    log.task_weights = combiner.weights()
     log.seconds = time.perf_counter() - start
     return log
 

@@ -1,0 +1,194 @@
+"""Issue 13: loss weighting, per-task gradients, profile dropout, anchored training = the served
+function, the held-out-user split with no cutoff-crossing label, oracle scores (tiny world, < 60 s)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from encoder.model import DUPN
+from encoder.streaming import UpdatePolicy
+from tests.support.training import TINY_ENC, TINY_SIM
+from training.data import build_table, collate, run_starts
+from training.metrics import FOUR_TASKS as FOUR
+from training.metrics import auc
+from training.protocol import check_split, split_examples, split_users
+from training.served import offline_scores, served_scores
+from training.simulator import DAY_MS, SimData, Simulator
+from training.train import (
+    LossCombiner,
+    Prepared,
+    TrainConfig,
+    TrainData,
+    combine_gradients,
+    fit,
+    init_output_biases,
+    prepare,
+)
+
+
+@pytest.fixture(scope="module")
+def sim() -> SimData:
+    return Simulator(TINY_SIM).generate()
+
+
+@pytest.fixture(scope="module")
+def split(sim: SimData) -> tuple[dict[str, dict[str, list]], Prepared]:  # type: ignore[type-arg]
+    users = split_users(sorted(sim.histories), 0, (0.6, 0.2, 0.2))
+    splits = split_examples(sim, users)
+    prep = prepare(TrainData(sim.histories, sim.users, splits["train"]), TINY_ENC)
+    return splits, prep
+
+
+# -- split -----------------------------------------------------------------------------------
+
+
+def test_held_out_users_are_disjoint_and_cover_everyone(sim: SimData) -> None:
+    users = split_users(sorted(sim.histories), 0, (0.6, 0.2, 0.2))
+    assert not (users.train & users.val) and not (users.train & users.test) and not (users.val & users.test)
+    assert users.train | users.val | users.test == set(sim.histories)
+    splits = split_examples(sim, users)
+    for name in ("train", "val", "test"):
+        seen = {e.user_id for exs in splits[name].values() for e in exs}
+        assert seen <= users.of(name), name
+    assert {e.user_id for e in splits["test"]["ppp"]}.isdisjoint({e.user_id for e in splits["train"]["ppp"]})
+
+
+def test_no_training_label_crosses_the_cutoff(sim: SimData) -> None:
+    cfg = sim.config
+    cutoff = cfg.start_ms + int(0.8 * cfg.days * DAY_MS)
+    horizon = int(cfg.shop_horizon_days * DAY_MS)
+    splits = split_examples(sim, split_users(sorted(sim.histories), 0, (0.6, 0.2, 0.2)))
+    check_split(splits, cutoff, horizon)
+    assert splits["train"]["shop"], "the tiny world should still have training shop examples"
+    assert all(e.now_ms + horizon <= cutoff for e in splits["train"]["shop"])
+    # a shop example labelled from the day after the cutoff is exactly what the old time split kept
+    late = [e for e in sim.examples["shop"] if e.now_ms < cutoff < e.now_ms + horizon]
+    assert late, "the world must contain shop snapshots whose label window crosses the cutoff"
+    bad = {"train": {"shop": late[:1]}, "val": {}, "test": {}}
+    with pytest.raises(AssertionError, match="crosses the cutoff"):
+        check_split(bad, cutoff, horizon)
+    u = late[0].user_id
+    mine = [e for e in sim.examples["ppp"] if e.user_id == u]
+    twice = {"train": {"ppp": [e for e in mine if e.now_ms < cutoff][:1]},
+             "test": {"ppp": [e for e in mine if e.now_ms >= cutoff][:1]}}  # fmt: skip
+    if twice["train"]["ppp"] and twice["test"]["ppp"]:
+        with pytest.raises(AssertionError, match="in both"):
+            check_split(twice, cutoff, horizon)
+
+
+# -- oracle ------------------------------------------------------------------------------------
+
+
+def test_oracle_scores_are_probabilities_that_predict_clicks(sim: SimData) -> None:
+    ctr = sim.examples["ctr"]
+    assert all(e.oracle is not None and e.oracle_static is not None for e in ctr)
+    p = np.exp([e.oracle for e in ctr])
+    assert (p > 0).all() and (p < 1).all()
+    labels = np.array([e.label for e in ctr])
+    assert auc(labels, np.array([e.oracle for e in ctr])) > 0.65
+    talent = sim.examples["talent"]
+    assert auc(np.array([e.label for e in talent]), np.array([e.oracle for e in talent])) > 0.7
+    assert all(e.oracle == e.label for e in sim.examples["ppp"])
+
+
+# -- multi-task handling -------------------------------------------------------------------------
+
+
+def test_loss_combiners() -> None:
+    losses = {"ctr": torch.tensor(0.4), "ppp": torch.tensor(2.0)}
+    assert float(sum(LossCombiner(["ctr", "ppp"], "sum").weighted(losses).values())) == pytest.approx(2.4)
+    norm = LossCombiner(["ctr", "ppp"], "norm").weighted(losses)
+    assert {t: float(v) for t, v in norm.items()} == pytest.approx({"ctr": 1.0, "ppp": 1.0})
+    unc = LossCombiner(["ctr", "ppp"], "uncertainty")
+    assert unc.log_var is not None
+    terms = unc.weighted(losses)
+    total = torch.stack(list(terms.values())).sum()
+    total.backward()  # type: ignore[no-untyped-call]
+    assert unc.log_var.grad is not None
+    # d/ds ½(e^{-s} L + s) at s = 0 is ½(1 - L): the larger loss pushes its log-variance up
+    assert unc.log_var.grad.tolist() == pytest.approx([0.5 * (1 - 0.4), 0.5 * (1 - 2.0)])
+
+
+def test_task_clip_and_pcgrad() -> None:
+    w = nn.Parameter(torch.tensor([1.0, 1.0]))
+    a = (w * torch.tensor([30.0, 40.0])).sum()  # gradient (30, 40), norm 50
+    b = (w * torch.tensor([-1.0, 0.0])).sum()  # gradient (-1, 0), conflicts with a
+    combine_gradients({"a": a, "b": b}, [w], "task_clip", 5.0, 0)
+    assert w.grad is not None
+    assert w.grad.tolist() == pytest.approx([3.0 - 1.0, 4.0])
+    a = (w * torch.tensor([30.0, 40.0])).sum()
+    b = (w * torch.tensor([-1.0, 0.0])).sum()
+    combine_gradients({"a": a, "b": b}, [w], "pcgrad", 1e9, 0)
+    # a projected off b: (0, 40); b projected off a: (-1, 0) - (-30/2500)(30, 40) = (-0.64, 0.48)
+    assert w.grad.tolist() == pytest.approx([-0.64, 40.48])
+
+
+def _tiny_fit(prep: Prepared, **kw: object) -> DUPN:
+    model = DUPN(TINY_ENC)
+    init_output_biases(model, prep, FOUR)
+    fit(model, prep, TrainConfig(tasks=FOUR, steps=2, batch_size=8, **kw), progress=False)  # type: ignore[arg-type]
+    return model
+
+
+@pytest.mark.parametrize("kw", [{"weighting": "uncertainty", "grad_mode": "pcgrad"}, {"schedule": "round_robin"},
+                                {"weighting": "norm", "grad_mode": "task_clip"}])  # fmt: skip
+def test_every_training_choice_runs_and_moves_the_weights(split: tuple, kw: dict) -> None:  # type: ignore[type-arg]
+    _, prep = split
+    before = DUPN(TINY_ENC).state_dict()["cell.from_hidden.weight"].clone()
+    torch.manual_seed(0)
+    model = _tiny_fit(prep, **kw)
+    assert not torch.equal(model.state_dict()["cell.from_hidden.weight"], before)
+
+
+def test_profile_dropout_trains_the_unknown_profile_row(split: tuple) -> None:  # type: ignore[type-arg]
+    _, prep = split
+    unknown_age, unknown_gender = TINY_ENC.n_age_groups, TINY_ENC.n_genders
+    for rate, moves in ((0.0, False), (1.0, True)):
+        torch.manual_seed(0)
+        init = DUPN(TINY_ENC).context
+        age0, gen0 = init.age_group.weight[unknown_age].clone(), init.gender.weight[unknown_gender].clone()
+        torch.manual_seed(0)
+        # l2 = 0: AdaGrad normalises even the tiny L2 gradient λθ of a row nothing uses into a
+        # step of ≈ lr (its accumulator is (λθ)² too), so with L2 every unused row moves
+        model = _tiny_fit(prep, profile_dropout=rate, l2=0.0)
+        age1, gen1 = model.context.age_group.weight[unknown_age], model.context.gender.weight[unknown_gender]
+        assert (not torch.equal(age0, age1)) == moves, rate
+        assert (not torch.equal(gen0, gen1)) == moves, rate
+
+
+# -- the served function -------------------------------------------------------------------------
+
+
+def test_anchored_runs_are_the_policy_runs(split: tuple) -> None:  # type: ignore[type-arg]
+    _, prep = split
+    lengths = np.arange(1, 200)
+    for r in (1, 7, 25):
+        policy = UpdatePolicy("incremental", r, 30)
+        assert run_starts(lengths, 30, r).tolist() == [policy.run_start(int(n)) for n in lengths]
+    exact = UpdatePolicy("exact", window=30)
+    assert run_starts(lengths, 30, None).tolist() == [exact.run_start(int(n)) for n in lengths]
+    table = prep.tables["ppp"]
+    long = np.flatnonzero(table.ctx_len > 40)[:8]
+    batch = collate(prep.store, [(table, long)], TINY_ENC, 30, anchor_every=25)
+    assert batch.pool_mask is not None
+    assert (batch.pool_mask.sum(1) == 30).all()
+    assert (batch.mask.sum(1) >= 30).all() and (batch.mask | batch.pool_mask).eq(batch.mask).all()
+
+
+def test_served_path_scores_equal_the_offline_reference(sim: SimData, split: tuple) -> None:  # type: ignore[type-arg]
+    splits, prep = split
+    torch.manual_seed(1)
+    model = DUPN(dataclasses.replace(TINY_ENC, query_in_rep=True))
+    tables = {t: build_table(t, splits["test"][t][:60], prep.store, model.cfg) for t in FOUR}
+    policy = UpdatePolicy("incremental", 7, TINY_ENC.window)
+    served = served_scores(model, prep.store, sim.histories, tables, policy)
+    offline = offline_scores(model, prep.store, tables, 7, unknown_profile=True)
+    with_profile = offline_scores(model, prep.store, tables, 7, unknown_profile=False)
+    for t in FOUR:
+        np.testing.assert_allclose(served[t], offline[t], rtol=1e-4, atol=1e-5)
+    assert any(not np.allclose(served[t], with_profile[t], atol=1e-5) for t in FOUR)
