@@ -140,17 +140,23 @@ class Comparison:
 
     @property
     def outcome(self) -> str:
-        """'higher' / 'lower' if |a − b| > 2 SE, else 'tie'; 'n/a' without numbers."""
-        if math.isnan(self.delta):
-            return "n/a"
-        if abs(self.delta) <= 2 * self.se:
-            return "tie"
-        return "higher" if self.delta > 0 else "lower"
+        return outcome_of(self.delta, self.se)
 
     def text(self) -> str:
-        return (
-            f"{self.a} {self.a_value:.4f} vs {self.b} {self.b_value:.4f} ({self.delta:+.4f} ± {self.se:.4f})"
-        )
+        return comparison_text(self.a, self.a_value, self.b, self.b_value, self.delta, self.se)
+
+
+def outcome_of(delta: float, se: float) -> str:
+    """'higher' / 'lower' if |a − b| > 2 SE, else 'tie'; 'n/a' without numbers."""
+    if math.isnan(delta):
+        return "n/a"
+    if abs(delta) <= 2 * se:
+        return "tie"
+    return "higher" if delta > 0 else "lower"
+
+
+def comparison_text(a: str, a_value: float, b: str, b_value: float, delta: float, se: float) -> str:
+    return f"{a} {a_value:.4f} vs {b} {b_value:.4f} ({delta:+.4f} ± {se:.4f})"
 
 class Scoreboard:
     """Test tables, fixed bootstrap resamples, and every scored model's predictions."""

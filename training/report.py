@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from encoder.explain import AGE_BUCKET_LABELS, AttentionTable
-from training.metrics import BASELINE_NAMES, FOUR_TASKS, METRIC_OF
+from training.metrics import BASELINE_NAMES, FOUR_TASKS, METRIC_OF, comparison_text, outcome_of
 from training.simulator import EVENT_TYPES
 
 SERVED, OFFLINE_UNKNOWN = "DUPN-all served", "DUPN-all offline, unknown profile"
@@ -54,14 +54,10 @@ class Diff:
 
     @property
     def outcome(self) -> str:
-        if math.isnan(self.delta):
-            return "n/a"
-        if abs(self.delta) <= 2 * self.se:
-            return "tie"
-        return "higher" if self.delta > 0 else "lower"
+        return outcome_of(self.delta, self.se)
 
     def text(self) -> str:
-        return f"{self.a} {self.a_value:.4f} vs {self.b} {self.b_value:.4f} ({self.delta:+.4f} ± {self.se:.4f})"
+        return comparison_text(self.a, self.a_value, self.b, self.b_value, self.delta, self.se)
 
 
 def aggregate_diffs(per_seed: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], Diff]:

@@ -8,12 +8,16 @@ very same model and events.
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from core.wire import partition_of
 from encoder.config import EncoderConfig
 from encoder.model import DUPN
+from streams.updater import Incoming
 
 TINY = EncoderConfig(
     item_buckets=997,
@@ -63,3 +67,12 @@ def make_events(user: str, n: int, seed: int = 0) -> list[dict[str, object]]:
 def interleave(*streams: list[dict[str, object]]) -> list[dict[str, object]]:
     """Several users' events merged in time order (ties by event id), as one partition would carry them."""
     return sorted((e for s in streams for e in s), key=lambda e: (e["ts"], e["event_id"]))
+
+
+def keyed_messages(events: Sequence[dict[str, object]], partitions: int, offset0: int = 0) -> list[Incoming]:
+    """Each event on its user's partition (as a producer keyed by user id puts it), offsets in order."""
+    return [
+        Incoming(partition_of(str(e["user_id"]).encode(), partitions), offset0 + i, str(e["user_id"]).encode(),
+                 json.dumps(e).encode())
+        for i, e in enumerate(events)
+    ]

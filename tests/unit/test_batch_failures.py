@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 import pytest
 
 from core.settings import load_settings
-from core.wire import partition_of
 from encoder.streaming import StreamingEncoder, UpdatePolicy
 from state.memory import MemoryStateStore
 from streams import agents, poison
@@ -26,19 +24,14 @@ from streams.agents import InFlight, run_batch
 from streams.context import Worker
 from streams.runtime import Runtime
 from streams.updater import Incoming, VectorUpdater
-from tests.support.factories import make_events
+from tests.support.factories import keyed_messages, make_events
 from tests.support.fakes import ConsumerApp, RecordingTopic
 
 POLICY = UpdatePolicy("incremental", 10)
 
 
 def messages(w: Worker, events: Sequence[dict[str, Any]], offset0: int = 0) -> list[Incoming]:
-    n = w.settings.kafka.partitions
-    return [
-        Incoming(partition_of(str(e["user_id"]).encode(), n), offset0 + i, str(e["user_id"]).encode(),
-                 json.dumps(e).encode())
-        for i, e in enumerate(events)
-    ]
+    return keyed_messages(events, w.settings.kafka.partitions, offset0)
 
 
 def worker(encoder: StreamingEncoder, store: MemoryStateStore, home: Path, app: Any = None, **env: str) -> Worker:

@@ -24,7 +24,7 @@ from streams.context import Worker
 from streams.runtime import Runtime
 from streams.updater import Incoming, VectorUpdater
 from streams.web import explain_view, partition_of, vector_view
-from tests.support.factories import make_events
+from tests.support.factories import keyed_messages, make_events
 from tests.support.fakes import ConsumerApp, RecordingTopic
 
 POLICY = UpdatePolicy("incremental", 10)
@@ -49,13 +49,7 @@ def make_worker(encoder: StreamingEncoder, store: MemoryStateStore) -> Worker:
 
 
 def messages(w: Worker, events: Sequence[dict[str, Any]], offset0: int = 0) -> list[Incoming]:
-    """Each event on its user's partition (as a producer keyed by user id puts it), offsets in order."""
-    n = w.settings.kafka.partitions
-    return [
-        Incoming(partition_of(str(e["user_id"]).encode(), n), offset0 + i, str(e["user_id"]).encode(),
-                 json.dumps(e).encode())
-        for i, e in enumerate(events)
-    ]
+    return keyed_messages(events, w.settings.kafka.partitions, offset0)
 
 
 def dlq(w: Worker) -> RecordingTopic:
