@@ -381,6 +381,10 @@ CHOICES: dict[str, tuple[dict[str, Any], bool]] = {
     "pcgrad": ({"grad_mode": "pcgrad"}, True),
     "round_robin": ({"schedule": "round_robin"}, True),
     "anchored R=25 + profile dropout 0.2": ({"anchor_every": 25, "profile_dropout": 0.2}, True),
+    "norm + anchored R=25 + profile dropout 0.2": (
+        {"weighting": "norm", "anchor_every": 25, "profile_dropout": 0.2},
+        True,
+    ),
 }
 
 
