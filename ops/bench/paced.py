@@ -115,7 +115,7 @@ def run_point_set(
                 note(f"{'worker' if worker else 'floor'}: point {i + 1}/{len(rates)} at {rate:.0f} events/s")
                 logs.append(asyncio.run(_paced(s, source, rate, timing)))
                 _wait_taken(s, int(source.counts.sum()), worker, timeout_s=max(60.0, timing.steady_s))
-                time.sleep(0.5 + timing.gap_s)  # the reader's last fetch, then the rest between points
+                time.sleep(1.0 + timing.gap_s)  # the reader's last fetches, then the rest between points
             metrics = worker_metrics(s.http.web_url) if worker else {}
         finally:
             probe.terminate()

@@ -19,12 +19,11 @@ def markdown(doc: dict[str, Any]) -> str:
         f"model `{doc['model_version']}`, {doc['config']['partitions']} partitions, "
         f"{m['cpus']} CPUs, load average {m['loadavg_start'][0]} at start / {m['loadavg_end'][0]} at end, "
         f"started {doc['started']}.",
-        "",
-        "| # | figure | value | ratio |",
-        "|---|---|---|---|",
     ]
-    for row in _rows(p, doc.get("ratios", {})):
-        lines.append("| " + " | ".join(row) + " |")
+    rows = _rows(p, doc.get("ratios", {}))
+    if rows:  # the sweep and write-cost parts have tables of their own
+        lines += ["", "| # | figure | value | ratio |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += _provenance_lines(doc.get("provenance"))
     if "sweep" in p:
         lines += _sweep_lines(p["sweep"])
