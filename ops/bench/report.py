@@ -141,8 +141,8 @@ def _worker_rows(w: dict[str, Any], r: dict[str, Any]) -> list[tuple[str, str, s
     per_pair = f"; per pair 3 / A median {pairs['median']} ({pairs['min']}–{pairs['max']})" if pairs else ""
     rows = [
         ("3", f"worker, incremental (R = {inc['reanchor_every']}), roles {inc['roles']}{_reps(inc)}", _rate(inc),
-         f"{_r('3 / A', r.get('worker_incremental_over_a'))}{per_pair}; "
-         f"{_r('3 / B', r.get('worker_incremental_over_b'))}"),
+         "; ".join(x for x in (_r("3 / A", r.get("worker_incremental_over_a")) + per_pair,
+                               _r("3 / B", r.get("worker_incremental_over_b"))) if x)),
         ("3", "worker, exact", _rate(w["exact"]), _r("incremental / exact", w.get("incremental_over_exact"))),
     ]
     ev = w.get("evicting")
