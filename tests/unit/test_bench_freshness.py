@@ -193,3 +193,20 @@ def test_report_renders_sweep_targets_and_write_cost_only_when_present() -> None
     doc["parts"]["write-cost"] = {"live_bytes_per_event": 400, "drain_bytes_per_event": 300,
                                   "baseline_live_bytes_per_event": 800, "baseline_drain_bytes_per_event": 300}
     assert "| live (paced load) | 400 | 800 | 0.5 |" in markdown(doc)
+
+
+def test_a_sweep_without_a_drain_rate_fails_before_any_part_runs() -> None:
+    from ops.bench import BenchConfig, run_parts
+
+    cfg = BenchConfig(Path("/nonexistent-model"), users=10, events=20)
+    with pytest.raises(ValueError, match="--drain-rate"):
+        run_parts(cfg, ["ceiling-a", "sweep"], "dupn bench")
+
+
+def test_bench_refuses_bad_sweep_loads(capsys: pytest.CaptureFixture[str]) -> None:
+    from ops.cli import main
+
+    for bad in ("5,x", "0,10", "150"):
+        with pytest.raises(SystemExit):
+            main(["bench", "--part", "sweep", "--sweep-loads", bad])
+        assert "percentages" in capsys.readouterr().err
