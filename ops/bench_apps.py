@@ -8,16 +8,18 @@ worker's ``/healthz`` readiness rule.
 ``python -m ops.bench_apps hop``: the freshness floor, ceiling A's path as a process: a
 bare aiokafka consumer (the worker's fetch wait) decodes each event and produces a
 document shaped and sized like a vector message (``last_event_ts`` = the event's ts,
-``updated_at`` = now, a 1,368-character ``vector_b64`` of zeros) to the vectors topic,
-one per user per fetched batch, for the user's last event (the worker's publishing
-rule); prints ``ready`` once assigned and keeps the count of events consumed in
-``hop.count`` under its home dir. Measured by the same probe at the same paced load
-as the worker, it is what one Kafka hop costs on this broker and machine before any
-work of ours.
+``updated_at`` = now, ``events_seen`` = how many of the user's events it has consumed
+so far, a 1,368-character ``vector_b64`` of zeros) to the vectors topic, one per user
+per fetched batch, for the user's last event (the worker's publishing rule); prints
+``ready`` once assigned and keeps the count of events consumed in ``hop.count`` under
+its home dir. ``events_seen`` has the worker's meaning, so one reader measures both per
+event. Measured by the same probe at the same paced load as the worker, it is what one
+Kafka hop costs on this broker and machine before any work of ours.
 
 ``python -m ops.bench_apps latency-probe --out FILE``: follows the vectors topic,
-prints ``ready`` once assigned, and on SIGTERM writes one row per vector
-(receive ms, last_event_ts, updated_at) to FILE (``.npy``). It runs apart from the
+prints ``ready`` once assigned, and on SIGTERM writes every vector's receive ms, user,
+``events_seen`` and ``updated_at`` to FILE (``.npz``: columns ``receive_ms``, ``user``
+(an index into ``users``), ``events_seen``, ``updated_ms``). It runs apart from the
 benchmark's pacing producer so neither delays the other's clock.
 """
 
@@ -29,6 +31,7 @@ import json
 import signal
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,7 @@ async def _hop(s: Settings) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, linger_ms=0, **options)
     padding = base64.b64encode(bytes(4 * 256)).decode()  # as large as a worker's vector message
     counter, consumed, counted_at = s.home_path / HOP_COUNT_FILE, 0, 0.0
+    seen: dict[bytes, int] = {}  # events consumed per user: the vector's events_seen
     await consumer.start()
     await producer.start()
     try:
@@ -106,10 +110,11 @@ async def _hop(s: Settings) -> int:
                 latest = {}  # the worker's publishing rule: one document per user per batch, for the last event
                 for r in records:
                     latest[r.key] = orjson.loads(r.value)
+                    seen[r.key] = seen.get(r.key, 0) + 1
                 now_ms = time.time_ns() // 1_000_000
                 for key, doc in latest.items():
-                    out = {"user_id": doc["user_id"], "last_event_ts": doc["ts"], "updated_at": now_ms,
-                           "vector_b64": padding}
+                    out = {"user_id": doc["user_id"], "events_seen": seen[key], "last_event_ts": doc["ts"],
+                           "updated_at": now_ms, "vector_b64": padding}
                     await producer.send(s.kafka.vectors_topic, key=key, value=orjson.dumps(out))
                 consumed += len(records)
             if time.monotonic() - counted_at > 0.2:  # how far it got, for the bench to wait on
@@ -139,7 +144,8 @@ async def _probe(s: Settings, out: Path) -> int:
         fetch_max_wait_ms=20, max_partition_fetch_bytes=8 << 20, security_protocol=s.kafka.kafka_security_protocol,
     )
     await consumer.start()
-    rows: list[tuple[int, int, int]] = []
+    users: dict[str, int] = {}
+    cols = {name: array("q") for name in ("receive_ms", "user", "events_seen", "updated_ms")}  # compact
     try:
         parts = consumer.partitions_for_topic(s.kafka.vectors_topic) or set()
         consumer.assign([TopicPartition(s.kafka.vectors_topic, p) for p in sorted(parts)])
@@ -150,10 +156,16 @@ async def _probe(s: Settings, out: Path) -> int:
             for records in polled.values():
                 for r in records:
                     doc = orjson.loads(r.value)
-                    rows.append((now_ms, doc["last_event_ts"], doc["updated_at"]))
+                    cols["receive_ms"].append(now_ms)
+                    cols["user"].append(users.setdefault(doc["user_id"], len(users)))
+                    cols["events_seen"].append(int(doc["events_seen"]))
+                    cols["updated_ms"].append(int(doc["updated_at"]))
     finally:
         await consumer.stop()
-    np.save(out, np.asarray(rows, dtype=np.int64).reshape(-1, 3))
+    column = {k: np.frombuffer(v, dtype=np.int64) for k, v in cols.items()}
+    with open(out, "wb") as fh:
+        np.savez(fh, users=np.asarray(list(users), dtype=str), receive_ms=column["receive_ms"], user=column["user"],
+                 events_seen=column["events_seen"], updated_ms=column["updated_ms"])
     return 0
 
 
@@ -162,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="app", required=True)
     sub.add_parser("passthrough", help="ceiling B: a no-op Faust agent with the worker's settings")
     sub.add_parser("hop", help="the freshness floor: bare aiokafka consume -> decode -> produce, until SIGTERM")
-    probe = sub.add_parser("latency-probe", help="receive time of every vector, until SIGTERM")
+    probe = sub.add_parser("latency-probe", help="receive time, user and events_seen of every vector, until SIGTERM")
     probe.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     s = load_settings()

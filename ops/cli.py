@@ -506,7 +506,7 @@ def _drift(args: argparse.Namespace, s: Settings) -> int:
 def _bench_parser(sub: Any) -> None:
     bp = sub.add_parser("bench", help="the performance figures on fresh embedded brokers (BENCHMARKS.md)")
     bp.add_argument("--part", default="all", help="all (default), a comma-separated list of ceiling-a, ceiling-b, "
-                    "worker, freshness, encoder, state, recovery, query, scaling; or drain (one worker run "
+                    "worker, freshness, sweep, encoder, state, recovery, query, scaling; or drain (one worker run "
                     "configured by --intake/--roles/--mode)")
     bp.add_argument("--users", type=int, help="users in the stream (default 10000; --quick 200)")
     bp.add_argument("--events", type=int, help="events in the stream (default 200000; --quick 2000)")
@@ -517,6 +517,16 @@ def _bench_parser(sub: Any) -> None:
                     "0 skips it)")
     bp.add_argument("--out", type=Path, help="write the JSON here and the markdown table next to it (.md); "
                     "default results/bench.json for --part all")
+    bp.add_argument("--reps", type=int, help="ceiling-a and worker: incremental drain repetitions, interleaved "
+                    "A, W, A, W, ... (default 3; --quick 1)")
+    bp.add_argument("--drain-rate", type=float, help="sweep: 100 %% load in events/s when the worker part does "
+                    "not run in the same command")
+    bp.add_argument("--sweep-loads", type=_percentages, help="sweep: loads in %% of the drain rate "
+                    "(default 5,10,25,50,75; --quick 5,25)")
+    bp.add_argument("--sweep-reps", type=int, help="sweep: repetitions of the 10 %% and 25 %% points, the "
+                    "others run once (default 3; --quick 1)")
+    bp.add_argument("--warmup-s", type=float, help="sweep: seconds of warm-up per point (default 5)")
+    bp.add_argument("--steady-s", type=float, help="sweep: seconds measured per point (default 30)")
     bp.add_argument("--intake", choices=("lean", "stream"), default="lean", help="drain only")
     bp.add_argument("--roles", default="vectors", help="drain only")
     bp.add_argument("--mode", dest="bench_mode", choices=("exact", "incremental"), default="incremental",
@@ -529,7 +539,9 @@ def _bench(args: argparse.Namespace, s: Settings) -> int:
 
     sizes = {k: v for k, v in (("users", args.users), ("events", args.events)) if v is not None}
     opts = {"partitions": s.kafka.partitions, "seed": args.seed, "freshness_rate": args.rate,
-            "evicting_users": args.evicting_users, **sizes}
+            "evicting_users": args.evicting_users, "throughput_reps": args.reps, "drain_rate": args.drain_rate,
+            "sweep_loads": args.sweep_loads, "sweep_reps": args.sweep_reps, "sweep_warmup_s": args.warmup_s,
+            "sweep_steady_s": args.steady_s, **sizes}
     opts = {k: v for k, v in opts.items() if v is not None}
     cfg = BenchConfig.quick(s.model_dir, **opts) if args.quick else BenchConfig(s.model_dir, **opts)
     if args.part == "drain":
@@ -547,14 +559,34 @@ def _bench(args: argparse.Namespace, s: Settings) -> int:
         out.write_text(text + "\n")
         out.with_suffix(".md").write_text(markdown(doc))
         print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+        if "sweep" in doc["parts"]:
+            from ops.plots import write_sweep_png
+
+            png = write_sweep_png(out.with_name(f"{out.stem}-sweep.png"), doc["parts"]["sweep"]["loads"])
+            print(f"wrote {png}", file=sys.stderr)
     return 0
+
+
+def _percentages(text: str) -> tuple[float, ...]:
+    """'5,10,25' -> (5.0, 10.0, 25.0): loads in % of the drain rate, each in (0, 100]."""
+    try:
+        loads = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated percentages like 5,10,25; got {text!r}") from None
+    if not loads or any(not 0 < x <= 100 for x in loads):
+        raise argparse.ArgumentTypeError(f"loads are percentages in (0, 100]; got {text!r}")
+    return loads
 
 
 def _bench_command(args: argparse.Namespace, cfg: Any) -> str:
     """The command that reproduces this run, spelled out (for the generated table)."""
     words = ["dupn bench", f"--part {args.part}", f"--users {cfg.users}", f"--events {cfg.events}"]
     words += [f"--{k} {v}" for k, v in (("seed", args.seed), ("rate", args.rate),
-                                         ("evicting-users", args.evicting_users)) if v]
+                                         ("evicting-users", args.evicting_users), ("reps", args.reps),
+                                         ("drain-rate", args.drain_rate), ("sweep-reps", args.sweep_reps),
+                                         ("warmup-s", args.warmup_s), ("steady-s", args.steady_s)) if v]
+    if args.sweep_loads:
+        words.append("--sweep-loads " + ",".join(f"{x:g}" for x in args.sweep_loads))
     words += ["--quick"] if args.quick else []
     env = f"DUPN_PARTITIONS={cfg.partitions} " if cfg.partitions != 8 else ""
     return env + " ".join(words)

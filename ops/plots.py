@@ -1,4 +1,4 @@
-"""PNG figures of attention, after the DUPN talk's attention analysis (matplotlib, Agg backend).
+"""PNG figures: attention (after the DUPN talk's attention analysis) and the bench sweep (matplotlib, Agg).
 
 Kept apart from the CLI so that only commands drawing a figure import matplotlib.
 """
@@ -79,6 +79,36 @@ def write_explain_png(path: Path, table: AttentionTable, behaviors: Sequence[dic
     try:
         draw_heatmap(top, table, f"{title}: mean attention by type × age")
         draw_sequence(bottom, behaviors, f"{title}: attention along the window")
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_sweep_png(path: Path, loads: Sequence[dict[str, Any]]) -> Path:
+    """``dupn bench`` sweep: per-event receive − ts p50 and p99 against load, worker vs the bare hop floor.
+
+    Points are medians over repetitions; bars span min to max, so the run-to-run
+    spread is visible beside the difference between worker and floor.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    try:
+        x = [row["load_percent"] for row in loads]
+        for side, color in (("worker", "#e45756"), ("floor", "#4c78a8")):
+            for q, style in (("p50", "-o"), ("p99", "--s")):
+                cells = [row[side]["receive_minus_ts_ms"].get(q) for row in loads]
+                if any(c is None for c in cells):
+                    continue
+                med = np.asarray([c["median"] for c in cells])
+                err = np.asarray([[m - c["min"] for m, c in zip(med, cells, strict=True)],
+                                  [c["max"] - m for m, c in zip(med, cells, strict=True)]])
+                ax.errorbar(x, med, yerr=err, fmt=style, color=color, capsize=3, label=f"{side} {q}")
+        ax.set_yscale("log")
+        ax.set_xlabel("load (% of the worker's drain rate)")
+        ax.set_ylabel("receive − event ts per event (ms, log scale)")
+        ax.set_title("freshness against load: worker vs bare aiokafka hop (median, min–max over reps)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)

@@ -1,8 +1,10 @@
 """`dupn bench`: every figure of the performance issue, side by side in one run (BENCHMARKS.md).
 
 Parts, each runnable alone (``dupn bench --part X``); ``--part all`` runs them in this order:
-ceiling-a, ceiling-b, worker, freshness, encoder, state, recovery, query, scaling
-(``drain`` is one configurable worker run, outside ``all``). Every Kafka-facing part
+ceiling-a, ceiling-b, worker, freshness, sweep, encoder, state, recovery, query, scaling
+(``drain`` is one configurable worker run, outside ``all``). Ceiling A and the worker's
+incremental drain run interleaved and repeated (``throughput.interleaved``); freshness
+and the sweep measure every event, worker and floor alike (``perevent``, ``paced``). Every Kafka-facing part
 produces the same synthetic stream to its own topics on a fresh embedded broker
 (same binary and configuration), so no part pays for another's data, and runs its
 processes on this machine, sharing its cores with the broker.

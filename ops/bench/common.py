@@ -35,6 +35,13 @@ class BenchConfig:
     freshness_rate: float | None = None  # events/s; None: half the measured incremental drain rate
     warmup_s: float = 15.0
     steady_s: float = 45.0
+    throughput_reps: int = 3  # ceiling A and the worker's incremental drain, interleaved A, W, A, W, ...
+    drain_rate: float | None = None  # sweep: 100 % load in events/s when the worker part does not run
+    sweep_loads: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 75.0)  # % of the drain rate
+    sweep_reps: int = 3  # repetitions of the 10 % and 25 % points (the others run once)
+    sweep_warmup_s: float = 5.0
+    sweep_steady_s: float = 30.0
+    sweep_gap_s: float = 3.0  # rest between points, after the app has drained the previous one
     query_rate: float = 200.0
     query_s: float = 20.0
     ready_timeout_s: float = 180.0
@@ -45,13 +52,15 @@ class BenchConfig:
     def quick(cls, model_dir: Path, **overrides: Any) -> BenchConfig:
         base: dict[str, Any] = dict(
             users=200, events=2000, evicting_users=0, freshness_rate=300.0, warmup_s=2.0, steady_s=5.0,
-            query_s=3.0, timeout_s=300.0,
+            query_s=3.0, timeout_s=300.0, throughput_reps=1, sweep_loads=(5.0, 25.0), sweep_reps=1,
+            sweep_warmup_s=1.0, sweep_steady_s=3.0, sweep_gap_s=0.5,
         )
         return cls(model_dir, **{**base, **overrides})
 
     def describe(self) -> dict[str, Any]:
         out = {k: v for k, v in vars(self).items() if k not in ("model_dir", "broker_url")}
         out["model_dir"] = str(self.model_dir)
+        out["sweep_loads"] = list(self.sweep_loads)
         return out
 
 

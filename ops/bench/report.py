@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ops.bench.common import ratio
+
 
 def markdown(doc: dict[str, Any]) -> str:
     p = doc["parts"]
@@ -17,19 +19,94 @@ def markdown(doc: dict[str, Any]) -> str:
         f"model `{doc['model_version']}`, {doc['config']['partitions']} partitions, "
         f"{m['cpus']} CPUs, load average {m['loadavg_start'][0]} at start / {m['loadavg_end'][0]} at end, "
         f"started {doc['started']}.",
-        "",
-        "| # | figure | value | ratio |",
-        "|---|---|---|---|",
     ]
-    for row in _rows(p, doc.get("ratios", {})):
-        lines.append("| " + " | ".join(row) + " |")
+    rows = _rows(p, doc.get("ratios", {}))
+    if rows:  # the sweep and write-cost parts have tables of their own
+        lines += ["", "| # | figure | value | ratio |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += _provenance_lines(doc.get("provenance"))
+    if "sweep" in p:
+        lines += _sweep_lines(p["sweep"])
+    if "write-cost" in p:
+        lines += _write_cost_lines(p["write-cost"])
+    if doc.get("targets"):
+        lines += _target_lines(doc["targets"])
     return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(prov: dict[str, Any] | None) -> list[str]:
+    if not prov:
+        return []
+    dirty = {True: " (uncommitted changes)", False: "", None: ""}[prov.get("git_dirty")]
+    versions = ", ".join(f"{k} {v}" for k, v in prov["packages"].items() if v)
+    return ["", f"Code at `{prov.get('git_commit') or 'unknown'}`{dirty}; {versions}."]
+
+
+def _sweep_lines(sw: dict[str, Any]) -> list[str]:
+    """Per load: worker and floor per-event receive − ts, median [min–max] over reps, and idle CPU."""
+    lines = [
+        "",
+        f"### Load sweep: per-event freshness against load ({sw['drain_rate_source']}: "
+        f"{_n(sw['drain_rate_events_per_s'])} events/s = 100 %)",
+        "",
+        f"Each point: {sw['warmup_s']:g} s warm-up, then {sw['steady_s']:g} s measured; every event sent in that "
+        "window counts once, at the first vector with `events_seen` ≥ its index (receive − its ts). One worker and "
+        f"one floor hop ({sw['floor_path']}) each run every point in turn, draining and resting {sw['gap_s']:g} s "
+        "in between. Cells: median [min–max] over the reps, ms.",
+        "",
+        "| load | events/s | reps | worker p50 | worker p99 | worker p999 | floor p50 | floor p99 | floor p999 "
+        "| worker publish − ts p50 / p99 | idle CPU worker / floor | uncovered worker / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sw["loads"]:
+        w, f = row["worker"], row["floor"]
+        cells = [f"{row['load_percent']:g} %", _n(row["target_events_per_s"]), str(row["reps"])]
+        cells += [_cell(w["receive_minus_ts_ms"].get(q)) for q in ("p50", "p99", "p999")]
+        cells += [_cell(f["receive_minus_ts_ms"].get(q)) for q in ("p50", "p99", "p999")]
+        pub = w["publish_minus_ts_ms"]
+        cells.append(f"{_cell(pub.get('p50'))} / {_cell(pub.get('p99'))}")
+        cells.append(f"{_idle(w['idle_cpu_percent'])} / {_idle(f['idle_cpu_percent'])}")
+        cells.append(f"{w['events_uncovered']:,} / {f['events_uncovered']:,}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cell(s: dict[str, float] | None) -> str:
+    if s is None:
+        return "—"
+    if s["n"] == 1:
+        return _ms(s["median"])
+    return f"{_ms(s['median'])} [{_ms(s['min'])}–{_ms(s['max'])}]"
+
+
+def _idle(s: dict[str, float] | None) -> str:
+    return "—" if s is None else f"{s['median']:g} %"
+
+
+def _write_cost_lines(wc: dict[str, Any]) -> list[str]:
+    """The changelog write cost per event (another part's figures), live and draining, against its baseline."""
+    rows = [("live (paced load)", "live_bytes_per_event", "baseline_live_bytes_per_event"),
+            ("drain (backlog)", "drain_bytes_per_event", "baseline_drain_bytes_per_event")]
+    lines = ["", "### Changelog write cost (`write-cost`)", "", "| case | bytes/event | baseline | now / baseline |",
+             "|---|---|---|---|"]
+    for label, now, base in rows:
+        lines.append(f"| {label} | {_n(wc.get(now))} | {_n(wc.get(base))} | {ratio(wc.get(now), wc.get(base)) or ''} |")
+    return lines
+
+
+def _target_lines(targets: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "### Targets (issue 15)", "", "| target | measured | status | margin |", "|---|---|---|---|"]
+    for v in targets:
+        status = "met" if v["met"] else "**missed**"
+        lines.append(f"| {v['target']} | {v['measured']} | {status} | {v['margin']} |")
+    return lines
 
 
 def _rows(p: dict[str, Any], r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     if "ceiling-a" in p:
-        rows.append(("1", "A: bare aiokafka consume → JSON → produce", _rate(p["ceiling-a"]), "1"))
+        rows.append(("1", "A: bare aiokafka consume → JSON → produce" + _reps(p["ceiling-a"]), _rate(p["ceiling-a"]),
+                     "1"))
     if "ceiling-b" in p:
         rows.append(("2", "B: Faust agent, same work, the worker's Faust settings", _rate(p["ceiling-b"]),
                      _r("B / A", r.get("b_over_a"))))
@@ -60,9 +137,12 @@ def _rows(p: dict[str, Any], r: dict[str, Any]) -> list[tuple[str, str, str, str
 
 def _worker_rows(w: dict[str, Any], r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     inc = w["incremental"]
+    pairs = w.get("over_a_pairs")
+    per_pair = f"; per pair 3 / A median {pairs['median']} ({pairs['min']}–{pairs['max']})" if pairs else ""
     rows = [
-        ("3", f"worker, incremental (R = {inc['reanchor_every']}), roles {inc['roles']}", _rate(inc),
-         f"{_r('3 / A', r.get('worker_incremental_over_a'))}; {_r('3 / B', r.get('worker_incremental_over_b'))}"),
+        ("3", f"worker, incremental (R = {inc['reanchor_every']}), roles {inc['roles']}{_reps(inc)}", _rate(inc),
+         "; ".join(x for x in (_r("3 / A", r.get("worker_incremental_over_a")) + per_pair,
+                               _r("3 / B", r.get("worker_incremental_over_b"))) if x)),
         ("3", "worker, exact", _rate(w["exact"]), _r("incremental / exact", w.get("incremental_over_exact"))),
     ]
     ev = w.get("evicting")
@@ -75,12 +155,14 @@ def _worker_rows(w: dict[str, Any], r: dict[str, Any]) -> list[tuple[str, str, s
 
 def _freshness_rows(f: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     head = (f"at {_n(f['target_events_per_s'])} events/s ({f['rate_source']}), {f['steady_s']:g} s after "
-            f"{f['warmup_s']:g} s warm-up, {f['vectors_measured']:,} vectors")
+            f"{f['warmup_s']:g} s warm-up, {f['events_measured']:,} events ({f['events_uncovered']:,} never covered)")
     pace = (f"achieved {_n(f['achieved_events_per_s'])} events/s = {f['achieved_over_target']} × target; "
-            f"producer at most {_ms(f['producer_max_behind_ms'])} ms behind")
+            f"producer at most {_ms(f['producer_max_behind_ms'])} ms behind; idle CPU {_pc(f.get('idle_cpu_percent'))}")
     return [
-        ("4", f"freshness {head}: receive − event ts, p50 / p99 / p999", _pct(f["receive_minus_ts_ms"]), pace),
-        ("4", "same vectors: publish (updated_at) − event ts, p50 / p99 / p999", _pct(f["publish_minus_ts_ms"]), ""),
+        ("4", f"freshness per event {head}: receive − event ts, p50 / p99 / p999", _pct(f.get("receive_minus_ts_ms")),
+         pace),
+        ("4", "same events: publish (updated_at) − event ts, p50 / p99 / p999", _pct(f.get("publish_minus_ts_ms")),
+         ""),
         *_floor_rows(f),
     ]
 
@@ -89,14 +171,15 @@ def _floor_rows(f: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     floor = f.get("floor")
     if not floor:
         return []
-    over = f["publish_minus_ts_over_floor"]
+    over = f.get("receive_minus_ts_over_floor") or {}
     return [(
         "4",
         "floor, same load through one bare aiokafka hop, one document per user per batch "
-        "(ops.bench_apps hop): publish − event ts, p50 / p99 / p999",
-        _pct(floor["publish_minus_ts_ms"]),
-        f"worker / floor = {over['p50']} / {over['p99']} / {over['p999']}; "
-        f"the hop consumed {floor['consumed_over_sent']} × the events sent",
+        f"(ops.bench_apps hop), per event ({floor['events_uncovered']:,} never covered): receive − event ts, "
+        "p50 / p99 / p999",
+        _pct(floor.get("receive_minus_ts_ms")),
+        f"worker / floor = {over.get('p50')} / {over.get('p99')} / {over.get('p999')}; "
+        f"idle CPU {_pc(floor.get('idle_cpu_percent'))}",
     )]
 
 
@@ -158,6 +241,14 @@ def _read_floor_rows(rec: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     )]
 
 
+def _reps(part: dict[str, Any]) -> str:
+    """', median of N runs (min–max)' when the figure was repeated."""
+    s = part.get("spread")
+    if not s or s["n"] < 2:
+        return ""
+    return f", median of {s['n']} interleaved runs ({_n(s['min'])}–{_n(s['max'])})"
+
+
 def _rate(part: dict[str, Any]) -> str:
     return f"{_n(part['events_per_s'])} events/s"
 
@@ -170,8 +261,12 @@ def _ms(x: float) -> str:
     return f"{x:,.1f}"
 
 
-def _pct(p: dict[str, float]) -> str:
-    return f"{_ms(p['p50'])} / {_ms(p['p99'])} / {_ms(p['p999'])} ms"
+def _pct(p: dict[str, float] | None) -> str:
+    return "— (no event covered)" if p is None else f"{_ms(p['p50'])} / {_ms(p['p99'])} / {_ms(p['p999'])} ms"
+
+
+def _pc(x: float | None) -> str:
+    return "—" if x is None else f"{x:g} %"
 
 
 def _r(label: str, value: float | None) -> str:

@@ -19,6 +19,7 @@ from ops.bench.common import (
     ready_time,
 )
 from ops.bench.drain import drain
+from ops.bench.perevent import spread
 from ops.harness import running_worker
 
 PASSTHROUGH_ARGV = ("-m", "ops.bench_apps", "passthrough")
@@ -103,16 +104,55 @@ def _rate(events: int, seconds: float, **extra: Any) -> dict[str, Any]:
     return {"events_per_s": round(events / seconds), "events": events, "seconds": round(seconds, 2), **extra}
 
 
-def worker(cfg: BenchConfig, stream: Stream) -> dict[str, Any]:
+def interleaved(cfg: BenchConfig, stream: Stream, a: bool, w: bool) -> dict[str, dict[str, Any]]:
+    """Ceiling A and the worker's incremental drain, ``cfg.throughput_reps`` times each, interleaved A, W, A, W, ...
+
+    Interleaving spreads the machine's drift (other jobs, thermal) over both, so the
+    ratio is taken per pair (each W over the A just before it); the median and range
+    of those ratios, and of each rate, are what the spread on this machine allows.
+    """
+    a_runs: list[dict[str, Any]] = []
+    w_runs: list[dict[str, Any]] = []
+    for rep in range(max(1, cfg.throughput_reps)):
+        if a:
+            note(f"ceiling-a: repetition {rep + 1}")
+            a_runs.append(ceiling_a(cfg, stream))
+        if w:
+            note(f"worker: incremental, repetition {rep + 1}, {len(stream)} events, {stream.users} users")
+            w_runs.append(drain(cfg, stream, update_mode="incremental").to_json())
+    out: dict[str, dict[str, Any]] = {}
+    if a:
+        out["ceiling-a"] = median_run(a_runs)
+    if w:
+        out["worker"] = {"incremental": median_run(w_runs)}
+    if a and w:
+        pairs = [ratio(wr["events_per_s"], ar["events_per_s"], 3) or 0.0 for ar, wr in zip(a_runs, w_runs, strict=True)]
+        out["worker"]["over_a_pairs"] = {"ratios": pairs, **spread(pairs)}
+    return out
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run at the median rate (the lower middle one for an even count), with every rep's rate and their spread.
+
+    ``events_per_s`` is the median of the reps, so ratios against it are ratios of medians.
+    """
+    rates = [r["events_per_s"] for r in runs]
+    middle = sorted(runs, key=lambda r: r["events_per_s"])[(len(runs) - 1) // 2]
+    stats = spread(rates)
+    return {**middle, "events_per_s": round(stats["median"]), "reps_events_per_s": rates, "spread": stats}
+
+
+def worker(cfg: BenchConfig, stream: Stream, incremental: dict[str, Any] | None = None) -> dict[str, Any]:
     """The real worker (state, encoder, publishing): incremental and exact on the stream, and on few users.
 
-    The few-user stream has the same number of events over ``evicting_users`` users,
-    so windows fill to 100 and evict: where exact pays its 100-step recompute.
+    The incremental drain is repeated (``interleaved``; given when it ran interleaved
+    with ceiling A). The few-user stream has the same number of events over
+    ``evicting_users`` users, so windows fill to 100 and evict: where exact pays its
+    100-step recompute.
     """
-    out: dict[str, Any] = {}
-    for mode in ("incremental", "exact"):
-        note(f"worker: {mode}, {len(stream)} events, {stream.users} users")
-        out[mode] = drain(cfg, stream, update_mode=mode).to_json()
+    out: dict[str, Any] = dict(incremental or interleaved(cfg, stream, a=False, w=True)["worker"])
+    note(f"worker: exact, {len(stream)} events, {stream.users} users")
+    out["exact"] = drain(cfg, stream, update_mode="exact").to_json()
     out["incremental_over_exact"] = ratio(out["incremental"]["events_per_s"], out["exact"]["events_per_s"])
     few = cfg.evicting_users if cfg.evicting_users is not None else max(50, cfg.users // 20)
     if few:

@@ -13,14 +13,14 @@ from ops.cli import main
 
 pytestmark = pytest.mark.integration
 
-NEW_PARTS = ["ceiling-a", "ceiling-b", "freshness", "recovery", "query", "scaling"]
+NEW_PARTS = ["ceiling-a", "ceiling-b", "freshness", "sweep", "recovery", "query", "scaling"]
 
 
 @pytest.fixture(scope="module")
 def doc(broker_url: str, model_dir: Path) -> dict[str, Any]:
     cfg = BenchConfig.quick(
         model_dir, broker_url=broker_url, users=200, events=2000, freshness_rate=200.0, warmup_s=1.0, steady_s=3.0,
-        query_rate=100.0, query_s=2.0, ready_timeout_s=240.0,
+        query_rate=100.0, query_s=2.0, ready_timeout_s=240.0, drain_rate=800.0, sweep_loads=(25.0,),
     )
     return run_parts(cfg, NEW_PARTS, "dupn bench --quick")
 
@@ -38,11 +38,21 @@ def test_new_parts_report_sane_figures(doc: dict[str, Any]) -> None:
     assert doc["ratios"]["b_over_a"] > 0
 
     fresh = parts["freshness"]
-    assert fresh["achieved_events_per_s"] > 0 and fresh["vectors_measured"] > 0
+    assert fresh["achieved_events_per_s"] > 0 and fresh["events_measured"] > 0
+    assert fresh["events_measured"] + fresh["events_uncovered"] <= fresh["events_sent"]
     assert ordered(fresh["receive_minus_ts_ms"]) and ordered(fresh["publish_minus_ts_ms"])
-    floor = fresh["floor"]  # the same load through one bare aiokafka hop, side by side
-    assert floor["vectors_measured"] > 0 and ordered(floor["publish_minus_ts_ms"])
-    assert floor["consumed_over_sent"] == 1.0  # at this rate the bare hop keeps up with every event
+    floor = fresh["floor"]  # the same load through one bare aiokafka hop, side by side, measured per event too
+    assert floor["events_measured"] > 0 and ordered(floor["receive_minus_ts_ms"])
+
+    sweep = parts["sweep"]  # one point (25 % of the given drain rate) through the floor and the worker
+    assert sweep["drain_rate_source"] == "given (--drain-rate)"
+    (point,) = sweep["points"]
+    assert point["load_percent"] == 25.0 and point["worker"]["target_events_per_s"] == 200.0
+    for side in ("worker", "floor"):
+        assert point[side]["events_measured"] > 0 and ordered(point[side]["receive_minus_ts_ms"])
+    (row,) = sweep["loads"]
+    assert row["reps"] == 1 and row["worker"]["receive_minus_ts_ms"]["p99"]["n"] == 1
+    assert [t["target"].startswith("at 25 % load") for t in doc["targets"]] == [True, True]
 
     rec = parts["recovery"]
     assert rec["users"] == users and rec["start_to_ready_s"] > 0
@@ -64,7 +74,7 @@ def test_new_parts_report_sane_figures(doc: dict[str, Any]) -> None:
     assert sum(w["events_applied"] for w in scale["workers_2"]["per_worker"]) >= events
 
     table = markdown(doc)
-    for figure in ("| 1 |", "| 2 |", "| 4 |", "| 6 |", "| 7 |", "| 8 |", "| 9 |"):
+    for figure in ("| 1 |", "| 2 |", "| 4 |", "| 6 |", "| 7 |", "| 8 |", "| 9 |", "### Load sweep", "### Targets"):
         assert figure in table
     assert "dupn bench --quick" in table
 
@@ -88,3 +98,4 @@ def test_cli_writes_json_and_markdown(
     assert all(r["exact_recompute_us_per_event"] > 0 and r["bare_torch_cell_us_per_event"] > 0 for r in rows)
     assert doc["parts"]["state"]["state_bytes_per_user_mean"] > 0
     assert out.with_suffix(".md").read_text() == markdown(doc)
+    assert doc["provenance"]["git_commit"] and set(doc["provenance"]["packages"]) >= {"torch", "aiokafka", "python"}

@@ -1,0 +1,81 @@
+"""The load sweep: per-event freshness of the worker and of the bare hop floor at fractions of the drain rate.
+
+Each of the two (floor hop, then worker) runs once, on its own fresh broker,
+through every point in the same order: the loads ascending, then the repetitions
+of the repeated loads (5, 10, 25, 50, 75, 10, 25, 10, 25 by default), so
+repetitions are spread over the set rather than back to back. Between points the
+app drains what it was sent and rests ``sweep_gap_s`` (``ops.bench.paced``); one
+start per set saves a group join (8–10 s) per point. Default timing: 5 s warm-up +
+30 s steady per point, 9 points × 2 apps ≈ 11–12 min with the rests and starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ops.bench.common import BenchConfig, Stream, note
+from ops.bench.paced import HOP_PATH, EventSource, Timing, run_point_set
+from ops.bench.perevent import percentile_spread, spread
+
+REPEATED_LOADS = (10.0, 25.0)  # the loads the targets are set at: repeated for their spread
+KEYS = ("receive_minus_ts_ms", "publish_minus_ts_ms")
+
+
+def schedule(loads: Sequence[float], reps: int) -> list[tuple[float, int]]:
+    """(load %, repetition) in run order: each load once ascending, then the repeated loads' further reps."""
+    if not loads or any(not 0 < x <= 100 for x in loads):
+        raise ValueError(f"sweep loads are percentages of the drain rate in (0, 100]; got {list(loads)}")
+    if reps < 1:
+        raise ValueError(f"sweep repetitions must be at least 1; got {reps}")
+    ordered = sorted(set(loads))
+    out = []
+    for rep in range(reps):
+        out += [(load, rep + 1) for load in ordered if rep == 0 or load in REPEATED_LOADS]
+    return out
+
+
+def sweep(cfg: BenchConfig, stream: Stream, drain_rate: float) -> dict[str, Any]:
+    """Floor then worker through every point; the per-point figures and, per load, their spread over reps."""
+    if drain_rate <= 0:
+        raise ValueError(f"the drain rate must be positive; got {drain_rate}")
+    order = schedule(cfg.sweep_loads, cfg.sweep_reps)
+    rates = [drain_rate * load / 100 for load, _ in order]
+    timing = Timing(cfg.sweep_warmup_s, cfg.sweep_steady_s, cfg.sweep_gap_s)
+    note(f"sweep: {len(order)} points of {timing.warmup_s:g}+{timing.steady_s:g}s, floor then worker")
+    floor = run_point_set(cfg, EventSource(stream), rates, timing, worker=False)
+    worker = run_point_set(cfg, EventSource(stream), rates, timing, worker=True)
+    points = [
+        {"load_percent": load, "rep": rep, "worker": w, "floor": f}
+        for (load, rep), w, f in zip(order, worker, floor, strict=True)
+    ]
+    return {
+        "drain_rate_events_per_s": round(drain_rate, 1),
+        "warmup_s": timing.warmup_s,
+        "steady_s": timing.steady_s,
+        "gap_s": timing.gap_s,
+        "floor_path": HOP_PATH,
+        "points": points,
+        "loads": by_load(points),
+    }
+
+
+def by_load(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per load: the spread (median, min, max over reps) of every percentile, for worker and floor."""
+    out = []
+    for load in sorted({p["load_percent"] for p in points}):
+        reps = [p for p in points if p["load_percent"] == load]
+        row: dict[str, Any] = {
+            "load_percent": load,
+            "reps": len(reps),
+            "target_events_per_s": reps[0]["worker"]["target_events_per_s"],
+        }
+        for side in ("worker", "floor"):
+            runs = [p[side] for p in reps]
+            row[side] = {key: percentile_spread(runs, key) for key in KEYS}
+            row[side]["events_uncovered"] = sum(r["events_uncovered"] for r in runs)
+            row[side]["achieved_over_target"] = spread([r["achieved_over_target"] for r in runs])
+            idle = [r["idle_cpu_percent"] for r in runs if r.get("idle_cpu_percent") is not None]
+            row[side]["idle_cpu_percent"] = spread(idle) if idle else None
+        out.append(row)
+    return out
