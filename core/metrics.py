@@ -106,9 +106,10 @@ EVENT_TO_VECTOR = BatchHistogram(
 )
 STAGE_SECONDS = BatchHistogram(
     "dupn_stage_seconds",
-    "Where an event's time goes, with DUPN_TRACE_STAGES=1 only: fetch (record broker timestamp to the lean "
-    "intake, per event), queue (intake to its batch taken, per event), apply, write (local write and produce "
-    "hand-off), ack (hand-off to the broker's acknowledgement), the last three per batch",
+    "Where an event's time goes, with DUPN_TRACE_STAGES=1 only. Per event: fetch (the record's broker timestamp "
+    "to the lean intake), queue (intake to its batch taken). Per batch: hop (batch lock and encoder thread "
+    "hand-offs), apply, write (local write and produce hand-off), ack (hand-off to the broker's "
+    "acknowledgement), inflight (the batch loop waiting for earlier batches' acknowledgements)",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     labelnames=("stage",),
     registry=REGISTRY,

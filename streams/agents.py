@@ -64,7 +64,7 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
     """Batches straight from the fetch loop (streams.intake); Faust keeps tables, commits and routing."""
     w.app.topics.add(w.events_topic)  # subscribe without an agent: the intake receives its messages
 
-    in_flight = InFlight(w.app)
+    in_flight = InFlight(w.app, trace=w.settings.worker.trace_stages)
     # Set when a batch was fenced out (FencedOut): until the rebalance revokes the partitions, every
     # batch is dropped unapplied too. Applying a later batch on a state that lacks the dropped one
     # would store an offset past events it never applied (a gap), so they all wait for the new owner.
@@ -116,9 +116,10 @@ class InFlight:
     would commit past the failed one (issue 14 item 6).
     """
 
-    def __init__(self, app: Any, limit: int = 4) -> None:
+    def __init__(self, app: Any, limit: int = 4, trace: bool = False) -> None:
         self._app = app
         self._limit = limit
+        self._trace = trace  # DUPN_TRACE_STAGES: the batch loop's waits here, stage "inflight"
         self._pending: list[asyncio.Future[None]] = []
         self._order: collections.deque[tuple[asyncio.Future[None], Sequence[Any]]] = collections.deque()
         self.failed: BaseException | None = None
@@ -142,8 +143,11 @@ class InFlight:
         for fut in [f for f in self._pending if f.done()]:
             self._pending.remove(fut)
             fut.result()  # raises a failed delivery
+        waited_from = time.monotonic() if self._trace else 0.0
         while len(self._pending) > self._limit:
             await self._pending.pop(0)
+        if self._trace:
+            metrics.STAGE_SECONDS.observe(time.monotonic() - waited_from, "inflight")
 
     async def settle(self) -> None:
         """Wait until every batch handed over so far is acknowledged (and its messages acked)."""
