@@ -43,8 +43,8 @@ class BatchIntake:
 
     With ``trace`` (``DUPN_TRACE_STAGES``), each message's arrival is stamped and, when its batch is
     taken, two stages are observed per event in ``dupn_stage_seconds``: ``fetch`` (the record's broker
-    timestamp to its arrival here) and ``queue`` (arrival to its batch taken). Without it, nothing is
-    stamped: :meth:`offer` is the plain one.
+    timestamp to its arrival here) and ``queue`` (arrival to its batch taken). Without it nothing is
+    stamped or observed: one attribute test per message.
     """
 
     def __init__(
@@ -63,10 +63,6 @@ class BatchIntake:
         self.lock = asyncio.Lock()
         self._arrived: list[float] | None = [] if trace else None  # wall-clock arrival per buffered message
 
-    def _stamp(self) -> None:
-        if self._arrived is not None:
-            self._arrived.append(time.time())
-
     def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
         if self._ready is None or self._space is None:
             self._ready, self._space = asyncio.Event(), asyncio.Event()
@@ -77,7 +73,8 @@ class BatchIntake:
         """Buffer a message; False when the buffer is now full (the caller should wait for space)."""
         ready, space = self._events()
         self._buffer.append(message)
-        self._stamp()
+        if self._arrived is not None:
+            self._arrived.append(time.time())
         self.held_bytes += message_bytes(message)
         ready.set()
         if self._full():
