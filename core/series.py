@@ -185,7 +185,8 @@ CHARTS: tuple[Chart, ...] = (
           "≈ 7–8 KiB (incremental R=25), at most ≈ 8.4 KiB.", "bytes", (Line(STATE_BYTES, "bytes"),), "stat", 6),
     Chart("throughput", "Throughput", "Events consumed per second by result. Healthy: applied ≈ the producers' "
           "rate, duplicate and rejected near 0.", "ops", (Line(THROUGHPUT, "{{result}}"),), live=True),
-    Chart("freshness", "Freshness: event → vector", "Event time to the vector reflecting it being published. "
+    Chart("freshness", "Freshness: event → vector", "Per applied event: its time (ts) to the broker's "
+          "acknowledgement of the vector reflecting it (every event of a batch counts, not one per vector). "
           "Healthy: p50 tens of ms, p99 well under a second; it grows with lag.", "s",
           (Line(FRESHNESS_P50, "p50"), Line(FRESHNESS_P99, "p99")), live=True),
     Chart("lag", "Consumer lag", "Events on the log not yet committed, per source topic. Healthy: near 0 and "

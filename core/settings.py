@@ -140,6 +140,8 @@ class WorkerSettings:
     max_future_ms: int = 600_000
     log_format: str = "text"  # text | json
     log_level: str = "info"
+    # where an event's time goes (dupn_stage_seconds{stage}): off by default, and then nothing is timed
+    trace_stages: bool = False
 
     def __post_init__(self) -> None:
         if not self.role_set or not self.role_set <= ROLES:

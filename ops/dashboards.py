@@ -71,14 +71,17 @@ class Alert:
 ALERTS: tuple[Alert, ...] = (
     Alert("DupnFreshnessP99High", FRESHNESS_P99, ">", 5, "10m", "warning",
           "p99 event-to-vector time above 5 s",
-          "Vectors reflect events late (p99 {{ $value | humanizeDuration }}): rankers see stale users.",
+          "Vectors reflect events late: 1 % of applied events took over {{ $value | humanizeDuration }} from "
+          "their ts to the broker's acknowledgement of their vector; rankers see stale users.",
           ("Open the worker dashboard (GET /dashboard on any worker, or Grafana): is the consumer lag growing?",
            "If lag grows: the workers fall behind; see DupnConsumerLagGrowing (add workers up to the "
            "partition count).",
            "If lag is flat: compare the encoder time per batch and the mean batch; a slow host or a larger "
            "model shows there first.",
            "Check the producers' clocks: freshness starts at the event's ts, so a producer whose clock runs "
-           "behind (or that sends old events) shows here without any fault of the workers.")),
+           "behind (or that sends old events) shows here without any fault of the workers.",
+           "To see which stage holds events (fetch, intake queue, encoder hand-off, apply, write, broker "
+           "acknowledgement), restart one worker with DUPN_TRACE_STAGES=1 and read dupn_stage_seconds.")),
     Alert("DupnConsumerLagGrowing", LAG_GROWTH, ">", 1, "15m", "warning",
           "consumer lag on {{ $labels.topic }} growing",
           "The workers fall behind the producers on {{ $labels.topic }} by {{ $value | printf \"%.1f\" }} "

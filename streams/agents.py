@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from core import metrics
 from core.contracts import Rejection, dlq_record
 from state.store import StateWrite, UserStateStore
@@ -62,7 +64,7 @@ def _register_lean(w: Worker, intake: BatchIntake) -> None:
     """Batches straight from the fetch loop (streams.intake); Faust keeps tables, commits and routing."""
     w.app.topics.add(w.events_topic)  # subscribe without an agent: the intake receives its messages
 
-    in_flight = InFlight(w.app)
+    in_flight = InFlight(w.app, trace=w.settings.worker.trace_stages)
     # Set when a batch was fenced out (FencedOut): until the rebalance revokes the partitions, every
     # batch is dropped unapplied too. Applying a later batch on a state that lacks the dropped one
     # would store an offset past events it never applied (a gap), so they all wait for the new owner.
@@ -114,9 +116,10 @@ class InFlight:
     would commit past the failed one (issue 14 item 6).
     """
 
-    def __init__(self, app: Any, limit: int = 4) -> None:
+    def __init__(self, app: Any, limit: int = 4, trace: bool = False) -> None:
         self._app = app
         self._limit = limit
+        self._trace = trace  # DUPN_TRACE_STAGES: the batch loop's waits here, stage "inflight"
         self._pending: list[asyncio.Future[None]] = []
         self._order: collections.deque[tuple[asyncio.Future[None], Sequence[Any]]] = collections.deque()
         self.failed: BaseException | None = None
@@ -140,8 +143,11 @@ class InFlight:
         for fut in [f for f in self._pending if f.done()]:
             self._pending.remove(fut)
             fut.result()  # raises a failed delivery
+        waited_from = time.monotonic() if self._trace else 0.0
         while len(self._pending) > self._limit:
             await self._pending.pop(0)
+        if self._trace:
+            metrics.STAGE_SECONDS.observe(time.monotonic() - waited_from, "inflight")
 
     async def settle(self) -> None:
         """Wait until every batch handed over so far is acknowledged (and its messages acked)."""
@@ -158,23 +164,15 @@ async def process_batch(w: Worker, messages: Sequence[RawMessage]) -> BatchResul
 
 
 async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchResult, asyncio.Future[None]]:
-    """Apply a batch: states written locally, records handed to the producer; the future is the broker's ack."""
+    """Apply a batch: states written locally, records handed to the producer; the future is the broker's ack.
+
+    Once the broker acknowledged the batch's changelog and vector records, every applied event's
+    freshness is observed (:func:`observe_freshness`). With ``DUPN_TRACE_STAGES`` the batch's stages
+    are timed too (:class:`BatchStages`)."""
     store = _store(w)
-    loop = asyncio.get_running_loop()
     started = time.monotonic()
-
-    def load(user_id: str, msg: RawMessage) -> UserState | None:
-        return store.read(user_id, msg.partition)
-
-    async with w.runtime.batch_lock:
-        applying = loop.run_in_executor(_ENCODER_THREAD, w.runtime.updater.apply, messages, load)
-        try:
-            result = await asyncio.shield(applying)
-        except asyncio.CancelledError:
-            # The thread runs on regardless: hold the lock until it is done, or an HTTP re-pool
-            # could read (and keep scores in) encoder states it is still advancing.
-            await asyncio.wait([applying])
-            raise
+    stages = BatchStages(started) if w.settings.worker.trace_stages else None
+    result = await _apply(w, messages, stages)
     writes = [StateWrite(up.last_message.partition, up.state, up.vector) for up in result.updates]
     for state, msg in result.redelivered:
         # Written again, unchanged: a worker killed after its local RocksDB write but before the
@@ -189,7 +187,86 @@ async def start_batch(w: Worker, messages: Sequence[RawMessage]) -> tuple[BatchR
     ack = await store.write_batch(writes)
     dlq_deliveries = [await send_to_dlq(w, msg, rejection) for msg, rejection in result.rejections]
     _record_metrics(result, len(messages), ack.state_bytes)
+    observe_freshness(ack.delivered, result.applied_ts)
+    if stages is not None:
+        stages.written(ack.delivered)
     return result, with_dlq_deliveries(ack.delivered, dlq_deliveries)
+
+
+async def _apply(w: Worker, messages: Sequence[RawMessage], stages: BatchStages | None) -> BatchResult:
+    """``VectorUpdater.apply`` on the encoder thread, under the batch lock."""
+    store = _store(w)
+    loop = asyncio.get_running_loop()
+
+    def load(user_id: str, msg: RawMessage) -> UserState | None:
+        return store.read(user_id, msg.partition)
+
+    apply = w.runtime.updater.apply if stages is None else stages.timed(w.runtime.updater.apply)
+    async with w.runtime.batch_lock:
+        applying = loop.run_in_executor(_ENCODER_THREAD, apply, messages, load)
+        try:
+            result = await asyncio.shield(applying)
+        except asyncio.CancelledError:
+            # The thread runs on regardless: hold the lock until it is done, or an HTTP re-pool
+            # could read (and keep scores in) encoder states it is still advancing.
+            await asyncio.wait([applying])
+            raise
+    if stages is not None:
+        stages.applied()
+    return result
+
+
+def observe_freshness(delivered: asyncio.Future[None], applied_ts: np.ndarray) -> None:
+    """``dupn_event_to_vector_seconds`` for every applied event, when the broker acknowledged the batch.
+
+    It starts at the event's own ``ts`` (what producers and the bench measure from, so it includes the
+    producer's delay and clock skew), not the record's broker timestamp, and ends when the changelog and
+    vector records are durable: the vector is then on ``user-vectors`` for every reader. A batch whose
+    delivery failed observes nothing (its events come again). One array operation per batch
+    (:class:`core.metrics.BatchHistogram`), not one ``observe`` per event."""
+    if not len(applied_ts):
+        return
+
+    def acknowledged(fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            metrics.EVENT_TO_VECTOR.observe_many(np.maximum(time.time() - applied_ts / 1000.0, 0.0))
+
+    delivered.add_done_callback(acknowledged)
+
+
+class BatchStages:
+    """One batch's stage times (``DUPN_TRACE_STAGES``), observed in ``dupn_stage_seconds`` per batch:
+
+    ``hop`` (taking the batch lock and the hand-off to the encoder thread and back), ``apply`` (the
+    updater on the encoder thread), ``write`` (local write, produce hand-off and DLQ sends) and ``ack``
+    (hand-off to the broker's acknowledgement of the changelog and vector records). The intake's
+    ``fetch`` and ``queue`` come from :class:`streams.intake.BatchIntake`."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self._ran: tuple[float, float] = (self.started, self.started)
+        self._applied = self.started
+
+    def timed(self, fn: Any) -> Any:
+        def run(*args: Any) -> Any:
+            t0 = time.monotonic()
+            try:
+                return fn(*args)
+            finally:
+                self._ran = (t0, time.monotonic())
+
+        return run
+
+    def applied(self) -> None:
+        self._applied = now = time.monotonic()
+        t0, t1 = self._ran
+        metrics.STAGE_SECONDS.observe(t1 - t0, "apply")
+        metrics.STAGE_SECONDS.observe((t0 - self.started) + (now - t1), "hop")
+
+    def written(self, delivered: asyncio.Future[None]) -> None:
+        handed = time.monotonic()
+        metrics.STAGE_SECONDS.observe(handed - self._applied, "write")
+        delivered.add_done_callback(lambda _: metrics.STAGE_SECONDS.observe(time.monotonic() - handed, "ack"))
 
 
 class FencedOut(Exception):
@@ -371,15 +448,12 @@ async def send_to_dlq(w: Worker, msg: RawMessage, rejection: Rejection) -> Any:
 
 
 def _record_metrics(result: BatchResult, n_events: int, state_bytes: int) -> None:
-    now = time.time()
     applied = sum(up.applied for up in result.updates)
     metrics.EVENTS.labels(result="applied").inc(applied)
     metrics.EVENTS.labels(result="duplicate").inc(result.duplicates)
     metrics.EVENTS.labels(result="rejected").inc(len(result.rejections))
     for _, rejection in result.rejections:
         metrics.REJECTED.labels(reason=rejection.reason).inc()
-    for up in result.updates:
-        metrics.EVENT_TO_VECTOR.observe(max(0.0, now - up.vector.last_event_ts / 1000))
     metrics.ENCODER_BATCH.observe(n_events)
     metrics.ENCODER_STEP.observe(result.encoder_seconds)
     metrics.REBUILDS.inc(result.rebuilds)

@@ -22,8 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
+
+import numpy as np
+
+from core import metrics
 
 
 class BatchIntake:
@@ -35,9 +40,16 @@ class BatchIntake:
     waits about one batch's processing time; under heavy load the buffer fills
     while a batch is applied and batches grow to ``max_batch`` by themselves.
     ``linger_s`` > 0 trades latency for fuller batches.
+
+    With ``trace`` (``DUPN_TRACE_STAGES``), each message's arrival is stamped and, when its batch is
+    taken, two stages are observed per event in ``dupn_stage_seconds``: ``fetch`` (the record's broker
+    timestamp to its arrival here) and ``queue`` (arrival to its batch taken). Without it nothing is
+    stamped or observed: one attribute test per message.
     """
 
-    def __init__(self, topic: str, max_batch: int, linger_s: float = 0.0, max_bytes: int | None = None) -> None:
+    def __init__(
+        self, topic: str, max_batch: int, linger_s: float = 0.0, max_bytes: int | None = None, trace: bool = False
+    ) -> None:
         self.topic = topic
         self.max_batch = max_batch
         self.linger_s = linger_s
@@ -49,6 +61,7 @@ class BatchIntake:
         self._ready: asyncio.Event | None = None
         self._space: asyncio.Event | None = None
         self.lock = asyncio.Lock()
+        self._arrived: list[float] | None = [] if trace else None  # wall-clock arrival per buffered message
 
     def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
         if self._ready is None or self._space is None:
@@ -60,6 +73,8 @@ class BatchIntake:
         """Buffer a message; False when the buffer is now full (the caller should wait for space)."""
         ready, space = self._events()
         self._buffer.append(message)
+        if self._arrived is not None:
+            self._arrived.append(time.time())
         self.held_bytes += message_bytes(message)
         ready.set()
         if self._full():
@@ -101,6 +116,9 @@ class BatchIntake:
     def _swap(self) -> list[Any]:
         ready, space = self._events()
         batch, self._buffer = self._buffer[: self.max_batch], self._buffer[self.max_batch :]
+        if self._arrived is not None:
+            arrived, self._arrived = self._arrived[: self.max_batch], self._arrived[self.max_batch :]
+            observe_intake_stages(batch, arrived)
         self.held_bytes = sum(map(message_bytes, self._buffer))  # the rest: usually nothing
         if not self._buffer:
             ready.clear()
@@ -112,6 +130,8 @@ class BatchIntake:
         """Drop buffered messages of revoked partitions (they will be redelivered to their new owner)."""
         gone = set(tps)
         keep = [m for m in self._buffer if m.tp not in gone]
+        if self._arrived is not None:
+            self._arrived = [t for m, t in zip(self._buffer, self._arrived, strict=True) if m.tp not in gone]
         dropped = len(self._buffer) - len(keep)
         self._buffer = keep
         self.held_bytes = sum(map(message_bytes, keep))
@@ -120,6 +140,27 @@ class BatchIntake:
         if not self._full() and self._space is not None:
             self._space.set()
         return dropped
+
+
+def observe_intake_stages(batch: list[Any], arrived: list[float]) -> None:
+    """``fetch`` and ``queue`` per event of a batch taken now (``dupn_stage_seconds``; tracing only).
+
+    ``fetch`` starts at the record's broker timestamp (a Faust message's ``timestamp``, seconds): the
+    broker's clock, so it holds the broker's and fetch path's time, not the producer's; a message without
+    one is left out of ``fetch``."""
+    if not batch:
+        return
+    now = time.time()
+    at = np.asarray(arrived, dtype=np.float64)
+    stamps = np.asarray([_broker_seconds(m) for m in batch], dtype=np.float64)
+    has = ~np.isnan(stamps)
+    metrics.STAGE_SECONDS.observe_many(np.maximum(at[has] - stamps[has], 0.0), "fetch")
+    metrics.STAGE_SECONDS.observe_many(now - at, "queue")
+
+
+def _broker_seconds(message: Any) -> float:
+    stamp = getattr(message, "timestamp", None)
+    return float(stamp) if isinstance(stamp, int | float) and not isinstance(stamp, bool) and stamp > 0 else np.nan
 
 
 def message_bytes(message: Any) -> int:

@@ -28,7 +28,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from core.contracts import STATE_UNDECODABLE, BehaviorEvent, Rejection, VectorMessage, parse_event
-from encoder.features import behavior_records, concat_records, hash_event_id
+from encoder.features import BEHAVIOR_DTYPE, behavior_records, concat_records, hash_event_id
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy
 from state.cache import VersionedLRU
 from state.store import ChangelogRecord, StateDecodeError
@@ -86,6 +86,8 @@ class BatchResult:
     # their stored state and first message, to be written again (see streams.agents.start_batch)
     redelivered: list[tuple[UserState, RawMessage]] = field(default_factory=list)
     corrupt_states: int = 0
+    # the ts (epoch ms) of every event applied, one per event (the per-event freshness metric)
+    applied_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     steps: int = 0
     rebuilds: int = 0
     encoder_seconds: float = 0.0
@@ -124,7 +126,7 @@ class VectorUpdater:
                 batches.append(ub)
             elif ub.redelivered or ub.advanced:
                 result.redelivered.append((ub.state, events[0][0]))
-        _UserBatch.encode_new(batches)
+        result.applied_ts = _UserBatch.encode_new(batches)["ts"]
         self._encode(batches, result)
         for ub in batches:
             ub.commit(self.policy.run_start(ub.n))
@@ -303,11 +305,13 @@ class _UserBatch:
         return len(events) - len(self.kept)
 
     @staticmethod
-    def encode_new(batches: Sequence[_UserBatch]) -> None:
-        """The kept events of all users as records in one pass; each user gets its slice (a view)."""
+    def encode_new(batches: Sequence[_UserBatch]) -> np.ndarray:
+        """The kept events of all users as records in one pass; each user gets its slice (a view).
+
+        Returns all of them (the batch's applied events, in user order)."""
         events = [ev for ub in batches for ev in ub.kept]
         if not events:
-            return
+            return np.zeros(0, dtype=BEHAVIOR_DTYPE)
         (_, _, ts, event_types, item_ids, shop_ids, brand_ids, category_ids, tags, scenarios) = zip(
             *events, strict=True
         )
@@ -329,6 +333,7 @@ class _UserBatch:
         for ub, k in zip(batches, runs, strict=True):
             ub._new = records[lo : lo + k]
             lo += k
+        return records
 
     def new_records(self) -> np.ndarray:
         if self._new is None:

@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None) -> Worker:
     intake = None
     if "vectors" in roles and s.worker.intake == "lean":
         intake = BatchIntake(
-            s.kafka.events_topic, s.worker.batch_max, s.worker.batch_linger_s, max_bytes=s.worker.intake_max_bytes
+            s.kafka.events_topic, s.worker.batch_max, s.worker.batch_linger_s, max_bytes=s.worker.intake_max_bytes,
+            trace=s.worker.trace_stages,
         )
     seams.install(  # every Faust/aiokafka private name this app relies on (see streams.seams)
         app,
