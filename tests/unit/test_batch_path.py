@@ -18,6 +18,7 @@ import pytest
 from core.settings import load_settings
 from encoder.features import records_from_events
 from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
+from state.changelog import slot_key
 from state.memory import MemoryStateStore
 from streams.agents import InFlight, start_batch
 from streams.context import Worker
@@ -80,7 +81,10 @@ def test_a_batch_is_readable_at_once_and_published_only_when_acknowledged(tiny_e
             assert np.abs(published[user].vector - ref).max() <= 1e-5
             assert published[user].last_event_id == evs[-1]["event_id"]
             partition = partition_of(user.encode(), n)
-            assert [k for k, _ in store.changelog[partition]] == [user.encode()]
+            # state.changelog: the user's 12 behaviors in their slots, then its header (the user key)
+            assert [k for k, _ in store.changelog[partition]] == [slot_key(user.encode(), i) for i in range(12)] + [
+                user.encode()
+            ]
             assert store.persisted_offset(partition) == len(store.changelog[partition]) - 1
 
     asyncio.run(go())

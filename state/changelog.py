@@ -1,0 +1,330 @@
+"""The user-state changelog, format 2: slot records and a small header per user, not the whole state.
+
+Why: a live event (one event per user per batch) used to rewrite the user's whole state to the
+changelog (~6 KB: up to ``max_retained`` 59-byte behaviors and the 1 KB vector). Now it writes the
+new behaviors and a header, ~140 bytes per event (``ops/bench/write_cost.py`` measures it).
+
+Records (a real Kafka compacts the changelog: only the last record per key survives, so the keys
+are chosen so that "the last record per key" still rebuilds every user exactly):
+
+- **slot** ``key = user_id + 0xFF + u16 BE slot``, ``value = u8 3, u32 index, 59-byte behavior``:
+  the behavior with history index ``index`` of the user, in ring slot ``index % ring``. UTF-8 never
+  holds a 0xFF byte, so a slot key never equals a user key.
+- **header** ``key = user_id`` (the key a full state had), ``value =`` codec format 2
+  (:func:`state.codec.encode_header`): ``events_seen``, source partition/offset, ``updated_at``,
+  model version, ``last_event_id``, ``ring`` and ``n``: the state holds history indexes
+  ``events_seen - n .. events_seen - 1``. ``ring >= n`` (the writer's ring is the policy's
+  ``max_retained``), so those indexes sit in distinct slots.
+
+A user's state = its header + the slots whose index is in the header's range. A slot holding an
+index outside it (an older lap, or a later one not yet covered by a header) is ignored. After
+compaction the last header survives and so does, per slot, its last write: for every index in that
+header's range it is that index (a later write to the slot needs a later index, which comes with a
+later header). A behavior's bytes are a function of the event log alone, so two writes of one index
+(a redelivery, a zombie) carry the same bytes.
+
+Restore (:func:`assemble`, used by the bulk restore and Faust's per-record/standby replay alike):
+per user, of the header candidates (the local state, then the records in offset order; a tombstone
+deletes what precedes it) the one with the highest ``events_seen`` whose records are all found wins
+(ties: the later); a header whose slots are not all found, like a value that does not decode, never
+wins over one that is complete and is counted in ``dupn_state_decode_errors_total`` (zombie fencing
+of docs/guarantees.md, unchanged). Records are looked up by index in the chunk's slots, then in the
+local state, then in slots staged locally by an earlier chunk. The result is written locally as a
+full state (codec format 1, what reads see). Slots with an index beyond the winner (they precede
+their header, which a later chunk holds) are staged locally under their slot key and deleted once a
+header used them. Format 1 values (a changelog written before this version) are complete states on
+their own: a rolling upgrade restores them, and the first write of a user by this version writes all
+its slots (the writer's :class:`DurableMarks` knows nothing of it yet).
+
+Writer (:func:`changelog_records`): the slots of the indexes the changelog does not hold yet, then
+the header, in one partition's produce batch (the header follows its slots). "Holds" is what
+:class:`DurableMarks` remembers of this process's *acknowledged* writes: (events_seen, first index,
+ring) per user, bounded LRU; a miss (a restart, a user restored from another owner, an eviction)
+writes every retained slot again, which is always correct. A failed delivery clears nothing it
+did not mark, since only acknowledged batches are marked.
+
+The vector does not ride the changelog (1 KB per event would be 20 % of the old cost on its own): a
+restored state has no vector until :class:`state.store.UserStateStore`'s reader recomputes it from
+the restored behaviors (the carried encoder state is a function of them), or until the next event.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from encoder.features import BEHAVIOR_DTYPE, records_from_bytes
+from state.codec import (
+    FORMAT_VERSION,
+    HEADER_VERSION,
+    StateDecodeError,
+    decode_header,
+    decode_state,
+    encode_header,
+    encode_state,
+    format_version,
+    state_version,
+)
+from state.user_state import UserState
+
+SLOT_MARK = b"\xff"
+SLOT_VERSION = 3
+_SLOT = struct.Struct("<BI")
+_SLOT_NO = struct.Struct(">H")
+_REC = BEHAVIOR_DTYPE.itemsize
+SLOT_VALUE_BYTES = _SLOT.size + _REC
+
+Get = Callable[[bytes], bytes | None]
+
+
+def slot_key(user: bytes, slot: int) -> bytes:
+    return user + SLOT_MARK + _SLOT_NO.pack(slot)
+
+
+def split_key(key: bytes) -> tuple[bytes, int | None]:
+    """(user key, slot) of a changelog key; slot None: the user key itself (a header or full state)."""
+    if len(key) >= 3 and key[-3:-2] == SLOT_MARK:
+        return key[:-3], _SLOT_NO.unpack(key[-2:])[0]
+    return key, None
+
+
+def encode_slot(index: int, record: bytes) -> bytes:
+    if len(record) != _REC:
+        raise ValueError(f"a behavior record is {_REC} bytes, not {len(record)}")
+    return _SLOT.pack(SLOT_VERSION, index) + record
+
+
+def decode_slot(raw: bytes) -> tuple[int, bytes]:
+    if len(raw) != SLOT_VALUE_BYTES or raw[0] != SLOT_VERSION:
+        raise StateDecodeError(f"not a slot record ({len(raw)} bytes)")
+    return _SLOT.unpack_from(raw, 0)[1], raw[_SLOT.size :]
+
+
+# -- writing -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Mark:
+    """What the changelog is known to hold of a user: the slots of ``first..seen-1`` in ``ring``."""
+
+    seen: int
+    first: int
+    ring: int
+
+
+@dataclass
+class DurableMarks:
+    """Per user, the last acknowledged write of this process (bounded LRU; a miss = write all slots)."""
+
+    capacity: int = 1_000_000
+    _marks: OrderedDict[bytes, Mark] = field(default_factory=OrderedDict)
+
+    def get(self, user: bytes) -> Mark | None:
+        return self._marks.get(user)
+
+    def mark(self, user: bytes, new: Mark) -> None:
+        old = self._marks.get(user)
+        if old is not None and old.ring == new.ring and old.seen > new.seen:
+            return  # an older batch acknowledged after a newer one
+        self._marks[user] = new
+        self._marks.move_to_end(user)
+        while len(self._marks) > self.capacity:
+            self._marks.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+
+def mark_of(state: UserState, ring: int) -> Mark:
+    """What the changelog holds of ``state`` once its records are acknowledged (taken at write time:
+    the caller may advance the state object afterwards)."""
+    return Mark(state.events_seen, state.first_record_index(), ring)
+
+
+def changelog_records(state: UserState, ring: int, held: Mark | None) -> list[tuple[bytes, bytes]]:
+    """The changelog records of ``state``: the slots the changelog does not hold (per ``held``), then
+    the header."""
+    user = state.user_id.encode("utf-8")
+    first, seen = state.first_record_index(), state.events_seen
+    start = first
+    if held is not None and held.ring == ring and held.first <= first and held.seen <= seen:
+        start = max(first, held.seen)
+    raw = state.records.tobytes() if state.records.dtype == BEHAVIOR_DTYPE else _as_bytes(state)
+    out = [
+        (slot_key(user, i % ring), encode_slot(i, raw[(i - first) * _REC : (i - first + 1) * _REC]))
+        for i in range(start, seen)
+    ]
+    out.append((user, encode_header(state, ring)))
+    return out
+
+
+def _as_bytes(state: UserState) -> bytes:
+    import numpy as np
+
+    return np.ascontiguousarray(state.records, dtype=BEHAVIOR_DTYPE).tobytes()
+
+
+# -- restoring -----------------------------------------------------------------------------------------
+@dataclass
+class Assembled:
+    """A chunk's local writes (None = delete), the user keys written, and the values that lost as
+    undecodable or incomplete."""
+
+    writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    users: list[bytes] = field(default_factory=list)
+    bad: int = 0
+
+
+def assemble(get: Get, records: Iterable[tuple[bytes | None, bytes | None]]) -> Assembled:
+    """Apply changelog ``records`` (key, value; offset order) to a local copy read through ``get``."""
+    by_user: dict[bytes, list[tuple[int | None, bytes | None]]] = {}
+    for key, value in records:
+        if key is not None:
+            user, slot = split_key(key)
+            by_user.setdefault(user, []).append((slot, value))
+    out = Assembled()
+    for user, items in by_user.items():
+        _assemble_user(get, user, items, out)
+    return out
+
+
+def _assemble_user(get: Get, user: bytes, items: list[tuple[int | None, bytes | None]], out: Assembled) -> None:
+    pool: dict[int, bytes] = {}
+    slots: dict[int, bytes] = {}  # slot -> its last value in the chunk
+    for slot, value in items:
+        if slot is None or value is None:
+            continue
+        try:
+            index, rec = decode_slot(value)
+        except StateDecodeError:
+            out.bad += 1
+            continue
+        pool[index] = rec
+        slots[slot] = value
+    plain = [value for slot, value in items if slot is None]
+    if not plain:  # slots alone: their header is in a later chunk
+        out.writes.update({slot_key(user, s): v for s, v in slots.items()})
+        return
+    local = get(user)
+    finder = _Finder(get, user, pool, _decoded(user, local))
+    chosen, last, bad = _choose(user, [local, *plain], finder)
+    out.bad += bad
+    if chosen is None:
+        if last is None or last != local:
+            out.writes[user] = last
+            out.users.append(user)
+        return
+    out.writes[user] = encode_state(chosen)
+    out.users.append(user)
+    out.writes.update({k: None for k in finder.staged_used})
+    for slot, value in slots.items():  # beyond the chosen state: a later chunk's header needs them
+        if decode_slot(value)[0] >= chosen.events_seen:
+            out.writes[slot_key(user, slot)] = value
+
+
+def _choose(user: bytes, values: list[bytes | None], finder: _Finder) -> tuple[UserState | None, bytes | None, int]:
+    """(the winning state, the last value (kept when none wins), how many values lost as bad)."""
+    start = max((i + 1 for i, v in enumerate(values) if v is None), default=0)  # after the last tombstone
+    live = [(i, v) for i, v in enumerate(values) if i >= start and v is not None]
+    bad = 0
+    ranked = []
+    for i, v in live:
+        version = state_version(v)
+        if version is None:
+            bad += 1
+        else:
+            ranked.append((version, i, v))
+    for _, _, v in sorted(ranked, reverse=True):
+        state = finder.materialize(v)
+        if state is not None:
+            return state, None, bad
+        bad += 1
+    return None, (live[-1][1] if live else None), bad
+
+
+def _decoded(user: bytes, raw: bytes | None) -> UserState | None:
+    if raw is None or format_version(raw) != FORMAT_VERSION:
+        return None
+    try:
+        return decode_state(user.decode("utf-8"), raw)
+    except (StateDecodeError, UnicodeDecodeError):
+        return None
+
+
+@dataclass
+class _Finder:
+    """Finds a header's records: the chunk's slots, the local state, then locally staged slots."""
+
+    get: Get
+    user: bytes
+    pool: dict[int, bytes]
+    local: UserState | None
+    staged_used: list[bytes] = field(default_factory=list)
+
+    def materialize(self, raw: bytes) -> UserState | None:
+        """The full state behind a format 1 or 2 value (None: a header whose records are not all found)."""
+        user_id = self.user.decode("utf-8")
+        if format_version(raw) != HEADER_VERSION:
+            return decode_state(user_id, raw)
+        h = decode_header(raw)
+        parts = []
+        staged: list[bytes] = []
+        for i in range(h.first, h.events_seen):
+            rec = self._find(i, h.ring, staged)
+            if rec is None:
+                return None
+            parts.append(rec)
+        self.staged_used.extend(staged)
+        local = self.local
+        same = local is not None and (local.events_seen, local.last_event_id, local.model_version) == (
+            h.events_seen, h.last_event_id, h.model_version,
+        )
+        return UserState(
+            user_id=user_id,
+            records=records_from_bytes(b"".join(parts)),
+            events_seen=h.events_seen,
+            last_event_id=h.last_event_id,
+            source_partition=h.source_partition,
+            source_offset=h.source_offset,
+            model_version=h.model_version,
+            vector=local.vector if same and local is not None else None,
+            updated_at=h.updated_at,
+        )
+
+    def _find(self, index: int, ring: int, staged: list[bytes]) -> bytes | None:
+        rec = self.pool.get(index)
+        if rec is not None:
+            return rec
+        local = self.local
+        if local is not None:
+            at = index - local.first_record_index()
+            if 0 <= at < len(local.records) and at < local.events_seen:
+                return bytes(local.records[at : at + 1].tobytes())
+        key = slot_key(self.user, index % ring)
+        raw = self.get(key)
+        if raw is None:
+            return None
+        try:
+            got, rec = decode_slot(raw)
+        except StateDecodeError:
+            return None
+        if got != index:
+            return None
+        staged.append(key)
+        return rec
+
+
+def states_from_changelog(records: Sequence[tuple[bytes | None, bytes | None]]) -> dict[str, UserState]:
+    """Every user's state as a new owner restores it from these changelog records (offset order)."""
+    local: dict[bytes, bytes] = {}
+    result = assemble(local.get, records)
+    for key, value in result.writes.items():
+        if value is None:
+            local.pop(key, None)
+        else:
+            local[key] = value
+    out = {}
+    for key, value in local.items():
+        if split_key(key)[1] is None and format_version(value) == FORMAT_VERSION:
+            out[key.decode("utf-8")] = decode_state(key.decode("utf-8"), value)
+    return out
