@@ -8,11 +8,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ops.bench import latency, offline, recovery, throughput
+from ops.bench import latency, offline, recovery, throughput, write_cost
 from ops.bench.common import BenchConfig, Stream, make_stream, note, ratio
 from ops.bench.drain import drain
 
-PARTS = ("ceiling-a", "ceiling-b", "worker", "freshness", "encoder", "state", "recovery", "query", "scaling")
+PARTS = (
+    "ceiling-a", "ceiling-b", "worker", "freshness", "encoder", "state", "recovery", "query", "scaling", "write-cost",
+)
 
 
 def run_parts(cfg: BenchConfig, parts: Sequence[str], command: str) -> dict[str, Any]:
@@ -67,6 +69,8 @@ def _run(part: str, cfg: BenchConfig, stream: Stream, got: dict[str, Any], todo:
                                                                 **recovery.query(cfg, stream)}
     if part == "scaling":
         return throughput.scaling(cfg, stream)
+    if part == "write-cost":
+        return write_cost.write_cost(cfg, stream)
     raise AssertionError(part)
 
 
