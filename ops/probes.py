@@ -255,7 +255,7 @@ def latest_vectors(s: Settings) -> dict[str, VectorMessage]:
 def latest_states(s: Settings) -> dict[str, UserState]:
     """Every user's state as a new owner restores it from the state table's changelog.
 
-    The changelog holds headers and behavior slots (state.changelog), no vector: like a worker's read of
+    The changelog holds headers and behavior blocks (state.changelog), no vector: like a worker's read of
     a restored state, the vector is the one the worker's own path recomputes from the restored behaviors
     (``streams.worker.restored_vector``, with the model the settings name)."""
     from state.changelog import states_from_changelog

@@ -17,12 +17,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from core.contracts import VectorMessage, decode_vector_message
-from state.changelog import DurableMarks, Mark, assemble, changelog_records, mark_of
+from state.changelog import DurableMarks, Mark, assemble, changelog_records, mark_of, ring_for
 from state.codec import decode_state, encode_state
 from state.store import BatchAck, ChangelogRecord, StateWrite, VectorFill, count_bad, user_key
 from state.user_state import UserState
 
-DEFAULT_RING = 128  # slots per user (>= the policy's max_retained: window 100 + reanchor_every 25 - 1)
+DEFAULT_RETAINED = 128  # behaviors kept per user, at most (>= the policy's max_retained: 100 + 25 - 1)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class MemoryStateStore:
     vectors: list[tuple[bytes, bytes]] = field(default_factory=list)  # user-vectors records, in order
     persisted: dict[int, int] = field(default_factory=dict)
     in_flight: list[_Pending] = field(default_factory=list)
-    ring: int = DEFAULT_RING
+    retained: int = DEFAULT_RETAINED
     marks: DurableMarks = field(default_factory=DurableMarks)
     fill: VectorFill = field(default_factory=VectorFill)
 
@@ -58,7 +58,7 @@ class MemoryStateStore:
             key, value = user_key(w.state.user_id), encode_state(w.state)
             self.local.setdefault(w.partition, {})[key] = value
             state_bytes += len(value)
-            ring = max(self.ring, len(w.state.records))
+            ring = ring_for(max(self.retained, len(w.state.records)))
             records = changelog_records(w.state, ring, self.marks.get(key))
             changelog += [(w.partition, k, v) for k, v in records]
             marks.append((key, mark_of(w.state, ring)))
@@ -71,7 +71,7 @@ class MemoryStateStore:
 
     def restore_chunk(self, partition: int, records: Sequence[ChangelogRecord]) -> Collection[bytes]:
         table = self.local.setdefault(partition, {})
-        # the newest complete state per user (state.changelog: highest events_seen, all its slots found)
+        # the newest complete state per user (state.changelog: highest events_seen, all its behaviors found)
         result = count_bad(assemble(table.get, [(r.key, r.value) for r in records]))
         for key, value in result.writes.items():
             if value is None:

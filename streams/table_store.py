@@ -12,7 +12,7 @@ passed explicitly:
   format 1, under the user key: what reads see);
 - changelog: one produce batch per partition (aiokafka ``send_batch``) on the
   app's own producer, same topic and partition as Faust's, but not the full state:
-  the user's new behaviors in slot records and a small header (format 2 of
+  the user's new behaviors in one block record and a small header (format 2 of
   :mod:`state.changelog`, whose docstring has the design), ~140 bytes per live
   event instead of ~6 KB;
 - persisted changelog offset: once per partition, after delivery, the base
@@ -26,7 +26,7 @@ producer, with a future for the broker's acknowledgement; the caller acks the
 source messages only after that future is done. Faust's recovery, standbys and
 table reads are unchanged, except that every changelog record reaches RocksDB
 through :func:`state.changelog.assemble` (:meth:`TableStateStore.fence_changelog_replay`
-and the bulk restore), which turns headers and slots back into full states.
+and the bulk restore), which turns headers and behavior blocks back into full states.
 
 :class:`RocksTablePartitions` is the bytes-level part, for any raw-bytes RocksDB table:
 reads and writes of a given partition, a chunk of changelog records restored in one
@@ -47,7 +47,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from rocksdict import WriteBatch
 
-from state.changelog import Assembled, DurableMarks, Mark, assemble, changelog_records, mark_of
+from state.changelog import Assembled, DurableMarks, Mark, assemble, changelog_records, mark_of, ring_for
 from state.codec import decode_state, encode_state
 from state.store import BatchAck, ChangelogRecord, StateWrite, VectorFill, count_bad, user_key
 from state.user_state import UserState
@@ -77,7 +77,7 @@ def _same(value: Any) -> Any:
 Assemble = Callable[[Callable[[bytes], bytes | None], Sequence[tuple[bytes | None, bytes | None]]], Assembled]
 """A chunk of changelog records (key, value; offset order) -> the local writes (:func:`state.changelog.assemble`)."""
 
-DEFAULT_RING = 128  # slots per user when the worker does not say (>= window 100 + reanchor_every 25 - 1)
+DEFAULT_RETAINED = 128  # behaviors kept per user when the worker does not say (>= window 100 + reanchor 25 - 1)
 
 
 def assemble_counted(
@@ -91,7 +91,7 @@ class RocksTablePartitions:
     """The partitions of one Faust RocksDB table (raw keys and values) and its changelog offsets.
 
     With ``assemble`` (the user-state table: :func:`state.changelog.assemble`), a chunk's records are
-    turned into local writes by it (headers and slots -> full states, zombie writes fenced) instead of
+    turned into local writes by it (headers and blocks -> full states, zombie writes fenced) instead of
     the last value per key."""
 
     def __init__(self, store: Any, changelog_topic: str, assemble: Assemble | None = None) -> None:
@@ -180,15 +180,16 @@ class TableStateStore:
     """:class:`state.store.UserStateStore` on the user-state table, its changelog and ``user-vectors``."""
 
     def __init__(
-        self, app: Any, table: Any, vectors_topic: str, ring: Callable[[], int] | None = None,
+        self, app: Any, table: Any, vectors_topic: str, retained: Callable[[], int] | None = None,
         fill: VectorFill | None = None,
     ) -> None:
-        """``ring``: slots per user (the update policy's ``max_retained``; default :data:`DEFAULT_RING`).
+        """``retained``: behaviors kept per user, at most (the update policy's ``max_retained``; default
+        :data:`DEFAULT_RETAINED`); the changelog's key ring is :func:`state.changelog.ring_for` of it.
         ``fill``: gives a restored state its vector on read (the worker's encoder)."""
         self._app = app
         self._table = table
         self._vectors_topic = vectors_topic
-        self._ring = ring or (lambda: DEFAULT_RING)
+        self._retained = retained or (lambda: DEFAULT_RETAINED)
         self.fill = fill or VectorFill()
         self.marks = DurableMarks()
         self._partitioner = DefaultPartitioner()
@@ -205,7 +206,7 @@ class TableStateStore:
 
     def fence_changelog_replay(self) -> None:
         """Route Faust's own changelog replay of the table (per-record recovery, standbys) through
-        :meth:`RocksTablePartitions.apply_changelog_events`: headers and slots become full states, and a
+        :meth:`RocksTablePartitions.apply_changelog_events`: headers and blocks become full states, and a
         restored user keeps the newest complete state (highest ``events_seen``), not the last record
         written (a zombie owner's late write)."""
 
@@ -237,18 +238,18 @@ class TableStateStore:
         return BatchAck(asyncio.ensure_future(self._delivered(sent, delivered, marks)), state_bytes)
 
     def encode(self, writes: Sequence[StateWrite]) -> tuple[_ByPartition, _ByPartition, list[tuple[bytes, Mark]], int]:
-        """Per partition the local (full state) and changelog (slots + header) records of ``writes``, the
+        """Per partition the local (full state) and changelog (block + header) records of ``writes``, the
         marks to record once they are acknowledged, and the encoded size of the states."""
         local: _ByPartition = defaultdict(list)
         records: _ByPartition = defaultdict(list)
         marks = []
         state_bytes = 0
-        base = self._ring()
+        base = self._retained()
         for w in writes:
             key, value = user_key(w.state.user_id), encode_state(w.state)
             state_bytes += len(value)
             local[w.partition].append((key, value))
-            ring = max(base, len(w.state.records))
+            ring = ring_for(max(base, len(w.state.records)))
             records[w.partition] += changelog_records(w.state, ring, self.marks.get(key))
             marks.append((key, mark_of(w.state, ring)))
         return local, records, marks, state_bytes
@@ -268,7 +269,7 @@ class TableStateStore:
     ) -> None:
         for futures in [f for _, f in sent] + vectors:
             await asyncio.gather(*futures)
-        for key, mark in marks:  # only now does the changelog hold these slots
+        for key, mark in marks:  # only now does the changelog hold these behaviors
             self.marks.mark(key, mark)
         for partition, futures in sent:
             base = futures[-1].result().offset

@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Worker:
     worker = Worker(s, app, Runtime(s), events_topic, vectors_topic, dlq_topic, table)
     if table is not None:
         worker.store = TableStateStore(
-            app, table, s.kafka.vectors_topic, ring=lambda: worker.runtime.updater.policy.max_retained,
+            app, table, s.kafka.vectors_topic, retained=lambda: worker.runtime.updater.policy.max_retained,
             fill=VectorFill(lambda state: restored_vector(worker.runtime, state)),
         )
         faults.install(worker)  # test-only crash point, off unless DUPN_FAULT_KILL_AFTER_STATES is set

@@ -81,7 +81,7 @@ def _state(user: str, history: np.ndarray, n: int) -> UserState:
 
 def _live(histories: dict[str, np.ndarray]) -> dict[str, Any]:
     """Users past their first window, one event each per batch, ``LIVE_ROUNDS`` rounds."""
-    store = TableStateStore(None, None, "user-vectors", ring=lambda: POLICY.max_retained)
+    store = TableStateStore(None, None, "user-vectors", retained=lambda: POLICY.max_retained)
     users = [u for u, h in histories.items() if len(h) > LIVE_ROUNDS + 1]
     first = _Tally()
     start = {u: len(histories[u]) - LIVE_ROUNDS for u in users}
@@ -96,7 +96,7 @@ def _live(histories: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def _drain(events: Sequence[dict[str, Any]], histories: dict[str, np.ndarray], batch: int) -> dict[str, Any]:
-    store = TableStateStore(None, None, "user-vectors", ring=lambda: POLICY.max_retained)
+    store = TableStateStore(None, None, "user-vectors", retained=lambda: POLICY.max_retained)
     seen: dict[str, int] = defaultdict(int)
     old, new = _Tally(), _Tally()
     for lo in range(0, len(events), batch):

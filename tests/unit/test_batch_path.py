@@ -81,10 +81,8 @@ def test_a_batch_is_readable_at_once_and_published_only_when_acknowledged(tiny_e
             assert np.abs(published[user].vector - ref).max() <= 1e-5
             assert published[user].last_event_id == evs[-1]["event_id"]
             partition = partition_of(user.encode(), n)
-            # state.changelog: the user's 12 behaviors in their slots, then its header (the user key)
-            assert [k for k, _ in store.changelog[partition]] == [slot_key(user.encode(), i) for i in range(12)] + [
-                user.encode()
-            ]
+            # state.changelog: the user's 12 behaviors in one block (keyed by the slot of the first), then its header
+            assert [k for k, _ in store.changelog[partition]] == [slot_key(user.encode(), 0), user.encode()]
             assert store.persisted_offset(partition) == len(store.changelog[partition]) - 1
 
     asyncio.run(go())
@@ -170,9 +168,9 @@ def test_redelivered_events_are_skipped_and_the_state_written_again(tiny_encoder
         assert again.events_seen == first.events_seen == 6
         assert np.array_equal(again.vector, first.vector)
         (log,) = store.changelog.values()
-        # the stored state, unchanged, reaches the changelog again (state.changelog: 6 slots and the header;
-        # the rewrite is the header alone, since this process's acknowledged write already holds the slots)
-        assert len(log) == 8 and log[7] == log[6] and log[6][0] == b"erin"
+        # the stored state, unchanged, reaches the changelog again (state.changelog: one block of 6 behaviors and
+        # the header; the rewrite is the header alone, since this process's acknowledged write holds the block)
+        assert len(log) == 3 and log[2] == log[1] and log[1][0] == b"erin"
 
     asyncio.run(go())
 
