@@ -253,16 +253,22 @@ def latest_vectors(s: Settings) -> dict[str, VectorMessage]:
 
 
 def latest_states(s: Settings) -> dict[str, UserState]:
-    """The last user state per key in the state table's changelog: what a new owner restores."""
-    from state.codec import decode_state
+    """Every user's state as a new owner restores it from the state table's changelog.
 
-    out: dict[str, UserState] = {}
-    for r in read_topic(s, changelog_topic(s.kafka)):
-        user = bytes(r.key).decode("utf-8")
-        if r.value is None:
-            out.pop(user, None)
-        else:
-            out[user] = decode_state(user, bytes(r.value))
+    The changelog holds headers and behavior blocks (state.changelog), no vector: like a worker's read of
+    a restored state, the vector is the one the worker's own path recomputes from the restored behaviors
+    (``streams.worker.restored_vector``, with the model the settings name)."""
+    from state.changelog import states_from_changelog
+    from streams.runtime import Runtime
+    from streams.worker import restored_vector
+
+    records = [(None if r.key is None else bytes(r.key), None if r.value is None else bytes(r.value))
+               for r in read_topic(s, changelog_topic(s.kafka))]
+    out = states_from_changelog(records)
+    runtime = Runtime(s)
+    for state in out.values():
+        if state.vector is None and len(state.records):
+            state.vector, state.model_version = restored_vector(runtime, state)
     return out
 
 

@@ -13,6 +13,11 @@ Layout (little-endian), format version 1::
     u16  n records, then n × BEHAVIOR_DTYPE (59 bytes each)
     [u16 dim, then dim × f32]   if flags bit 0
 
+Format version 2 is a *header* (:mod:`state.changelog`): the same fields up to
+``last_event_id``, then ``u16 ring, u16 n`` instead of the records and no vector.
+The records live in slot records of their own; :func:`decode_header` reads it,
+:func:`decode_state` refuses it (a header alone is not a state).
+
 A reader rejects unknown versions instead of guessing, so a rollout that
 changes the layout must bump the version and keep decoding the old one.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,8 +34,10 @@ from encoder.features import BEHAVIOR_DTYPE, records_from_bytes
 from state.user_state import UserState
 
 FORMAT_VERSION = 1
+HEADER_VERSION = 2
 _HEAD = struct.Struct("<BBIiqq")
 _U16 = struct.Struct("<H")
+_RING = struct.Struct("<HH")
 _HAS_VECTOR = 1
 
 
@@ -100,6 +108,61 @@ def _decode(user_id: str, buf: memoryview) -> UserState:
     )
 
 
+@dataclass(frozen=True)
+class StateHeader:
+    """A state without its records and vector: what a changelog header record holds (format 2)."""
+
+    events_seen: int
+    source_partition: int
+    source_offset: int
+    updated_at: int
+    model_version: str
+    last_event_id: str
+    ring: int  # slot of history index i = i % ring
+    n: int  # records retained: history indexes events_seen - n .. events_seen - 1
+
+    @property
+    def first(self) -> int:
+        return self.events_seen - self.n
+
+
+def encode_header(state: UserState, ring: int) -> bytes:
+    """The header of ``state`` whose records sit in ``ring`` slots (``ring >= len(state.records)``)."""
+    if not len(state.records) <= ring <= 0xFFFF:
+        raise ValueError(f"ring {ring} must hold the {len(state.records)} records and fit in u16")
+    return b"".join(
+        [
+            _HEAD.pack(
+                HEADER_VERSION, 0, state.events_seen, state.source_partition, state.source_offset, state.updated_at
+            ),
+            _short_str(state.model_version),
+            _short_str(state.last_event_id),
+            _RING.pack(ring, len(state.records)),
+        ]
+    )
+
+
+def decode_header(raw: bytes) -> StateHeader:
+    try:
+        buf = memoryview(raw)
+        version, _, seen, part, offset, updated = _HEAD.unpack_from(buf, 0)
+        if version != HEADER_VERSION:
+            raise StateDecodeError(f"not a state header (format version {version})")
+        model_version, pos = _read_str(buf, _HEAD.size)
+        last_event_id, pos = _read_str(buf, pos)
+        ring, n = _RING.unpack_from(buf, pos)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise StateDecodeError(f"cannot decode state header: {exc}") from exc
+    if n > ring or n > seen:
+        raise StateDecodeError(f"state header holds {n} records of {seen} in a ring of {ring}")
+    return StateHeader(seen, part, offset, updated, model_version, last_event_id, ring, n)
+
+
+def format_version(raw: bytes) -> int:
+    """The first byte of a stored value: 1 = full state, 2 = header (0: empty)."""
+    return raw[0] if raw else 0
+
+
 def state_version(raw: bytes) -> int | None:
     """The version of an encoded state: its ``events_seen`` (None: it does not decode).
 
@@ -107,6 +170,8 @@ def state_version(raw: bytes) -> int | None:
     redelivered one adds nothing, and a state that does not decode is never reset and written over),
     so of two records of one user the one with more events seen is the newer, whoever wrote it last."""
     try:
+        if format_version(raw) == HEADER_VERSION:
+            return decode_header(raw).events_seen
         return decode_state("", raw).events_seen
     except StateDecodeError:
         return None

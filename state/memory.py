@@ -17,9 +17,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from core.contracts import VectorMessage, decode_vector_message
+from state.changelog import DurableMarks, Mark, assemble, changelog_records, mark_of, ring_for
 from state.codec import decode_state, encode_state
-from state.store import BatchAck, ChangelogRecord, StateWrite, pick_newest_state, user_key
+from state.store import BatchAck, ChangelogRecord, StateWrite, VectorFill, count_bad, user_key
 from state.user_state import UserState
+
+DEFAULT_RETAINED = 128  # behaviors kept per user, at most (>= the policy's max_retained: 100 + 25 - 1)
 
 
 @dataclass
@@ -27,6 +30,7 @@ class _Pending:
     delivered: asyncio.Future[None]
     changelog: list[tuple[int, bytes, bytes]]  # partition, key, value
     vectors: list[tuple[bytes, bytes]]
+    marks: list[tuple[bytes, Mark]]  # what the changelog holds once acknowledged
 
 
 @dataclass
@@ -37,41 +41,46 @@ class MemoryStateStore:
     vectors: list[tuple[bytes, bytes]] = field(default_factory=list)  # user-vectors records, in order
     persisted: dict[int, int] = field(default_factory=dict)
     in_flight: list[_Pending] = field(default_factory=list)
+    retained: int = DEFAULT_RETAINED
+    marks: DurableMarks = field(default_factory=DurableMarks)
+    fill: VectorFill = field(default_factory=VectorFill)
 
     # -- UserStateStore ----------------------------------------------------------------
     def read(self, user_id: str, partition: int) -> UserState | None:
         raw = self.local.get(partition, {}).get(user_key(user_id))
-        return None if raw is None else decode_state(user_id, raw)
+        return None if raw is None else self.fill(decode_state(user_id, raw))
 
     async def write_batch(self, writes: Sequence[StateWrite]) -> BatchAck:
         changelog = []
+        marks = []
+        state_bytes = 0
         for w in writes:
             key, value = user_key(w.state.user_id), encode_state(w.state)
             self.local.setdefault(w.partition, {})[key] = value
-            changelog.append((w.partition, key, value))
+            state_bytes += len(value)
+            ring = ring_for(max(self.retained, len(w.state.records)))
+            records = changelog_records(w.state, ring, self.marks.get(key))
+            changelog += [(w.partition, k, v) for k, v in records]
+            marks.append((key, mark_of(w.state, ring)))
         vectors = [(user_key(w.vector.user_id), w.vector.to_bytes()) for w in writes]
-        pending = _Pending(asyncio.get_running_loop().create_future(), changelog, vectors)
+        pending = _Pending(asyncio.get_running_loop().create_future(), changelog, vectors, marks)
         self.in_flight.append(pending)
         if self.auto_ack:
             self.ack()
-        return BatchAck(pending.delivered, sum(len(v) for _, _, v in changelog))
+        return BatchAck(pending.delivered, state_bytes)
 
     def restore_chunk(self, partition: int, records: Sequence[ChangelogRecord]) -> Collection[bytes]:
-        history: dict[bytes, list[bytes | None]] = {}
-        for r in records:
-            if r.key is not None:
-                history.setdefault(r.key, []).append(r.value)
         table = self.local.setdefault(partition, {})
-        # the newest state per key (highest events_seen; a value that does not decode never wins)
-        latest = {key: pick_newest_state([table.get(key), *values]) for key, values in history.items()}
-        for key, value in latest.items():
+        # the newest complete state per user (state.changelog: highest events_seen, all its behaviors found)
+        result = count_bad(assemble(table.get, [(r.key, r.value) for r in records]))
+        for key, value in result.writes.items():
             if value is None:
                 table.pop(key, None)
             else:
                 table[key] = value
         if records:
             self.persisted[partition] = records[-1].offset
-        return latest.keys()
+        return result.users
 
     def persisted_offset(self, partition: int) -> int | None:
         return self.persisted.get(partition)
@@ -89,6 +98,8 @@ class MemoryStateStore:
                 log.append((key, value))
                 self.persisted[partition] = len(log) - 1
             self.vectors.extend(pending.vectors)
+            for key, mark in pending.marks:
+                self.marks.mark(key, mark)
             if not pending.delivered.done():
                 pending.delivered.set_result(None)
         return len(done)

@@ -23,17 +23,22 @@ offset is recorded; a caller acknowledges its source messages only after that.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from core import metrics
 from core.contracts import VectorMessage
+from state.cache import VersionedLRU
+from state.changelog import Assembled
 from state.codec import StateDecodeError, newest_state
 from state.user_state import UserState
 
 __all__ = [
-    "BatchAck", "ChangelogRecord", "StateDecodeError", "StateWrite", "UserStateStore", "pick_newest_state", "user_key",
+    "BatchAck", "ChangelogRecord", "StateDecodeError", "StateWrite", "UserStateStore", "VectorFill",
+    "count_bad", "pick_newest_state", "user_key",
 ]
 
 
@@ -108,3 +113,38 @@ def pick_newest_state(values: Sequence[bytes | None]) -> bytes | None:
 def user_key(user_id: str) -> bytes:
     """The table, changelog and ``user-vectors`` key of a user."""
     return user_id.encode("utf-8")
+
+
+def count_bad(result: Assembled) -> Assembled:
+    """Count a restored chunk's values that lost as undecodable or incomplete (quarantined, never restored
+    over a good state) in ``dupn_state_decode_errors_total``."""
+    if result.bad:
+        metrics.CORRUPT_STATES.inc(result.bad)
+    return result
+
+
+Vectorize = Callable[[UserState], tuple[np.ndarray, str]]
+"""The vector of a state, recomputed from its behaviors, and the model version that computed it."""
+
+
+class VectorFill:
+    """Gives a restored state (the changelog carries no vector: :mod:`state.changelog`) its vector on read.
+
+    The vector is recomputed from the restored behaviors (``vectorize``: the worker's encoder) and kept
+    in a small cache for that exact state (events_seen, last_event_id, model version), so repeated
+    reads of an idle user do not recompute it; the next event writes a state with its vector anyway."""
+
+    def __init__(self, vectorize: Vectorize | None = None, capacity: int = 10_000) -> None:
+        self.vectorize = vectorize
+        self._cache: VersionedLRU[tuple[np.ndarray, str]] = VersionedLRU(capacity)
+
+    def __call__(self, state: UserState) -> UserState:
+        if state.vector is not None or not len(state.records) or self.vectorize is None:
+            return state
+        version = (state.events_seen, state.last_event_id, state.model_version)
+        got = self._cache.get(state.user_id, version)
+        if got is None:
+            got = self.vectorize(state)
+            self._cache.put(state.user_id, version, got)
+        state.vector, state.model_version = got[0].copy(), got[1]
+        return state

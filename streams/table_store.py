@@ -8,9 +8,13 @@ Per user per batch that path cost more than our own work.
 :meth:`TableStateStore.write_batch` does the same four things with the partition
 passed explicitly:
 
-- local RocksDB: one ``WriteBatch`` per table partition;
+- local RocksDB: one ``WriteBatch`` per table partition (the full state, codec
+  format 1, under the user key: what reads see);
 - changelog: one produce batch per partition (aiokafka ``send_batch``) on the
-  app's own producer, same topic, partition, raw key and value as Faust's;
+  app's own producer, same topic and partition as Faust's, but not the full state:
+  the user's new behaviors in one block record and a small header (format 2 of
+  :mod:`state.changelog`, whose docstring has the design), ~140 bytes per live
+  event instead of ~6 KB;
 - persisted changelog offset: once per partition, after delivery, the base
   offset of the batch (recovery re-reads from there: re-applying a few
   upserts is harmless, skipping one would not be);
@@ -20,8 +24,9 @@ passed explicitly:
 It returns once the local writes are done and the records handed to the
 producer, with a future for the broker's acknowledgement; the caller acks the
 source messages only after that future is done. Faust's recovery, standbys and
-table reads are unchanged: they only see the same changelog records and RocksDB
-contents Faust would have written.
+table reads are unchanged, except that every changelog record reaches RocksDB
+through :func:`state.changelog.assemble` (:meth:`TableStateStore.fence_changelog_replay`
+and the bulk restore), which turns headers and behavior blocks back into full states.
 
 :class:`RocksTablePartitions` is the bytes-level part, for any raw-bytes RocksDB table:
 reads and writes of a given partition, a chunk of changelog records restored in one
@@ -35,16 +40,20 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from rocksdict import WriteBatch
 
+from state.changelog import Assembled, DurableMarks, Mark, assemble, changelog_records, mark_of, ring_for
 from state.codec import decode_state, encode_state
-from state.store import BatchAck, ChangelogRecord, StateWrite, pick_newest_state, user_key
+from state.store import BatchAck, ChangelogRecord, StateWrite, VectorFill, count_bad, user_key
 from state.user_state import UserState
 from streams import seams
+
+_ByPartition = dict[int, list[tuple[bytes, bytes]]]
 
 
 class _Message(NamedTuple):
@@ -65,20 +74,30 @@ def _same(value: Any) -> Any:
     return value
 
 
-Pick = Callable[[Sequence[bytes | None]], bytes | None]
-"""Of a key's successive values (local first, then changelog records in order), the one to keep."""
+Assemble = Callable[[Callable[[bytes], bytes | None], Sequence[tuple[bytes | None, bytes | None]]], Assembled]
+"""A chunk of changelog records (key, value; offset order) -> the local writes (:func:`state.changelog.assemble`)."""
+
+DEFAULT_RETAINED = 128  # behaviors kept per user when the worker does not say (>= window 100 + reanchor 25 - 1)
+
+
+def assemble_counted(
+    get: Callable[[bytes], bytes | None], records: Sequence[tuple[bytes | None, bytes | None]]
+) -> Assembled:
+    """:func:`state.changelog.assemble`, its losing values counted (``dupn_state_decode_errors_total``)."""
+    return count_bad(assemble(get, records))
 
 
 class RocksTablePartitions:
     """The partitions of one Faust RocksDB table (raw keys and values) and its changelog offsets.
 
-    With ``pick`` (the user-state table: :func:`pick_newest_state`), a restored key keeps the value
-    ``pick`` chooses among the local one and the chunk's records, instead of the chunk's last."""
+    With ``assemble`` (the user-state table: :func:`state.changelog.assemble`), a chunk's records are
+    turned into local writes by it (headers and blocks -> full states, zombie writes fenced) instead of
+    the last value per key."""
 
-    def __init__(self, store: Any, changelog_topic: str, pick: Pick | None = None) -> None:
+    def __init__(self, store: Any, changelog_topic: str, assemble: Assemble | None = None) -> None:
         self.store = store  # faust.stores.rocksdb.Store
         self.changelog_topic = changelog_topic
-        self.pick = pick
+        self.assemble = assemble
 
     @classmethod
     def of_table(cls, table: Any) -> RocksTablePartitions:
@@ -101,48 +120,46 @@ class RocksTablePartitions:
         seams.db_for_partition(self.store, partition).write(wb)
 
     def restore_chunk(self, partition: int, records: Sequence[ChangelogRecord]) -> Collection[bytes]:
-        """Last value per key (None = delete) in one WriteBatch, then the persisted offset (Faust's order)."""
+        """Last value per key (None = delete; with ``assemble``: its writes) in one WriteBatch, then the
+        persisted offset (Faust's order)."""
         if not records:
             return ()
         tp = self.tp(partition)
         latest: dict[bytes, bytes | None] = {}
         offsets: dict[bytes, int] = {}
-        if self.pick is None:
-            for r in records:
-                if r.key is not None:
-                    latest[r.key] = r.value
-                    offsets[r.key] = r.offset
-        else:
-            history: dict[bytes, list[bytes | None]] = {}
-            for r in records:
-                if r.key is not None:
-                    history.setdefault(r.key, []).append(r.value)
-                    offsets[r.key] = r.offset
-            pick = self.pick
-            latest = {k: pick([self.get(partition, k), *values]) for k, values in history.items()}
-        events = [_Event(_Message(tp, partition, offsets[k], k, v)) for k, v in latest.items()]
+        for r in records:
+            if r.key is not None:
+                latest[r.key] = r.value
+                offsets[r.key] = r.offset
+        users: Collection[bytes] = latest.keys()
+        if self.assemble is not None:
+            result = self.assemble(lambda k: self.get(partition, k), [(r.key, r.value) for r in records])
+            latest, users = result.writes, result.users
+        top = max(offsets.values(), default=-1)
+        events = [_Event(_Message(tp, partition, offsets.get(k, top), k, v)) for k, v in latest.items()]
         self.store.apply_changelog_batch(events, _same, _same)  # one WriteBatch, then the offset of its newest
         last = records[-1].offset
-        if not events or max(offsets.values()) < last:  # the chunk ended with a keyless record
+        if not events or max(e.message.offset for e in events) < last:  # the chunk ended with other records
             self.store.set_persisted_offset(tp, last)
-        return latest.keys()
+        return users
 
     def apply_changelog_events(self, batch: Sequence[Any]) -> None:
-        """Faust's per-record recovery and standby path (``Table.apply_changelog_batch``), with ``pick``:
-        per changelog partition and key, the picked value (at the key's last offset), then the persisted
-        offsets exactly as Faust sets them (the batch's highest offset per partition)."""
-        if self.pick is None:
+        """Faust's per-record recovery and standby path (``Table.apply_changelog_batch``), with ``assemble``:
+        per changelog partition, the assembled writes (at the partition's last offset in the batch), then
+        the persisted offsets exactly as Faust sets them (the batch's highest offset per partition)."""
+        assemble = self.assemble
+        if assemble is None:
             self.store.apply_changelog_batch(batch, _same, _same)
             return
-        groups: dict[tuple[Any, bytes], list[Any]] = {}
+        groups: dict[Any, list[Any]] = {}
         for event in batch:
-            msg = event.message
-            if msg.key is not None:
-                groups.setdefault((msg.tp, msg.key), []).append(msg)
+            groups.setdefault(event.message.tp, []).append(event.message)
         chosen = []
-        for (tp, key), msgs in groups.items():
-            value = self.pick([self.get(tp.partition, key), *(m.value for m in msgs)])
-            chosen.append(_Event(_Message(tp, tp.partition, msgs[-1].offset, key, value)))
+        for tp, msgs in groups.items():
+            part = tp.partition
+            result = assemble(partial(self.get, part), [(m.key, m.value) for m in msgs])
+            top = max(m.offset for m in msgs)
+            chosen += [_Event(_Message(tp, part, top, k, v)) for k, v in result.writes.items()]
         self.store.apply_changelog_batch(chosen, _same, _same)
         highest: dict[Any, int] = {}
         for event in batch:
@@ -162,10 +179,19 @@ class RocksTablePartitions:
 class TableStateStore:
     """:class:`state.store.UserStateStore` on the user-state table, its changelog and ``user-vectors``."""
 
-    def __init__(self, app: Any, table: Any, vectors_topic: str) -> None:
+    def __init__(
+        self, app: Any, table: Any, vectors_topic: str, retained: Callable[[], int] | None = None,
+        fill: VectorFill | None = None,
+    ) -> None:
+        """``retained``: behaviors kept per user, at most (the update policy's ``max_retained``; default
+        :data:`DEFAULT_RETAINED`); the changelog's key ring is :func:`state.changelog.ring_for` of it.
+        ``fill``: gives a restored state its vector on read (the worker's encoder)."""
         self._app = app
         self._table = table
         self._vectors_topic = vectors_topic
+        self._retained = retained or (lambda: DEFAULT_RETAINED)
+        self.fill = fill or VectorFill()
+        self.marks = DurableMarks()
         self._partitioner = DefaultPartitioner()
         self._vector_partitions: list[int] = []
         self._partitions: RocksTablePartitions | None = None
@@ -175,13 +201,14 @@ class TableStateStore:
         """Made on first use: the table's store exists once the worker has started."""
         if self._partitions is None:
             self._partitions = RocksTablePartitions.of_table(self._table)
-            self._partitions.pick = pick_newest_state
+            self._partitions.assemble = assemble_counted
         return self._partitions
 
     def fence_changelog_replay(self) -> None:
         """Route Faust's own changelog replay of the table (per-record recovery, standbys) through
-        :meth:`RocksTablePartitions.apply_changelog_events`: a restored user keeps the newest state
-        (highest ``events_seen``), not the last record written (a zombie owner's late write)."""
+        :meth:`RocksTablePartitions.apply_changelog_events`: headers and blocks become full states, and a
+        restored user keeps the newest complete state (highest ``events_seen``), not the last record
+        written (a zombie owner's late write)."""
 
         def apply_changelog_batch(batch: Any) -> None:
             self.partitions.apply_changelog_events(list(batch))
@@ -191,7 +218,7 @@ class TableStateStore:
     # -- UserStateStore ----------------------------------------------------------------
     def read(self, user_id: str, partition: int) -> UserState | None:
         raw = self.partitions.get(partition, user_key(user_id))
-        return None if raw is None else decode_state(user_id, raw)
+        return None if raw is None else self.fill(decode_state(user_id, raw))
 
     async def write_batch(self, writes: Sequence[StateWrite]) -> BatchAck:
         """Write the states locally and hand every record to the producer; ``delivered`` is done when
@@ -200,20 +227,32 @@ class TableStateStore:
         Local writes are done on return, so the next batch already reads them while this one's
         records are in flight."""
         producer = seams.aiokafka_producer(self._app)
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
-        state_bytes = 0
-        for w in writes:
-            value = encode_state(w.state)
-            state_bytes += len(value)
-            by_partition[w.partition].append((user_key(w.state.user_id), value))
-        for partition, items in by_partition.items():
+        local, records, marks, state_bytes = self.encode(writes)
+        for partition, items in local.items():
             self._put_local(partition, items)
         changelog = self.partitions.changelog_topic
-        sent = [(p, await _send(producer, changelog, p, items)) for p, items in by_partition.items()]
+        sent = [(p, await _send(producer, changelog, p, items)) for p, items in records.items()]
         vectors = [(user_key(w.vector.user_id), w.vector.to_bytes()) for w in writes]
         vector_batches = await self._by_vector_partition(producer, vectors)
         delivered = [await _send(producer, self._vectors_topic, p, kvs) for p, kvs in vector_batches.items()]
-        return BatchAck(asyncio.ensure_future(self._delivered(sent, delivered)), state_bytes)
+        return BatchAck(asyncio.ensure_future(self._delivered(sent, delivered, marks)), state_bytes)
+
+    def encode(self, writes: Sequence[StateWrite]) -> tuple[_ByPartition, _ByPartition, list[tuple[bytes, Mark]], int]:
+        """Per partition the local (full state) and changelog (block + header) records of ``writes``, the
+        marks to record once they are acknowledged, and the encoded size of the states."""
+        local: _ByPartition = defaultdict(list)
+        records: _ByPartition = defaultdict(list)
+        marks = []
+        state_bytes = 0
+        base = self._retained()
+        for w in writes:
+            key, value = user_key(w.state.user_id), encode_state(w.state)
+            state_bytes += len(value)
+            local[w.partition].append((key, value))
+            ring = ring_for(max(base, len(w.state.records)))
+            records[w.partition] += changelog_records(w.state, ring, self.marks.get(key))
+            marks.append((key, mark_of(w.state, ring)))
+        return local, records, marks, state_bytes
 
     def restore_chunk(self, partition: int, records: Sequence[ChangelogRecord]) -> Collection[bytes]:
         return self.partitions.restore_chunk(partition, records)
@@ -225,9 +264,13 @@ class TableStateStore:
         self.partitions.set_persisted_offset(partition, offset)
 
     # -- steps -------------------------------------------------------------------------
-    async def _delivered(self, sent: list[tuple[int, list[Any]]], vectors: list[list[Any]]) -> None:
+    async def _delivered(
+        self, sent: list[tuple[int, list[Any]]], vectors: list[list[Any]], marks: list[tuple[bytes, Mark]]
+    ) -> None:
         for futures in [f for _, f in sent] + vectors:
             await asyncio.gather(*futures)
+        for key, mark in marks:  # only now does the changelog hold these behaviors
+            self.marks.mark(key, mark)
         for partition, futures in sent:
             base = futures[-1].result().offset
             if base >= 0:

@@ -9,9 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+import numpy as np
 
 from core.settings import Settings, load_settings
 from core.topics import USER_STATE_TABLE
+from state.store import VectorFill
+from state.user_state import UserState
 from streams import faults, highwater, local_state, seams
 from streams.agents import register_agents
 from streams.context import Worker, raw_topic, rocksdb_table_options
@@ -60,7 +63,10 @@ def create_app(settings: Settings | None = None) -> Worker:
         )
     worker = Worker(s, app, Runtime(s), events_topic, vectors_topic, dlq_topic, table)
     if table is not None:
-        worker.store = TableStateStore(app, table, s.kafka.vectors_topic)
+        worker.store = TableStateStore(
+            app, table, s.kafka.vectors_topic, retained=lambda: worker.runtime.updater.policy.max_retained,
+            fill=VectorFill(lambda state: restored_vector(worker.runtime, state)),
+        )
         faults.install(worker)  # test-only crash point, off unless DUPN_FAULT_KILL_AFTER_STATES is set
         register_store(table, worker.store)  # the bulk restore writes through the same store
         worker.store.fence_changelog_replay()  # Faust's own replay keeps the newest state too
@@ -72,6 +78,14 @@ def create_app(settings: Settings | None = None) -> Worker:
     register_http_api(worker)  # batch reads, /owners, probes, /openapi.json (streams.http_api)
     register_monitoring(worker)
     return worker
+
+
+def restored_vector(runtime: Runtime, state: UserState) -> tuple[np.ndarray, str]:
+    """The vector of a restored state (the changelog carries none: state.changelog): its run rebuilt from
+    the restored behaviors, as after any cache miss, and pooled as of its last event."""
+    encoder, _, records = runtime.updater.read_snapshot(state)
+    (carried,) = encoder.replay([records])
+    return encoder.represent([carried], [state.last_event_ts])[0], encoder.model_version
 
 
 def faust_options(s: Settings) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ops.bench import latency, offline, recovery, sweep, throughput
+from ops.bench import latency, offline, recovery, sweep, throughput, write_cost
 from ops.bench.common import BenchConfig, Stream, make_stream, note, ratio
 from ops.bench.drain import drain
 from ops.bench.provenance import provenance
@@ -16,6 +16,7 @@ from ops.bench.targets import verdicts
 
 PARTS = (
     "ceiling-a", "ceiling-b", "worker", "freshness", "sweep", "encoder", "state", "recovery", "query", "scaling",
+    "write-cost",
 )
 
 
@@ -85,6 +86,8 @@ def _run(part: str, cfg: BenchConfig, stream: Stream, got: dict[str, Any], todo:
                                                                 **recovery.query(cfg, stream)}
     if part == "scaling":
         return throughput.scaling(cfg, stream)
+    if part == "write-cost":
+        return write_cost.write_cost(cfg, stream)
     raise AssertionError(part)
 
 

@@ -18,6 +18,7 @@ import pytest
 from core.settings import load_settings
 from encoder.features import records_from_events
 from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
+from state.changelog import slot_key
 from state.memory import MemoryStateStore
 from streams.agents import InFlight, start_batch
 from streams.context import Worker
@@ -80,7 +81,8 @@ def test_a_batch_is_readable_at_once_and_published_only_when_acknowledged(tiny_e
             assert np.abs(published[user].vector - ref).max() <= 1e-5
             assert published[user].last_event_id == evs[-1]["event_id"]
             partition = partition_of(user.encode(), n)
-            assert [k for k, _ in store.changelog[partition]] == [user.encode()]
+            # state.changelog: the user's 12 behaviors in one block (keyed by the slot of the first), then its header
+            assert [k for k, _ in store.changelog[partition]] == [slot_key(user.encode(), 0), user.encode()]
             assert store.persisted_offset(partition) == len(store.changelog[partition]) - 1
 
     asyncio.run(go())
@@ -166,7 +168,9 @@ def test_redelivered_events_are_skipped_and_the_state_written_again(tiny_encoder
         assert again.events_seen == first.events_seen == 6
         assert np.array_equal(again.vector, first.vector)
         (log,) = store.changelog.values()
-        assert len(log) == 2 and log[0] == log[1]  # the stored state, unchanged, reaches the changelog again
+        # the stored state, unchanged, reaches the changelog again (state.changelog: one block of 6 behaviors and
+        # the header; the rewrite is the header alone, since this process's acknowledged write holds the block)
+        assert len(log) == 3 and log[2] == log[1] and log[1][0] == b"erin"
 
     asyncio.run(go())
 

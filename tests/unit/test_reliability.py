@@ -30,7 +30,7 @@ from core.settings import load_settings
 from encoder.checkpoint import save_checkpoint
 from encoder.features import records_from_events
 from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
-from state.codec import decode_state, encode_state
+from state.codec import decode_header, decode_state, encode_state
 from state.memory import MemoryStateStore
 from state.user_state import UserState
 from streams.agents import start_batch
@@ -159,12 +159,14 @@ def test_one_undecodable_changelog_record_costs_no_history(tiny_encoder: Streami
         p = partition_of(b"uma", w.settings.kafka.partitions)
         msgs = [Incoming(p, i, b"uma", json.dumps(e).encode()) for i, e in enumerate(events)]
         await (await start_batch(w, msgs[:50]))[1]
-        (good,) = [v for k, v in first.changelog[p] if k == b"uma"]
-        assert decode_state("uma", good).events_seen == 50
+        log = first.changelog[p]  # state.changelog: the user's behavior slots, then its header
+        (good,) = [v for k, v in log if k == b"uma"]
+        assert decode_header(good).events_seen == 50
 
         wiped = MemoryStateStore()  # an empty data dir, restored from the changelog
         before = metrics.REGISTRY.get_sample_value("dupn_state_decode_errors_total") or 0.0
-        wiped.restore_chunk(p, [Rec(0, b"uma", good), Rec(1, b"uma", b"\x02undecodable")])
+        records = [Rec(i, k, v) for i, (k, v) in enumerate(log)]
+        wiped.restore_chunk(p, [*records, Rec(len(log), b"uma", b"\x02undecodable")])
         w2 = make_worker(tiny_encoder, wiped, policy)
         result, delivered = await start_batch(w2, msgs[50:])
         await delivered
