@@ -506,8 +506,8 @@ def _drift(args: argparse.Namespace, s: Settings) -> int:
 def _bench_parser(sub: Any) -> None:
     bp = sub.add_parser("bench", help="the performance figures on fresh embedded brokers (BENCHMARKS.md)")
     bp.add_argument("--part", default="all", help="all (default), a comma-separated list of ceiling-a, ceiling-b, "
-                    "worker, freshness, sweep, encoder, state, recovery, query, scaling, write-cost; or drain (one worker run "
-                    "configured by --intake/--roles/--mode)")
+                    "worker, freshness, sweep, encoder, state, recovery, query, scaling, write-cost; "
+                    "or drain (one worker run configured by --intake/--roles/--mode)")
     bp.add_argument("--users", type=int, help="users in the stream (default 10000; --quick 200)")
     bp.add_argument("--events", type=int, help="events in the stream (default 200000; --quick 2000)")
     bp.add_argument("--seed", type=int, default=0)

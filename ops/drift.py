@@ -28,7 +28,7 @@ class PolicyRun:
     seconds: float
     events: int
     state_bytes: float
-    written_bytes: int = 0  # all state writes (what the changelog receives)
+    written_bytes: int = 0  # all full-state writes (what local RocksDB receives; the changelog: state.changelog)
 
     @property
     def us_per_event(self) -> float:

@@ -25,6 +25,7 @@ from ops.bench.common import (
 from ops.bench.drain import draining
 from ops.bench.latency import fetch_all, query_load
 from ops.harness import running_worker
+from state.changelog import split_key
 from streams.restore import LOG_MARKER
 
 # Faust's recovery log lines (faust/tables/recovery.py), in the order they appear
@@ -105,13 +106,15 @@ async def _read_floor(s: Settings, records: int) -> dict[str, Any]:
         seconds = last - start
     finally:
         await consumer.stop()
+    users = sum(1 for key in latest if key is not None and split_key(key)[1] is None)  # header/state keys
     return {
         "path": "aiokafka getmany, last value per key, no writes",
         "records": read,
-        "users": len(latest),
+        "keys": len(latest),
+        "users": users,
         "seconds": round(seconds, 3),
         "records_per_s": round(read / seconds),
-        "users_per_s": round(len(latest) / seconds),
+        "users_per_s": round(users / seconds),
     }
 
 
@@ -166,13 +169,16 @@ def state_left_behind(s: Settings, stream: Stream) -> dict[str, Any]:
     disk = sum(f.stat().st_size for f in s.data_path.rglob("*") if f.is_file())
     records, written, last = _read_changelog(s)
     kept = sum(last.values())
+    users = sum(1 for key in last if split_key(key)[1] is None)  # header keys (format 2) or whole states (1)
     return {
         "rocksdb_dir_bytes_per_user": round(disk / stream.users),
         "changelog_records": records,
         "changelog_bytes_written_per_event": round(written / len(stream)),
-        "changelog_bytes_per_user_after_compaction": round(kept / max(1, len(last))),
+        "changelog_records_per_event": round(records / len(stream), 3),
+        "changelog_bytes_per_user_after_compaction": round(kept / max(1, users)),
         "changelog_keys": len(last),
-        "changelog_records_per_user": round(records / max(1, len(last)), 2),
+        "changelog_users": users,
+        "changelog_records_per_user": round(records / max(1, users), 2),
     }
 
 

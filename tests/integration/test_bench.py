@@ -57,7 +57,7 @@ def test_new_parts_report_sane_figures(doc: dict[str, Any]) -> None:
     rec = parts["recovery"]
     assert rec["users"] == users and rec["start_to_ready_s"] > 0
     assert rec["restore_s"] > 0 and rec["users_per_s_restore"] > 0  # the restore phase was found in the log
-    assert rec["state"]["changelog_keys"] == users and rec["state"]["rocksdb_dir_bytes_per_user"] > 0
+    assert rec["state"]["changelog_users"] == users and rec["state"]["rocksdb_dir_bytes_per_user"] > 0
     assert 0 < rec["recovered_users"] <= users
     floor = rec["read_floor"]  # the same changelog through bare aiokafka, beside the restore
     assert floor["records"] == rec["state"]["changelog_records"] and floor["users"] == users
