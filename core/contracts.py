@@ -32,6 +32,16 @@ ID_FIELDS = ("event_id", "user_id", "item_id", "shop_id", "brand_id", "category_
 _EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 _SCENARIO_OR_EMPTY = frozenset((*SCENARIOS, ""))  # "" (like null) means the default scenario
 
+#: The optional user profile an event may carry: ``{"age_group": int | null, "gender": int | null}``.
+#: Codes are the producer's (the model was trained on the same coding, see docs/data-contract.md);
+#: null or absent = unknown. A code the model has no row for is served as unknown, not rejected:
+#: the contract does not depend on a model version.
+PROFILE_FIELDS: tuple[str, ...] = ("age_group", "gender")
+MAX_PROFILE_CODE = 127
+UNKNOWN_CODE = -1
+Profile = tuple[int, int]
+UNKNOWN_PROFILE: Profile = (UNKNOWN_CODE, UNKNOWN_CODE)
+
 #: A rejected message goes to the DLQ whole up to these sizes (4x the event limit), else truncated with
 #: its length and SHA-256 in headers: the DLQ producer (and the broker) must accept the record, or one
 #: huge message would crash the worker, and again on every restart.
@@ -68,9 +78,11 @@ class BehaviorEvent(NamedTuple):
     category_id: str = ""
     tags: tuple[str, ...] = ()
     scenario: str = "other"
+    #: (age_group, gender), -1 = unknown; None: the event carries no profile (the user's stays as it was)
+    profile: Profile | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "event_id": self.event_id,
             "user_id": self.user_id,
             "ts": self.ts,
@@ -82,6 +94,10 @@ class BehaviorEvent(NamedTuple):
             "tags": list(self.tags),
             "scenario": self.scenario,
         }
+        if self.profile is not None:
+            codes = zip(PROFILE_FIELDS, self.profile, strict=True)
+            doc["profile"] = {name: (None if code < 0 else code) for name, code in codes}
+        return doc
 
 
 @dataclass(frozen=True)
@@ -123,7 +139,7 @@ def _validate(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future_ms
     event_id, user_id, item_id = get("event_id"), get("user_id"), get("item_id")
     ts, event_type, tags = get("ts"), get("event_type"), get("tags")
     shop_id, brand_id, category_id = get("shop_id"), get("brand_id"), get("category_id")
-    scenario = get("scenario")
+    scenario, profile = get("scenario"), get("profile")
     if (
         type(event_id) is str
         and type(user_id) is str
@@ -140,12 +156,14 @@ def _validate(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future_ms
         and event_type in _EVENT_TYPE_SET
         and (scenario is None or (type(scenario) is str and scenario in _SCENARIO_OR_EMPTY))
         and (tags is None or _plain_tags(tags))
+        and (profile is None or _plain_profile(profile))
         and key is not None
         and key == user_id.encode("utf-8")
     ):
         return BehaviorEvent(  # positional: the keyword form costs more, once per event
             event_id, user_id, ts, event_type, item_id, shop_id or "", brand_id or "", category_id or "",
             () if tags is None else tuple(tags), scenario or "other",
+            None if profile is None else _profile_codes(profile),
         )
     return _check_rules(doc, key, now_ms, max_future_ms)
 
@@ -158,6 +176,21 @@ def _plain_tags(tags: object) -> bool:
         if type(tag) is not str or len(tag) > MAX_ID_CHARS:
             return False
     return True
+
+
+def _plain_profile(profile: object) -> bool:
+    """A profile object the rules accept: only known fields, each null or an int code in range."""
+    if type(profile) is not dict:
+        return False
+    for name, code in profile.items():
+        if name not in PROFILE_FIELDS or not (code is None or (type(code) is int and 0 <= code <= MAX_PROFILE_CODE)):
+            return False
+    return True
+
+
+def _profile_codes(profile: dict[str, Any]) -> Profile:
+    age, gender = profile.get("age_group"), profile.get("gender")
+    return (UNKNOWN_CODE if age is None else age, UNKNOWN_CODE if gender is None else gender)
 
 
 def _check_rules(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future_ms: int) -> BehaviorEvent | Rejection:
@@ -186,6 +219,9 @@ def _check_rules(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future
     tags = _tags(doc.get("tags"))
     if isinstance(tags, Rejection):
         return tags
+    profile = _profile(doc.get("profile"))
+    if isinstance(profile, Rejection):
+        return profile
     if key is None:
         return Rejection("key_mismatch", "message has no key; produce it with key = user_id")
     if key != ids["user_id"].encode("utf-8"):
@@ -201,7 +237,24 @@ def _check_rules(doc: dict[str, Any], key: bytes | None, now_ms: int, max_future
         category_id=ids["category_id"],
         tags=tags,
         scenario=scenario,
+        profile=profile,
     )
+
+
+def _profile(raw: object) -> Profile | Rejection | None:
+    """The event's profile codes (None: it carries none), or why it is refused."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        return Rejection("bad_type", "profile must be an object {age_group, gender}")
+    for name, code in raw.items():
+        if name not in PROFILE_FIELDS:
+            return Rejection("bad_value", f"profile field {str(name)[:40]!r} not in {PROFILE_FIELDS}")
+        if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+            return Rejection("bad_type", f"profile.{name} must be an integer code or null")
+        if code is not None and not 0 <= code <= MAX_PROFILE_CODE:
+            return Rejection("bad_value", f"profile.{name} {code} outside 0..{MAX_PROFILE_CODE}")
+    return _profile_codes(raw)
 
 
 def _id_field(name: str, raw: object, *, required: bool) -> str | Rejection:

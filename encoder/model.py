@@ -266,8 +266,10 @@ class ContextEmbedding(nn.Module):
         q = self.query(ctx.query if ctx.query is not None else zeros)
         age = ctx.age_group if ctx.age_group is not None else zeros - 1
         gen = ctx.gender if ctx.gender is not None else zeros - 1
-        age = torch.where(age < 0, torch.full_like(age, self.n_age), age)
-        gen = torch.where(gen < 0, torch.full_like(gen, self.n_gender), gen)
+        # Negative (unknown) and codes the model has no row for (a producer's coding newer than the
+        # model) both read the "unknown" row: a code never fails a read or a worker.
+        age = torch.where((age < 0) | (age >= self.n_age), torch.full_like(age, self.n_age), age)
+        gen = torch.where((gen < 0) | (gen >= self.n_gender), torch.full_like(gen, self.n_gender), gen)
         u = self.age_group(age) + self.gender(gen)
         return q, u
 

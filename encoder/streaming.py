@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from core.contracts import UNKNOWN_PROFILE, Profile
 from encoder.features import concat_records, take_records, time_bucket
 from encoder.model import DUPN, BehaviorTensors, UserContext
 
@@ -72,7 +73,8 @@ class EncoderState:
     behaviors, so a step writes one row in place instead of shifting W.
 
     ``scores`` keeps each behavior's attention score s_t under the no-query
-    context for the age bucket in ``score_age`` (:data:`NO_SCORE`: none kept).
+    context of the user's ``profile`` for the age bucket in ``score_age``
+    (:data:`NO_SCORE`: none kept).
     s_t depends only on k_t, that bucket and the context, and buckets are
     log-spaced, so a re-pool recomputes the few behaviors whose bucket moved
     instead of tanh over the whole window (:meth:`StreamingEncoder.represent`).
@@ -88,10 +90,17 @@ class EncoderState:
     size: int = 0
     head: int = 0
     meta: dict[str, int] = field(default_factory=dict)
+    profile: Profile = UNKNOWN_PROFILE  # (age_group, gender) codes the kept scores and vectors are for
 
     @property
     def length(self) -> int:
         return self.size
+
+    def use_profile(self, profile: Profile) -> None:
+        """Encode this user with ``profile`` from now on; the kept scores were for the old one."""
+        if profile != self.profile:
+            self.profile = profile
+            self.score_age[:] = NO_SCORE
 
     def push(self, key: np.ndarray, value: np.ndarray, ts: int, score: float, age: int) -> None:
         j = self.head
@@ -134,10 +143,10 @@ class StreamingEncoder:
         self.cfg = model.cfg
         self.model_version = model_version
         self.window = model.cfg.window
-        self._default_context: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._profile_contexts: dict[Profile, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- state -------------------------------------------------------------------------
-    def init_state(self) -> EncoderState:
+    def init_state(self, profile: Profile = UNKNOWN_PROFILE) -> EncoderState:
         cfg = self.cfg
         return EncoderState(
             h=np.zeros(cfg.hidden, np.float32),
@@ -147,6 +156,7 @@ class StreamingEncoder:
             ts=np.zeros(self.window, np.int64),
             scores=np.zeros(self.window, np.float32),
             score_age=np.full(self.window, NO_SCORE, np.uint8),
+            profile=profile,
         )
 
     def step(self, states: Sequence[EncoderState], events: np.ndarray) -> list[EncoderState]:
@@ -155,9 +165,15 @@ class StreamingEncoder:
             raise ValueError("one event per state")
         return self._advance(states, np.asarray(events), np.ones(len(states), np.int64))
 
-    def replay(self, histories: Sequence[np.ndarray]) -> list[EncoderState]:
-        """Run from zero over each record array: the exact path."""
-        return self.advance([self.init_state() for _ in histories], histories)
+    def replay(
+        self, histories: Sequence[np.ndarray], profiles: Sequence[Profile] | None = None
+    ) -> list[EncoderState]:
+        """Run from zero over each record array (with each user's profile, default unknown): the exact path."""
+        if profiles is None:
+            return self.advance([self.init_state() for _ in histories], histories)
+        if len(profiles) != len(histories):
+            raise ValueError("one profile per history")
+        return self.advance([self.init_state(p) for p in profiles], histories)
 
     def advance(self, states: Sequence[EncoderState], sequences: Sequence[np.ndarray]) -> list[EncoderState]:
         """Advance states[i] over the behaviors sequences[i] (oldest first), in place; all users batched.
@@ -201,7 +217,10 @@ class StreamingEncoder:
         if not m.attention.use_props:
             ages[:] = 0
         ages_tm = torch.from_numpy(ages[plan.time_major].astype(np.int64))
-        scores = m.attention.scores(k, ages_tm, self._context(None, 1)[0])
+        projected, _ = self._profile_context([states[i] for i in plan.by_length])
+        if projected.shape[0] > 1:  # per user (by length rank): row r of step t belongs to rank r
+            projected = projected[torch.from_numpy(np.concatenate([np.arange(n) for n in plan.step_sizes.tolist()]))]
+        scores = m.attention.scores(k, ages_tm, projected)
         k_np, v_np, s_np = k.numpy()[order], v.numpy()[order], scores.numpy()[order]
         h_np, c_np = h.numpy(), c.numpy()
         for rank, i in enumerate(plan.by_length.tolist()):
@@ -233,7 +252,7 @@ class StreamingEncoder:
     ) -> np.ndarray:
         """α over the window (oldest first), for explaining a vector."""
         k, _, ts, mask = _stack_window([state], self.cfg.attention_dim, self.cfg.value_dim)
-        projected, _ = self._context(context, 1)
+        projected, _ = self._context(context, [state])
         now = torch.tensor([now_ms], dtype=torch.int64)
         alpha = self.model.attention.weights_projected(k, ts, mask, now, projected)
         return alpha[0, mask[0]].numpy()[state.order()]
@@ -250,7 +269,7 @@ class StreamingEncoder:
         self, states: Sequence[EncoderState], now_ms: Sequence[int] | np.ndarray, context: UserContext | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         attention = self.model.attention
-        projected, profile = self._context(context, len(states))
+        projected, profile = self._context(context, states)
         now = np.asarray(now_ms, dtype=np.int64)
         # A query context: nothing kept applies. The same state twice (at two times): keeping its
         # scores for one time would overwrite them for the other before they are read.
@@ -292,6 +311,8 @@ class StreamingEncoder:
         bounds = np.searchsorted(users, np.arange(len(states) + 1))
         present = np.nonzero(bounds[1:] > bounds[:-1])[0].tolist()
         keys = np.concatenate([states[i].keys[rows[bounds[i] : bounds[i + 1]]] for i in present])
+        if projected.shape[0] > 1:  # one context per user: the rows' users'
+            projected = projected[torch.from_numpy(users)]
         fresh = self.model.attention.scores(
             torch.from_numpy(keys), torch.from_numpy(ages.astype(np.int64)), projected
         ).numpy()
@@ -300,18 +321,39 @@ class StreamingEncoder:
             states[i].scores[rows[lo:hi]] = fresh[lo:hi]
             states[i].score_age[rows[lo:hi]] = ages[lo:hi]
 
-    def _context(self, context: UserContext | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W_c [q; u], u) for a batch. Without a context (the stream worker's case) both are the same
-        for every user and every batch: computed once per encoder (its model never changes) and broadcast."""
-        if context is not None:
-            ctx, profile = self.model.user_context(context, batch)
-            return self.model.attention.context(ctx), profile
-        if self._default_context is None:
+    def _context(
+        self, context: UserContext | None, states: Sequence[EncoderState]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_c [q; u], u) for a batch of users: (B, A), (B, P), or (1, A) for one context shared by all.
+
+        Without a context (the stream worker's case) each user's own profile; a context without a
+        profile (a ``?query=`` read) gets the users' profiles filled in, so a query-aware read pools
+        with the same u as the published vector."""
+        if context is None:
+            return self._profile_context(states)
+        if context.age_group is None and context.gender is None:
+            codes = torch.tensor([st.profile for st in states], dtype=torch.int64).reshape(len(states), 2)
+            context = UserContext(query=context.query, age_group=codes[:, 0], gender=codes[:, 1])
+        ctx, profile = self.model.user_context(context, len(states))
+        return self.model.attention.context(ctx), profile
+
+    def _profile_context(self, states: Sequence[EncoderState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_c [q₀; u], u) with no query, per user; (1, A) when every user has the same profile.
+
+        There are few profiles (age groups × genders), and the model never changes under an
+        encoder, so each profile's context is projected once and kept."""
+        profiles = [st.profile for st in states]
+        distinct = set(profiles)
+        for p in distinct - self._profile_contexts.keys():
             with torch.inference_mode():
-                ctx, profile = self.model.user_context(UserContext(), 1)
-                self._default_context = (self.model.attention.context(ctx), profile)
-        projected, profile = self._default_context
-        return projected, profile.expand(batch, -1)
+                ctx = UserContext(age_group=torch.tensor([p[0]]), gender=torch.tensor([p[1]]))
+                full, side = self.model.user_context(ctx, 1)
+                self._profile_contexts[p] = (self.model.attention.context(full), side)
+        if len(distinct) <= 1:
+            projected, side = self._profile_contexts[profiles[0] if profiles else UNKNOWN_PROFILE]
+            return projected, side.expand(len(states), -1)
+        pairs = [self._profile_contexts[p] for p in profiles]
+        return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
 
 
 @dataclass(frozen=True)
@@ -363,8 +405,9 @@ def reference_vectors(
     policy: UpdatePolicy,
     chunk: int = 128,
     at: Sequence[int] | None = None,
+    profile: Profile = UNKNOWN_PROFILE,
 ) -> np.ndarray:
-    """Offline: the vector the worker publishes after each of a user's behaviors.
+    """Offline: the vector the worker publishes after each of a user's behaviors (its profile: ``profile``).
 
     Row n-1 is the vector after behavior n, computed as of that behavior's ts by
     re-running the policy's LSTM run from zero. Used by tests and by the drift
@@ -379,6 +422,6 @@ def reference_vectors(
     rows = []
     for lo in range(0, len(prefixes), chunk):
         ns = prefixes[lo : lo + chunk]
-        states = encoder.replay([history[policy.run_start(n) : n] for n in ns])
+        states = encoder.replay([history[policy.run_start(n) : n] for n in ns], [profile] * len(ns))
         rows.append(encoder.represent(states, [int(history[n - 1]["ts"]) for n in ns]))
     return np.concatenate(rows) if rows else np.zeros((0, encoder.cfg.rep_dim), np.float32)

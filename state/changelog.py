@@ -322,6 +322,7 @@ class _Finder:
             model_version=h.model_version,
             vector=local.vector if same and local is not None else None,
             updated_at=h.updated_at,
+            profile=h.profile,
         )
 
     def _find(self, index: int, ring: int, staged: list[tuple[bytes, int]]) -> bytes | None:

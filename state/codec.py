@@ -3,7 +3,7 @@
 Layout (little-endian), format version 1::
 
     u8   format version (=1)
-    u8   flags (bit 0: vector present)
+    u8   flags (bit 0: vector present, bit 1: profile present)
     u32  events_seen
     i32  source_partition
     i64  source_offset
@@ -12,9 +12,15 @@ Layout (little-endian), format version 1::
     u16  len(last_event_id), then its UTF-8 bytes
     u16  n records, then n × BEHAVIOR_DTYPE (59 bytes each)
     [u16 dim, then dim × f32]   if flags bit 0
+    [i8 age_group, i8 gender]   if flags bit 1 (-1 = unknown; absent = both unknown)
 
 Format version 2 is a *header* (:mod:`state.changelog`): the same fields up to
-``last_event_id``, then ``u16 ring, u16 n`` instead of the records and no vector.
+``last_event_id``, then ``u16 ring, u16 n`` instead of the records and no vector, then the
+profile bytes if flags bit 1.
+
+The profile is a trailing optional field behind a flag, not a new version: a reader from before it
+ignores unknown flag bits and trailing bytes, so rolling a worker back keeps the behaviors (the profile
+reads as unknown until an event carries it again).
 The records live in slot records of their own; :func:`decode_header` reads it,
 :func:`decode_state` refuses it (a header alone is not a state).
 
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.contracts import UNKNOWN_PROFILE, Profile
 from encoder.features import BEHAVIOR_DTYPE, records_from_bytes
 from state.user_state import UserState
 
@@ -38,7 +45,9 @@ HEADER_VERSION = 2
 _HEAD = struct.Struct("<BBIiqq")
 _U16 = struct.Struct("<H")
 _RING = struct.Struct("<HH")
+_PROFILE = struct.Struct("<bb")
 _HAS_VECTOR = 1
+_HAS_PROFILE = 2
 
 
 class StateDecodeError(ValueError):
@@ -46,7 +55,7 @@ class StateDecodeError(ValueError):
 
 
 def encode_state(state: UserState) -> bytes:
-    flags = _HAS_VECTOR if state.vector is not None else 0
+    flags = (_HAS_VECTOR if state.vector is not None else 0) | _profile_flag(state.profile)
     parts = [
         _HEAD.pack(
             FORMAT_VERSION,
@@ -64,7 +73,21 @@ def encode_state(state: UserState) -> bytes:
     if state.vector is not None:
         vec = np.asarray(state.vector, dtype="<f4")
         parts += [_U16.pack(vec.shape[0]), vec.tobytes()]
+    if flags & _HAS_PROFILE:
+        parts.append(_PROFILE.pack(*state.profile))
     return b"".join(parts)
+
+
+def _profile_flag(profile: Profile) -> int:
+    """An unknown profile is not written (the state of a user whose events carry none keeps its size)."""
+    return 0 if profile == UNKNOWN_PROFILE else _HAS_PROFILE
+
+
+def _read_profile(buf: memoryview, pos: int, flags: int) -> Profile:
+    if not flags & _HAS_PROFILE:
+        return UNKNOWN_PROFILE
+    age, gender = _PROFILE.unpack_from(buf, pos)
+    return (age, gender)
 
 
 def decode_state(user_id: str, raw: bytes) -> UserState:
@@ -95,6 +118,7 @@ def _decode(user_id: str, buf: memoryview) -> UserState:
         vector = np.frombuffer(buf[pos : pos + 4 * dim], dtype="<f4").astype(np.float32)
         if vector.shape[0] != dim:
             raise StateDecodeError("truncated vector")
+        pos += 4 * dim
     return UserState(
         user_id=user_id,
         records=records,
@@ -105,6 +129,7 @@ def _decode(user_id: str, buf: memoryview) -> UserState:
         model_version=model_version,
         vector=vector,
         updated_at=updated,
+        profile=_read_profile(buf, pos, flags),
     )
 
 
@@ -120,6 +145,7 @@ class StateHeader:
     last_event_id: str
     ring: int  # slot of history index i = i % ring
     n: int  # records retained: history indexes events_seen - n .. events_seen - 1
+    profile: Profile = UNKNOWN_PROFILE
 
     @property
     def first(self) -> int:
@@ -130,14 +156,17 @@ def encode_header(state: UserState, ring: int) -> bytes:
     """The header of ``state`` whose records sit in ``ring`` slots (``ring >= len(state.records)``)."""
     if not len(state.records) <= ring <= 0xFFFF:
         raise ValueError(f"ring {ring} must hold the {len(state.records)} records and fit in u16")
+    flags = _profile_flag(state.profile)
     return b"".join(
         [
             _HEAD.pack(
-                HEADER_VERSION, 0, state.events_seen, state.source_partition, state.source_offset, state.updated_at
+                HEADER_VERSION, flags, state.events_seen, state.source_partition, state.source_offset,
+                state.updated_at,
             ),
             _short_str(state.model_version),
             _short_str(state.last_event_id),
             _RING.pack(ring, len(state.records)),
+            _PROFILE.pack(*state.profile) if flags else b"",
         ]
     )
 
@@ -145,17 +174,18 @@ def encode_header(state: UserState, ring: int) -> bytes:
 def decode_header(raw: bytes) -> StateHeader:
     try:
         buf = memoryview(raw)
-        version, _, seen, part, offset, updated = _HEAD.unpack_from(buf, 0)
+        version, flags, seen, part, offset, updated = _HEAD.unpack_from(buf, 0)
         if version != HEADER_VERSION:
             raise StateDecodeError(f"not a state header (format version {version})")
         model_version, pos = _read_str(buf, _HEAD.size)
         last_event_id, pos = _read_str(buf, pos)
         ring, n = _RING.unpack_from(buf, pos)
+        profile = _read_profile(buf, pos + _RING.size, flags)
     except (struct.error, UnicodeDecodeError) as exc:
         raise StateDecodeError(f"cannot decode state header: {exc}") from exc
     if n > ring or n > seen:
         raise StateDecodeError(f"state header holds {n} records of {seen} in a ring of {ring}")
-    return StateHeader(seen, part, offset, updated, model_version, last_event_id, ring, n)
+    return StateHeader(seen, part, offset, updated, model_version, last_event_id, ring, n, profile)
 
 
 def format_version(raw: bytes) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.contracts import UNKNOWN_PROFILE, Profile
 from encoder.features import BEHAVIOR_DTYPE, concat_records
 
 
@@ -23,6 +24,8 @@ class UserState:
     last W of them, what attention pools over. ``source_partition`` /
     ``source_offset`` are the Kafka position of the last applied event: stored
     atomically with the state, they make redelivered events idempotent.
+    ``profile`` is the (age_group, gender) codes of the newest applied event that carried one
+    (-1 = unknown): the attention context and representation input of the user's vectors.
     """
 
     user_id: str
@@ -34,6 +37,7 @@ class UserState:
     model_version: str = ""
     vector: np.ndarray | None = None  # float32 (rep_dim,), as last published
     updated_at: int = 0  # ms, when the vector was computed
+    profile: Profile = UNKNOWN_PROFILE
 
     @property
     def last_event_ts(self) -> int:

@@ -27,7 +27,15 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from core.contracts import STATE_UNDECODABLE, BehaviorEvent, Rejection, VectorMessage, parse_event
+from core.contracts import (
+    STATE_UNDECODABLE,
+    UNKNOWN_PROFILE,
+    BehaviorEvent,
+    Profile,
+    Rejection,
+    VectorMessage,
+    parse_event,
+)
 from encoder.features import BEHAVIOR_DTYPE, behavior_records, concat_records, hash_event_id
 from encoder.streaming import EncoderState, StreamingEncoder, UpdatePolicy
 from state.cache import VersionedLRU
@@ -102,6 +110,22 @@ rejected with reason ``state_undecodable`` (to the DLQ) instead of being applied
 which would write over the user's durable history. Nothing is written for that user."""
 
 
+@dataclass(frozen=True)
+class ReadSnapshot:
+    """What a read computes from, taken under the batch lock: the encoder and the user's carried state."""
+
+    encoder: StreamingEncoder
+    carried: EncoderState | None  # a copy of the cached one; None: rebuilt from ``records``
+    records: np.ndarray
+    profile: Profile = UNKNOWN_PROFILE
+
+    def encoder_state(self) -> EncoderState:
+        if self.carried is not None:
+            return self.carried
+        (rebuilt,) = self.encoder.replay([self.records], [self.profile])
+        return rebuilt
+
+
 class VectorUpdater:
     def __init__(self, encoder: StreamingEncoder, policy: UpdatePolicy, cache_capacity: int = 20_000) -> None:
         if policy.window != encoder.window:
@@ -139,19 +163,19 @@ class VectorUpdater:
         cached = self.cache.get(state.user_id, version)
         if cached is not None:
             return cached
-        (rebuilt,) = self.encoder.replay([self._run_records(state.records, state.events_seen)])
+        (rebuilt,) = self.encoder.replay([self._run_records(state.records, state.events_seen)], [state.profile])
         self.cache.put(state.user_id, version, rebuilt)
         return rebuilt
 
-    def read_snapshot(self, state: UserState) -> tuple[StreamingEncoder, EncoderState | None, np.ndarray]:
+    def read_snapshot(self, state: UserState) -> ReadSnapshot:
         """For a read (HTTP re-pool, explain), taken under the batch lock: the encoder, a copy of the
-        cached carried state (None: not cached) and the run's records to rebuild it from.
+        cached carried state (None: not cached), the run's records to rebuild it from and the profile.
 
         Nothing is put in the cache (a read must not evict the users the batches keep hot), and the
         copy is the reader's own: the next batch advances the cached one in place."""
         cached = self.cache.peek(state.user_id, (self.encoder.model_version, state.events_seen))
         records = self._run_records(state.records, state.events_seen)
-        return self.encoder, (None if cached is None else copy.deepcopy(cached)), records
+        return ReadSnapshot(self.encoder, None if cached is None else copy.deepcopy(cached), records, state.profile)
 
     # -- steps -------------------------------------------------------------------------
     def _parse(
@@ -198,11 +222,12 @@ class VectorUpdater:
         for ub in batches:
             carried = self._carried(ub)
             if carried is not None:
+                carried.use_profile(ub.state.profile)  # an event of this batch may have brought a new one
                 starts.append(carried)
                 sequences.append(ub.new_records())
                 result.steps += len(ub.kept)
             else:
-                starts.append(self.encoder.init_state())
+                starts.append(self.encoder.init_state(ub.state.profile))
                 sequences.append(self._run_records(ub.records(), ub.n))
                 result.rebuilds += 1
         try:
@@ -223,7 +248,7 @@ class VectorUpdater:
         if self.policy.run_start(ub.n) != self.policy.run_start(n0):
             return None
         if n0 == 0:
-            return self.encoder.init_state()
+            return self.encoder.init_state(ub.state.profile)
         return self.cache.get(ub.state.user_id, (self.encoder.model_version, n0))
 
     def _run_records(self, records: np.ndarray, n: int) -> np.ndarray:
@@ -299,6 +324,10 @@ class _UserBatch:
         if self.kept:
             self.n += len(self.kept)
             st.last_event_id = self.kept[-1].event_id
+            for ev in reversed(self.kept):  # the newest applied event that carries a profile sets it
+                if ev.profile is not None:
+                    st.profile = ev.profile
+                    break
         if (partition, offset) != (st.source_partition, st.source_offset):
             st.source_partition, st.source_offset = partition, offset
             self.advanced = not self.kept
@@ -312,7 +341,7 @@ class _UserBatch:
         events = [ev for ub in batches for ev in ub.kept]
         if not events:
             return np.zeros(0, dtype=BEHAVIOR_DTYPE)
-        (_, _, ts, event_types, item_ids, shop_ids, brand_ids, category_ids, tags, scenarios) = zip(
+        (_, _, ts, event_types, item_ids, shop_ids, brand_ids, category_ids, tags, scenarios, _) = zip(
             *events, strict=True
         )
         runs = [len(ub.kept) for ub in batches]

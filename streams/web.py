@@ -45,11 +45,11 @@ from streams.context import Worker
 from streams.dashboard import OPEN_PATHS as DASHBOARD_PAGE_PATHS
 from streams.dashboard import register_dashboard
 from streams.http_metrics import observe_requests
-from streams.updater import vector_message
+from streams.updater import ReadSnapshot, vector_message
 
 if TYPE_CHECKING:
     from core.settings import Settings
-    from encoder.streaming import EncoderState, StreamingEncoder
+    from encoder.streaming import StreamingEncoder
 
 log = logging.getLogger(__name__)
 
@@ -190,21 +190,6 @@ READ_RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
-class ReadSnapshot:
-    """What a read computes from, taken under the batch lock: the encoder and the user's carried state."""
-
-    encoder: StreamingEncoder
-    carried: EncoderState | None  # a copy of the cached one; None: rebuilt from ``records``
-    records: np.ndarray
-
-    def encoder_state(self) -> EncoderState:
-        if self.carried is not None:
-            return self.carried
-        (rebuilt,) = self.encoder.replay([self.records])
-        return rebuilt
-
-
-@dataclass(frozen=True)
 class _Answer:
     body: dict[str, Any] | str
 
@@ -223,7 +208,7 @@ async def _repool_read(
     active[0] += 1
     try:
         async with w.runtime.batch_lock:  # only to copy: a batch must not advance the cached state meanwhile
-            snap = ReadSnapshot(*w.runtime.updater.read_snapshot(state))
+            snap = w.runtime.updater.read_snapshot(state)
         body = await asyncio.get_running_loop().run_in_executor(_READ_THREADS, compute, snap)
         return _Answer(body)
     finally:
@@ -359,7 +344,7 @@ def vector_body(
         body["as_of"] = state.last_event_ts
         body["vector"] = [float(x) for x in state.vector] if state.vector is not None else []
         return body
-    snap = snap or ReadSnapshot(*w.runtime.updater.read_snapshot(state))
+    snap = snap or w.runtime.updater.read_snapshot(state)
     enc = snap.encoder
     parsed = _repool_args(enc, state, at, query, now_ms)
     if isinstance(parsed, str):
@@ -381,7 +366,7 @@ def explain_body(
     same ``at`` / ``query``. Item and category appear as hashes only: the store
     never keeps raw ids.
     """
-    snap = snap or ReadSnapshot(*w.runtime.updater.read_snapshot(state))
+    snap = snap or w.runtime.updater.read_snapshot(state)
     enc = snap.encoder
     parsed = _repool_args(enc, state, at, query, int(time.time() * 1000))
     if isinstance(parsed, str):

@@ -83,9 +83,9 @@ def create_app(settings: Settings | None = None) -> Worker:
 def restored_vector(runtime: Runtime, state: UserState) -> tuple[np.ndarray, str]:
     """The vector of a restored state (the changelog carries none: state.changelog): its run rebuilt from
     the restored behaviors, as after any cache miss, and pooled as of its last event."""
-    encoder, _, records = runtime.updater.read_snapshot(state)
-    (carried,) = encoder.replay([records])
-    return encoder.represent([carried], [state.last_event_ts])[0], encoder.model_version
+    snap = runtime.updater.read_snapshot(state)
+    carried = snap.encoder_state()
+    return snap.encoder.represent([carried], [state.last_event_ts])[0], snap.encoder.model_version
 
 
 def faust_options(s: Settings) -> dict[str, Any]:

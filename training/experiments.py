@@ -11,7 +11,8 @@ time cutoff no training label crosses (``training.protocol``), then
 3. oracle rows: the simulator's planted scores, with and without its time- and type-dependent
    effects (``TaskExample.oracle``);
 4. the served path: DUPN-all's scores from vectors the stream worker itself produces
-   (``training.served``), next to the offline rows with the same and with the full inputs;
+   (``training.served``), with the test users' profiles on their events and with none, next to
+   the offline rows with the same inputs;
 5. attention by behavior type × age on the test users (the talk's attention analysis).
 
 Optionally (``transfer_steps > 0``) the transfer experiment (RS / RA / RT / FT) on shop.
@@ -51,7 +52,7 @@ from training.metrics import (
     majority_accuracy,
 )
 from training.protocol import check_split, split_examples, split_users
-from training.served import offline_scores, served_scores
+from training.served import OFFLINE_UNKNOWN, SERVED, SERVED_UNKNOWN, offline_scores, served_scores
 from training.simulator import DAY_MS, SimConfig, SimData, Simulator
 from training.train import (
     FitLog,
@@ -206,12 +207,13 @@ def run_seed(plan: EvalPlan, seed: int, progress: bool, model_out: Path | None =
     policy = UpdatePolicy("incremental", plan.reanchor, plan.window)
     tables = {t: board.test.tables[t] for t in FOUR_TASKS}
     t0 = time.perf_counter()
-    rows["DUPN-all served"] = board.record(
-        "DUPN-all served", served_scores(dupn, board.test.store, setup.sim.histories, tables, policy)
-    )
-    rows["DUPN-all served"]["seconds"] = round(time.perf_counter() - t0, 1)
-    rows["DUPN-all offline, unknown profile"] = board.record(
-        "DUPN-all offline, unknown profile", offline_scores(dupn, board.test.store, tables, plan.reanchor, True)
+    profiles = {u.user_id: u.profile for u in setup.sim.users}
+    served = served_scores(dupn, board.test.store, setup.sim.histories, tables, policy, profiles=profiles)
+    rows[SERVED] = board.record(SERVED, served.with_profile)
+    rows[SERVED]["seconds"] = round(time.perf_counter() - t0, 1)
+    rows[SERVED_UNKNOWN] = board.record(SERVED_UNKNOWN, served.unknown_profile)
+    rows[OFFLINE_UNKNOWN] = board.record(
+        OFFLINE_UNKNOWN, offline_scores(dupn, board.test.store, tables, plan.reanchor, True)
     )
     single: dict[str, dict[str, Any]] = {}
     for base in ["DUPN-all", *(BASELINE_NAMES if plan.single_baselines else ())]:
@@ -264,7 +266,8 @@ def _comparisons(
     for t in FOUR_TASKS:
         pairs += [("DUPN-all", b, t) for b in BASELINE_NAMES]
         pairs += [("CNN-max", "Wide", t), ("CNN-max", "Wide&Deep", t)]
-        pairs += [("DUPN-all served", "DUPN-all", t), ("DUPN-all served", "DUPN-all offline, unknown profile", t)]
+        pairs += [(SERVED, "DUPN-all", t), (SERVED_UNKNOWN, OFFLINE_UNKNOWN, t)]
+        pairs += [(SERVED_UNKNOWN, "DUPN-all", t)]
         pairs += [(m, f"{m} single-{t}", t) for m in ["DUPN-all", *BASELINE_NAMES] if f"{m} single-{t}" in single]
         if "DUPN-nobp" in rows:
             pairs += [("DUPN-bplstm", "DUPN-nobp", t), ("DUPN-bpatt", "DUPN-nobp", t), ("DUPN-nobp", "CNN-max", t)]

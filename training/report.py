@@ -22,9 +22,9 @@ import numpy as np
 
 from encoder.explain import AGE_BUCKET_LABELS, AttentionTable
 from training.metrics import BASELINE_NAMES, FOUR_TASKS, METRIC_OF, comparison_text, outcome_of
+from training.served import OFFLINE_UNKNOWN, SERVED, SERVED_UNKNOWN
 from training.simulator import EVENT_TYPES
 
-SERVED, OFFLINE_UNKNOWN = "DUPN-all served", "DUPN-all offline, unknown profile"
 ORACLE, ORACLE_STATIC = "oracle", "oracle (static effects only)"
 
 
@@ -300,9 +300,12 @@ def render_markdown(res: Mapping[str, Any]) -> str:
     out += [
         "",
         f"*{SERVED}*: vectors produced by `streams.updater.VectorUpdater` (default policy: incremental, R = "
-        f"{plan['reanchor']}) over the test users' events, unknown profile, re-pooled with the query as "
+        f"{plan['reanchor']}) over the test users' events, each event carrying its user's profile (the events "
+        "contract's optional `profile`), re-pooled with the query and the user's profile as "
         "`GET /users/{id}/vector?query=` does, as of the example's time; the heads of DUPN-all on top. "
-        f"*{OFFLINE_UNKNOWN}*: the training code path with every profile set to unknown. *oracle*: the simulator's "
+        f"*{SERVED_UNKNOWN}*: the same worker states re-pooled with the profile unknown (a producer that sends "
+        f"no profile). *{OFFLINE_UNKNOWN}*: the training code path with every profile set to unknown. "
+        "*oracle*: the simulator's "
         "planted probabilities (click: the multinomial logit of the slate; talent: the follow affinity; "
         "PPP: the latent "
         "level itself, so 1.0 by construction); *static effects only*: without click momentum, buy suppression and the "
@@ -326,7 +329,7 @@ def render_markdown(res: Mapping[str, Any]) -> str:
             )
     out += ["", "## 4. Served path vs offline", "", "| task | comparison | Δ ± SE | outcome |", "|---|---|---|---|"]
     for key, d in diffs.items():
-        if key[0] == SERVED:
+        if key[0] in (SERVED, SERVED_UNKNOWN):
             out.append(f"| {d.task} | {d.a} − {d.b} | {d.delta:+.4f} ± {d.se:.4f} | {d.outcome} |")
     out += [
         "",

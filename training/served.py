@@ -1,11 +1,14 @@
 """Scores from vectors the stream worker itself produces, and the offline twins they must match.
 
-The worker (``streams.updater.VectorUpdater``, default incremental policy) knows no profile,
-so it encodes every user with the "unknown" profile row; a ranker asks for the query-aware
+The worker (``streams.updater.VectorUpdater``, default incremental policy) knows a user's
+profile from the optional ``profile`` of their events (the events contract), and encodes a user
+whose events carry none with the "unknown" profile row; a ranker asks for the query-aware
 vector (``GET /users/{id}/vector?query=``), which re-pools the carried state's attention with
-the query in the context, as of the request time. :func:`served_scores` replays each test
-user's events through the updater, keeps the carried encoder state after every behavior a
-test context needs, re-pools it exactly that way and feeds the task heads.
+the query and the user's profile in the context, as of the request time. :func:`served_scores`
+replays each test user's events through the updater (with their profile on every event, as a
+producer that knows it would send them), keeps the carried encoder state after every behavior a
+test context needs, re-pools it exactly that way and feeds the task heads; and, from the same
+states, re-pools with the profile unknown: what a producer that sends no profile gets.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import copy
 import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,11 @@ from streams.updater import Incoming, VectorUpdater
 from training.data import ExampleTable, HistoryStore, eval_batches, task_part
 from training.train import encode_batch, part_logits
 
+#: Row names of the served path in the evaluation (``training.experiments``, ``training.report``).
+SERVED = "DUPN-all served"  # the users' profiles on their events
+SERVED_UNKNOWN = "DUPN-all served, unknown profile"  # the same states, no profile source
+OFFLINE_UNKNOWN = "DUPN-all offline, unknown profile"  # the training code path, every profile unknown
+
 
 def served_states(
     encoder: StreamingEncoder,
@@ -33,12 +42,14 @@ def served_states(
     histories: Mapping[str, Sequence[dict[str, Any]]],
     needed: Mapping[str, set[int]],
     batch: int = 512,
+    profiles: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[tuple[str, int], EncoderState]:
     """The worker's carried encoder state of each (user, n) in ``needed``, after their n-th event.
 
     Events go through ``VectorUpdater.apply`` as Kafka messages would, round-robin over users
     (one event per user per call, at most ``batch`` users per call, so the state after every
-    event is observable).
+    event is observable). With ``profiles`` (user → {age_group, gender}) every event of a user
+    carries the user's profile.
     """
     updater = VectorUpdater(encoder, policy, cache_capacity=10**7)
     store: dict[str, bytes] = {}
@@ -53,7 +64,8 @@ def served_states(
         for lo in range(0, len(active), batch):
             msgs = []
             for u in active[lo : lo + batch]:
-                msgs.append(Incoming(0, offset, u.encode(), json.dumps(histories[u][i]).encode()))
+                event = histories[u][i] if profiles is None else {**histories[u][i], "profile": dict(profiles[u])}
+                msgs.append(Incoming(0, offset, u.encode(), json.dumps(event).encode()))
                 offset += 1
             result = updater.apply(msgs, lambda u, _m: decode_state(u, store[u]) if u in store else None)
             if result.rejections or len(result.updates) != len(msgs):
@@ -66,6 +78,14 @@ def served_states(
     return out
 
 
+@dataclass(frozen=True)
+class ServedScores:
+    """Task scores (table order) from the served path, with the events' profiles and with none."""
+
+    with_profile: dict[str, np.ndarray]
+    unknown_profile: dict[str, np.ndarray]
+
+
 @torch.no_grad()
 def served_scores(
     model: DUPN,
@@ -73,8 +93,12 @@ def served_scores(
     histories: Mapping[str, Sequence[dict[str, Any]]],
     tables: Mapping[str, ExampleTable],
     policy: UpdatePolicy,
-) -> dict[str, np.ndarray]:
-    """Task scores (table order) from the served path: updater state → ``?query=`` re-pool → heads."""
+    profiles: Mapping[str, Mapping[str, int]] | None = None,
+) -> ServedScores:
+    """Scores from the served path: updater state → ``?query=`` re-pool → heads.
+
+    ``with_profile``: the states' own profiles (from the events; unknown without ``profiles``), as
+    the HTTP read fills them in; ``unknown_profile``: the same states re-pooled with the profile unknown."""
     model.train(False)
     encoder = StreamingEncoder(model, "eval")
     names = {i: u for u, i in store.user_index.items()}
@@ -82,27 +106,31 @@ def served_scores(
     for table in tables.values():
         for u, n in zip(table.ctx_user.tolist(), table.ctx_len.tolist(), strict=True):
             needed[names[u]].add(int(n))
-    states = served_states(encoder, policy, histories, needed)
-    out: dict[str, np.ndarray] = {}
+    states = served_states(encoder, policy, histories, needed, profiles=profiles)
+    out: dict[bool, dict[str, np.ndarray]] = {True: {}, False: {}}
     for task, table in tables.items():
         ctx_states = [
             states[(names[u], int(n))] for u, n in zip(table.ctx_user.tolist(), table.ctx_len.tolist(), strict=True)
         ]
-        unknown = torch.full((table.n_contexts,), -1, dtype=torch.int64)
-        context = UserContext(query=torch.from_numpy(table.ctx_query.copy()), age_group=unknown, gender=unknown)
-        reps = []
-        for lo in range(0, table.n_contexts, 512):
-            hi = min(lo + 512, table.n_contexts)
-            sub = UserContext(query=context.query[lo:hi], age_group=unknown[lo:hi], gender=unknown[lo:hi])  # type: ignore[index]
-            reps.append(encoder.represent(ctx_states[lo:hi], table.ctx_now[lo:hi], sub))
-        rep = torch.from_numpy(np.concatenate(reps))
+        query = torch.from_numpy(table.ctx_query.copy())
         ex, owner = table.example_rows(np.arange(table.n_contexts))
         part = task_part(table, ex, owner, model.cfg)
-        scores = part_logits(model, rep, part).numpy()
-        result = np.empty_like(scores)
-        result[ex] = scores
-        out[task] = result
-    return out
+        for own_profile in (True, False):
+            reps = []
+            for lo in range(0, table.n_contexts, 512):
+                hi = min(lo + 512, table.n_contexts)
+                unknown = torch.full((hi - lo,), -1, dtype=torch.int64)
+                sub = (
+                    UserContext(query=query[lo:hi])  # profile filled in from each state, as the HTTP read does
+                    if own_profile
+                    else UserContext(query=query[lo:hi], age_group=unknown, gender=unknown)
+                )
+                reps.append(encoder.represent(ctx_states[lo:hi], table.ctx_now[lo:hi], sub))
+            scores = part_logits(model, torch.from_numpy(np.concatenate(reps)), part).numpy()
+            result = np.empty_like(scores)
+            result[ex] = scores
+            out[own_profile][task] = result
+    return ServedScores(with_profile=out[True], unknown_profile=out[False])
 
 
 @torch.no_grad()

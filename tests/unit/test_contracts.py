@@ -106,6 +106,10 @@ EDGES = {
     "event_type": _edge(["click", "cart", "fav", "buy"], ["Click", "", None, 0, False]),
     "scenario": _edge(["search", "recommend", "promotion", "other", "", None], ["x", 0, False, [], {}]),
     "tags": _edge([None, [], ["t"] * 64, [LONGEST, ""]], [["t"] * 65, ["x" * 257], [1], [None], "t", {}, False, 0]),
+    "profile": _edge(
+        [None, {}, {"age_group": 0, "gender": 1}, {"age_group": 127}, {"gender": None}, {"age_group": None}],
+        [{"age_group": 128}, {"age_group": -1}, {"gender": True}, {"gender": 1.0}, {"age": 1}, [], "m", 0, False],
+    ),
 }
 
 

@@ -181,14 +181,33 @@ def test_anchored_runs_are_the_policy_runs(split: tuple) -> None:  # type: ignor
 
 
 def test_served_path_scores_equal_the_offline_reference(sim: SimData, split: tuple) -> None:  # type: ignore[type-arg]
+    """With each user's profile on their events the worker serves the training function itself;
+    without (the same states re-pooled with the profile unknown) the unknown-profile twin."""
     splits, prep = split
     torch.manual_seed(1)
     model = DUPN(dataclasses.replace(TINY_ENC, query_in_rep=True))
     tables = {t: build_table(t, splits["test"][t][:60], prep.store, model.cfg) for t in FOUR}
     policy = UpdatePolicy("incremental", 7, TINY_ENC.window)
-    served = served_scores(model, prep.store, sim.histories, tables, policy)
+    profiles = {u.user_id: u.profile for u in sim.users}
+    served = served_scores(model, prep.store, sim.histories, tables, policy, profiles=profiles)
     offline = offline_scores(model, prep.store, tables, 7, unknown_profile=True)
     with_profile = offline_scores(model, prep.store, tables, 7, unknown_profile=False)
     for t in FOUR:
-        np.testing.assert_allclose(served[t], offline[t], rtol=1e-4, atol=1e-5)
-    assert any(not np.allclose(served[t], with_profile[t], atol=1e-5) for t in FOUR)
+        np.testing.assert_allclose(served.with_profile[t], with_profile[t], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(served.unknown_profile[t], offline[t], rtol=1e-4, atol=1e-5)
+    assert any(not np.allclose(served.with_profile[t], offline[t], atol=1e-5) for t in FOUR)
+
+
+def test_served_path_without_a_profile_source_is_the_unknown_profile_function(
+    sim: SimData, split: tuple  # type: ignore[type-arg]
+) -> None:
+    splits, prep = split
+    torch.manual_seed(2)
+    model = DUPN(dataclasses.replace(TINY_ENC, query_in_rep=True))
+    tables = {t: build_table(t, splits["test"][t][:30], prep.store, model.cfg) for t in ("ctr", "ppp")}
+    policy = UpdatePolicy("incremental", 7, TINY_ENC.window)
+    served = served_scores(model, prep.store, sim.histories, tables, policy)
+    offline = offline_scores(model, prep.store, tables, 7, unknown_profile=True)
+    for t in tables:
+        np.testing.assert_allclose(served.with_profile[t], offline[t], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(served.unknown_profile[t], offline[t], rtol=1e-4, atol=1e-5)
