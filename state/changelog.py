@@ -73,12 +73,12 @@ from state.codec import (
     FORMAT_VERSION,
     HEADER_VERSION,
     StateDecodeError,
+    claimed_version,
     decode_header,
     decode_state,
     encode_header,
     encode_state,
     format_version,
-    state_version,
 )
 from state.user_state import UserState
 
@@ -255,19 +255,27 @@ def _assemble_user(get: Get, user: bytes, items: list[tuple[int | None, bytes | 
 
 
 def _choose(user: bytes, values: list[bytes | None], finder: _Finder) -> tuple[UserState | None, bytes | None, int]:
-    """(the winning state, the last value (kept when none wins), how many values lost as bad)."""
+    """(the winning state, the last value (kept when none wins), how many values were tried and lost as bad).
+
+    Values are ranked by the version their fixed-size head claims (a drain writes a header per batch,
+    so a chunk often holds many of one user's); only from the top down are they decoded in full, until
+    one decodes and has all its behaviors. A value that claims no version counts as bad; one ranked
+    below the winner is never decoded, so its corruption (if any) is not counted: it lost either way."""
     start = max((i + 1 for i, v in enumerate(values) if v is None), default=0)  # after the last tombstone
     live = [(i, v) for i, v in enumerate(values) if i >= start and v is not None]
     bad = 0
     ranked = []
     for i, v in live:
-        version = state_version(v)
+        version = claimed_version(v)
         if version is None:
             bad += 1
         else:
             ranked.append((version, i, v))
     for _, _, v in sorted(ranked, reverse=True):
-        state = finder.materialize(v)
+        try:
+            state = finder.materialize(v)
+        except StateDecodeError:
+            state = None
         if state is not None:
             return state, None, bad
         bad += 1

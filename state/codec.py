@@ -193,6 +193,15 @@ def format_version(raw: bytes) -> int:
     return raw[0] if raw else 0
 
 
+def claimed_version(raw: bytes) -> int | None:
+    """The ``events_seen`` a stored value claims, read from its fixed-size head without decoding the rest
+    (None: not even a head of a known format). Cheap enough to rank many values of one key; the winner
+    must still decode in full (:func:`state_version` is the checked form)."""
+    if len(raw) < _HEAD.size or raw[0] not in (FORMAT_VERSION, HEADER_VERSION):
+        return None
+    return int(_HEAD.unpack_from(raw, 0)[2])
+
+
 def state_version(raw: bytes) -> int | None:
     """The version of an encoded state: its ``events_seen`` (None: it does not decode).
 

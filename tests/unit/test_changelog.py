@@ -156,6 +156,18 @@ def test_a_header_whose_slots_are_missing_never_wins_over_a_complete_state() -> 
     assert same(states_from_changelog(log + header_only)["ed"], state_at("ed", 12))
 
 
+@pytest.mark.parametrize("cut", [7, 30, 40])  # inside the fixed head (26 bytes), then past it
+def test_a_corrupt_header_claiming_a_newer_version_never_wins(cut: int) -> None:
+    """Values are ranked by the version their head claims and decoded from the top: a truncated header that
+    claims more events than the good one is tried first, fails, is counted, and the good one wins."""
+    log = history("gus", 12)
+    ahead = next(v for k, v in changelog_records(state_at("gus", 15), RING, None) if split_key(k)[1] is None)
+    broken = (b"gus", ahead[:cut])
+    result = assemble({}.get, [*log, broken])
+    assert result.bad == 1  # a head cut short claims no version; a longer one is ranked first and fails
+    assert same(states_from_changelog([*log, broken])["gus"], state_at("gus", 12))
+
+
 def test_a_changelog_of_the_previous_version_still_restores_and_the_next_write_rewrites_every_slot() -> None:
     old = [(b"fay", encode_state(state_at("fay", n))) for n in range(1, 10)]  # format 1: the full state
     store = MemoryStateStore()
