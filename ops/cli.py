@@ -185,6 +185,8 @@ def _replay_parser(sub: Any) -> None:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--rate", type=float, help="events/s (default: as fast as possible)")
     rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument("--no-profile", action="store_true",
+                    help="--synthetic: leave the users' profiles out of the events (vectors use the unknown profile)")
     rp.set_defaults(run=_replay)
 
 
@@ -193,7 +195,7 @@ def _replay(args: argparse.Namespace, s: Settings) -> int:
 
     total: int | None = None
     if args.synthetic:
-        events = r.synthetic_events(args.users, args.events, seed=args.seed)
+        events = r.synthetic_events(args.users, args.events, seed=args.seed, with_profile=not args.no_profile)
         total = args.events
     elif args.jsonl:
         events = r.jsonl_events(args.jsonl)

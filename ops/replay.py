@@ -48,16 +48,20 @@ class SendFailures:
             raise ReplayError(f"{self.count} of {sent} events were not acknowledged by the broker: {self.first!r}")
 
 
-def synthetic_events(users: int, events: int, seed: int = 0, live_time: bool = True) -> Iterator[Event]:
+def synthetic_events(
+    users: int, events: int, seed: int = 0, live_time: bool = True, with_profile: bool = True
+) -> Iterator[Event]:
     """Simulator events; with ``live_time`` each event's ts is the wall clock when it is produced.
 
     Live time makes freshness (event ts → vector published) meaningful for a
-    replay; the simulator's own clock orders the events.
+    replay; the simulator's own clock orders the events. ``with_profile``: each event carries its
+    user's profile (the model is trained on the simulator's profile coding), as a producer that
+    knows it would send it.
     """
     from training.simulator import SimConfig, Simulator
 
     sim = Simulator(SimConfig(n_users=users, seed=seed))
-    for ev in sim.stream(users, events):
+    for ev in sim.stream(users, events, with_profile=with_profile):
         if live_time:
             ev = {**ev, "ts": int(time.time() * 1000)}
         yield ev

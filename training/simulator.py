@@ -783,8 +783,11 @@ class Simulator:
         users = [_sim_user(pop, u) for u in range(n)]
         return SimData(cfg, users, {f"u{u}": hist[u] for u in range(n)}, examples)
 
-    def stream(self, n_users: int, n_events: int) -> Iterator[Event]:
+    def stream(self, n_users: int, n_events: int, with_profile: bool = False) -> Iterator[Event]:
         """Exactly ``n_events`` time-ordered events over at most ``n_users`` users.
+
+        ``with_profile``: every event carries its user's profile (the events contract's optional
+        ``profile``), as a producer that knows it would send it; the events are otherwise the same.
 
         The stream is the prefix of an open-ended simulation (users keep acting
         past ``config.days``), so a longer stream starts with the shorter one.
@@ -794,11 +797,12 @@ class Simulator:
         """
         if n_users < 1 or n_events < 0:
             raise ValueError("n_users must be >= 1 and n_events >= 0")
-        return self._stream(n_users, n_events)
+        return self._stream(n_users, n_events, with_profile)
 
-    def _stream(self, n_users: int, n_events: int) -> Iterator[Event]:
+    def _stream(self, n_users: int, n_events: int, with_profile: bool) -> Iterator[Event]:
         cfg, cat = self.config, self.catalog
         pop = _Population(cfg, cat, n_users)
+        profiles = [{"age_group": int(a), "gender": int(g)} for a, g in zip(pop.age, pop.gender, strict=True)]
         engine = _Engine(cfg, cat, pop)
         writer = _EventWriter(cat, cfg.seed, n_users)
         rate = float(pop.activity.sum()) / DAY_MS  # events per ms, all users
@@ -814,7 +818,7 @@ class Simulator:
             pending.sort()  # (ts, user, k) is unique: the dicts are never compared
             cut = min(bisect.bisect_left(pending, (end,)), remaining)
             for entry in pending[:cut]:
-                yield entry[3]
+                yield {**entry[3], "profile": profiles[entry[1]]} if with_profile else entry[3]
             remaining -= cut
             del pending[:cut]
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.contracts import UNKNOWN_PROFILE
 from core.settings import Settings
 from encoder.checkpoint import load_checkpoint
 from encoder.features import records_from_events
@@ -51,6 +52,19 @@ def applied_events(events: Iterable[dict[str, Any]], window: int) -> list[dict[s
     return applied
 
 
+def profiles_after(events: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+    """The user's profile after each applied event (README, "User profile"): the newest event that
+    carries ``profile`` sets both codes (absent or null = -1); an event without one keeps it."""
+    current, out = UNKNOWN_PROFILE, []
+    for ev in events:
+        raw = ev.get("profile")
+        if raw is not None:
+            age, gender = raw.get("age_group"), raw.get("gender")
+            current = (-1 if age is None else int(age), -1 if gender is None else int(gender))
+        out.append(current)
+    return out
+
+
 class Reference:
     """The offline definition (``encoder.streaming.reference_vectors``) for a known event log.
 
@@ -77,8 +91,15 @@ class Reference:
         todo = sorted({n for n in ns if (user, n) not in self._cache})
         if todo:
             history = self.records[user]
-            vectors = reference_vectors(self.encoder, history, self.policy, at=todo)
-            for n, vec in zip(todo, vectors, strict=True):
+            profiles = profiles_after(self.events[user])
+            by_profile: dict[tuple[int, int], list[int]] = {}
+            for n in todo:
+                by_profile.setdefault(profiles[n - 1], []).append(n)
+            vectors_at: dict[int, np.ndarray] = {}
+            for profile, at in by_profile.items():
+                got = reference_vectors(self.encoder, history, self.policy, at=at, profile=profile)
+                vectors_at.update(zip(at, got, strict=True))
+            for n, vec in ((n, vectors_at[n]) for n in todo):
                 self._cache[(user, n)] = Expected(
                     n, str(self.events[user][n - 1]["event_id"]), history[self.policy.run_start(n) : n], vec
                 )

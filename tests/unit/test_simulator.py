@@ -385,6 +385,17 @@ def test_stream_users_live_the_same_lives_as_in_generate() -> None:
         assert evs[:n] == generated[uid][:n]
 
 
+def test_streamed_profiles_are_the_users_profiles_and_change_nothing_else() -> None:
+    cfg = small(n_users=30, events_per_user=40)
+    users = {u.user_id: u.profile for u in Simulator(cfg).generate().users}
+    plain = list(Simulator(cfg).stream(20, 600))
+    with_profile = list(Simulator(cfg).stream(20, 600, with_profile=True))
+    assert [{k: v for k, v in ev.items() if k != "profile"} for ev in with_profile] == plain
+    for ev in with_profile:
+        assert ev["profile"] == users[ev["user_id"]]
+    assert len({(p["age_group"], p["gender"]) for p in (ev["profile"] for ev in with_profile)}) > 1
+
+
 def test_stream_and_config_reject_bad_arguments() -> None:
     sim = Simulator(SMALL)
     with pytest.raises(ValueError):
