@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from core.contracts import VectorMessage, decode_vector_message, newer_vector
+from core.contracts import VectorDecodeError, VectorMessage, decode_vector_message, newer_vector
 from core.settings import Settings
 from core.topics import no_broker_message
 
@@ -34,6 +34,7 @@ class VectorCache:
         self._bootstrapped = threading.Event()
         self._stop = threading.Event()
         self.error: BaseException | None = None
+        self.undecodable = 0  # messages skipped because they do not decode (neither v1 nor v2)
         self._consumer = self._connect()
         self._thread = threading.Thread(target=self._run, name="vector-cache", daemon=True)
         if start:
@@ -120,9 +121,10 @@ class VectorCache:
         for records in polled.values():
             for rec in records:
                 try:
-                    msg = decode_vector_message(rec.value)
-                except (ValueError, KeyError, TypeError):
-                    log.warning("skipping undecodable user-vectors message at offset %s", rec.offset)
+                    msg = decode_vector_message(rec.value)  # v1 or v2, told apart by their first bytes
+                except VectorDecodeError as exc:
+                    self.undecodable += 1
+                    log.warning("skipping undecodable user-vectors message at offset %s: %s", rec.offset, exc)
                     continue
                 if newer_vector(latest.get(msg.user_id), msg):
                     latest[msg.user_id] = msg

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import logging
+from collections.abc import Generator, Iterable
 from typing import Any
 
 from clients.client import VectorClient
-from core.contracts import VectorMessage, decode_vector_message
+from core.contracts import VectorDecodeError, VectorMessage, decode_vector_message
 from core.settings import Settings
 from core.topics import no_broker_message
 from core.wire import NOT_FOUND
+
+log = logging.getLogger(__name__)
 
 
 def follow_vectors(
     s: Settings, from_beginning: bool = True, poll_ms: int = 200
 ) -> Generator[list[tuple[VectorMessage, int]], None, None]:
-    """Yield batches of (decoded vector message, receive wall time ms); runs until closed."""
+    """Yield batches of (decoded vector message, receive wall time ms); runs until closed.
+
+    v1 (JSON) and v2 (binary) messages alike; one that does not decode is logged and skipped
+    (:func:`decodable`), so a bad record on the topic does not end the follower."""
     import time
 
     from kafka import KafkaConsumer, TopicPartition
@@ -38,10 +44,20 @@ def follow_vectors(
         while True:
             polled = consumer.poll(timeout_ms=poll_ms)
             now = int(time.time() * 1000)
-            batch = [(decode_vector_message(r.value), now) for recs in polled.values() for r in recs]
+            batch = [(msg, now) for recs in polled.values() for msg in decodable(recs)]
             yield batch
     finally:
         consumer.close()
+
+
+def decodable(records: Iterable[Any]) -> Generator[VectorMessage, None, None]:
+    """The ``user-vectors`` records (anything with ``value``, ``offset``) that decode, in order; each one
+    that does not is logged with its offset and skipped: one bad writer must not stop a reader."""
+    for r in records:
+        try:
+            yield decode_vector_message(r.value)
+        except VectorDecodeError as exc:
+            log.warning("skipping undecodable user-vectors message at offset %s: %s", getattr(r, "offset", "?"), exc)
 
 
 def fetch_vector(

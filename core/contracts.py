@@ -3,12 +3,39 @@
 ``parse_event`` never raises on bad input: it returns a :class:`Rejection`
 with a stable reason code, so one bad event costs one DLQ message and nothing
 else.
+
+A ``user-vectors`` value comes in two encodings that a reader tells apart by their first bytes:
+contract v1 is a JSON object (its first byte is ``{`` or JSON whitespace), contract v2 is binary and
+starts with :data:`VECTOR_MAGIC` (``b"DUPU"``: never JSON, and not the ``DUPV`` of the HTTP binary
+answers in :mod:`core.wire`, whose bytes mean something else). :func:`decode_vector_message` reads
+both, so readers are upgraded once and the producer's ``DUPN_VECTOR_ENCODING`` can then change freely.
+
+Binary vector message (contract v2), all integers little-endian::
+
+    offset  size        field
+    0       4           magic b"DUPU"
+    4       1 (u8)      contract version (2)
+    5       1 (u8)      dtype: 1 = float32, 2 = float16 (IEEE 754 binary16)
+    6       2 (u16)     dim: floats in the vector (0..65,535)
+    8       8 (i64)     events_seen
+    16      8 (i64)     last_event_ts (epoch ms)
+    24      8 (i64)     updated_at (epoch ms)
+    32      2 (u16)     user_id: UTF-8 bytes
+    34      2 (u16)     model_version: UTF-8 bytes
+    36      2 (u16)     last_event_id: UTF-8 bytes
+    38      2 (u16)     flags (0; reserved: a reader refuses any other value rather than guess what it means)
+    40      dim*size    the vector, little-endian, size 4 (float32) or 2 (float16)
+    ...                 user_id, model_version, last_event_id (UTF-8, in that order, lengths above)
+
+The fixed fields come first so the vector sits at offset 40 (aligned for both dtypes) whatever the
+ids' lengths; the message is exactly as long as its header says (no trailing bytes).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -21,7 +48,17 @@ EVENT_TYPES: tuple[str, ...] = ("click", "cart", "fav", "buy")
 SCENARIOS: tuple[str, ...] = ("other", "search", "recommend", "promotion")
 
 EVENTS_SCHEMA_VERSION = 1
-VECTORS_SCHEMA_VERSION = 1
+VECTORS_SCHEMA_VERSION = 1  # the JSON ``user-vectors`` value
+VECTORS_BINARY_VERSION = 2  # the binary one (module docstring)
+
+#: ``DUPN_VECTOR_ENCODING``: what a producer writes to ``user-vectors`` (every reader reads all three).
+VECTOR_ENCODINGS: tuple[str, ...] = ("json", "f32", "f16")
+VECTOR_MAGIC = b"DUPU"
+_V2_HEADER = struct.Struct("<4sBBHqqqHHHH")
+#: encoding -> (dtype code in the header, little-endian numpy dtype)
+_V2_DTYPES: dict[str, tuple[int, np.dtype[Any]]] = {"f32": (1, np.dtype("<f4")), "f16": (2, np.dtype("<f2"))}
+_V2_BY_CODE = {code: (name, dtype) for name, (code, dtype) in _V2_DTYPES.items()}
+_U16_MAX = 0xFFFF
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
@@ -363,8 +400,9 @@ class VectorMessage:
             "updated_at": self.updated_at,
         }
 
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_json())
+    def to_bytes(self, encoding: str = "json") -> bytes:
+        """The ``user-vectors`` value in ``encoding`` (:data:`VECTOR_ENCODINGS`; :func:`encode_vector_message`)."""
+        return encode_vector_message(self, encoding)
 
 
 def newer_vector(current: VectorMessage | None, candidate: VectorMessage) -> bool:
@@ -376,12 +414,85 @@ def newer_vector(current: VectorMessage | None, candidate: VectorMessage) -> boo
     return current is None or candidate.events_seen >= current.events_seen
 
 
-def decode_vector_message(raw: bytes | str | dict[str, Any]) -> VectorMessage:
-    """Decode a ``user-vectors`` message value (bytes, text or parsed JSON)."""
+class VectorDecodeError(ValueError):
+    """A ``user-vectors`` value that is not a well-formed v1 or v2 message; the message says what is wrong.
+
+    A ``ValueError``: readers that skip a bad message (``except ValueError``) keep doing so."""
+
+
+def check_vector_encoding(encoding: str) -> str:
+    """``encoding`` if it is one of :data:`VECTOR_ENCODINGS`, else a ``ValueError`` naming them."""
+    if encoding not in VECTOR_ENCODINGS:
+        raise ValueError(f"vector encoding must be one of {', '.join(VECTOR_ENCODINGS)}, not {encoding!r}")
+    return encoding
+
+
+def encode_vector_message(msg: VectorMessage, encoding: str = "json") -> bytes:
+    """``msg`` as a ``user-vectors`` value: ``json`` (contract v1, the default), ``f32`` or ``f16`` (v2).
+
+    Raises ``ValueError`` for a message v2 cannot carry, rather than publish something a reader would
+    refuse or misread: a vector that is not 1-D or has more than 65,535 floats, a non-finite value (or
+    one beyond float16's ±65,504, which would become infinite), an id over 65,535 UTF-8 bytes, an
+    integer outside int64. A v1 message is written as before, whatever its values.
+    """
+    if encoding == "json":
+        return orjson.dumps(msg.to_json())
+    check_vector_encoding(encoding)
+    code, dtype = _V2_DTYPES[encoding]
+    vector = np.asarray(msg.vector)
+    if vector.ndim != 1 or vector.shape[0] > _U16_MAX:
+        raise ValueError(f"{msg.user_id!r}: a v2 vector is 1-D, at most {_U16_MAX} floats, not shape {vector.shape}")
+    if not np.isfinite(vector).all():
+        raise ValueError(f"{msg.user_id!r}: vector has non-finite values")
+    with np.errstate(over="ignore"):
+        body = vector.astype(dtype)
+    if not np.isfinite(body).all():
+        raise ValueError(f"{msg.user_id!r}: vector has values beyond {encoding}'s range")
+    ids = [text.encode("utf-8") for text in (msg.user_id, msg.model_version, msg.last_event_id)]
+    if max(len(b) for b in ids) > _U16_MAX:
+        raise ValueError(f"{msg.user_id[:40]!r}: an id longer than {_U16_MAX} UTF-8 bytes")
+    try:
+        head = _V2_HEADER.pack(
+            VECTOR_MAGIC, VECTORS_BINARY_VERSION, code, vector.shape[0], msg.events_seen, msg.last_event_ts,
+            msg.updated_at, *(len(b) for b in ids), 0,
+        )
+    except struct.error as exc:  # an integer outside int64 (or not an int)
+        raise ValueError(f"{msg.user_id!r}: {exc}") from exc
+    return b"".join((head, body.tobytes(), *ids))
+
+
+def is_binary_vector_message(raw: bytes | bytearray | memoryview | str | dict[str, Any]) -> bool:
+    """Whether a ``user-vectors`` value is contract v2 (binary): it starts with :data:`VECTOR_MAGIC`.
+
+    A v1 value is a JSON object, whose first byte is ``{`` or JSON whitespace, so the two never collide."""
+    return isinstance(raw, (bytes, bytearray, memoryview)) and bytes(raw[:4]) == VECTOR_MAGIC
+
+
+def decode_vector_message(raw: bytes | bytearray | memoryview | str | dict[str, Any]) -> VectorMessage:
+    """Decode a ``user-vectors`` value: v1 (JSON bytes, text or an already parsed dict) or v2 (binary bytes).
+
+    The vector is float32 in both (a float16 vector is widened exactly). Anything else raises
+    :class:`VectorDecodeError`. A v1 message decodes exactly as before this reader knew v2 (no new
+    rules on its values); v2 also refuses non-finite values, which no producer of ours writes."""
+    if isinstance(raw, (bytes, bytearray, memoryview)) and is_binary_vector_message(raw):
+        return _decode_v2(bytes(raw))
+    try:
+        return _decode_v1(raw)
+    except VectorDecodeError:
+        raise
+    # orjson's and binascii's errors are ValueErrors; int() of a huge float overflows; a field of the wrong
+    # type is a TypeError or AttributeError: all of them mean "not a v1 message", said the one way
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        raise VectorDecodeError(f"not a user-vectors v1 message ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
+def _decode_v1(raw: bytes | bytearray | memoryview | str | dict[str, Any]) -> VectorMessage:
     doc = raw if isinstance(raw, dict) else orjson.loads(raw)
+    if not isinstance(doc, dict):
+        raise VectorDecodeError(f"not a user-vectors message: top-level JSON is {type(doc).__name__}")
     vector = np.frombuffer(base64.b64decode(doc["vector_b64"]), dtype="<f4").astype(np.float32)
     if vector.shape[0] != int(doc["dim"]):
-        raise ValueError(f"vector has {vector.shape[0]} floats, dim says {doc['dim']}")
+        raise VectorDecodeError(f"vector has {vector.shape[0]} floats, dim says {doc['dim']}")
     return VectorMessage(
         user_id=str(doc["user_id"]),
         model_version=str(doc["model_version"]),
@@ -391,3 +502,64 @@ def decode_vector_message(raw: bytes | str | dict[str, Any]) -> VectorMessage:
         last_event_ts=int(doc["last_event_ts"]),
         updated_at=int(doc["updated_at"]),
     )
+
+
+def _decode_v2(raw: bytes) -> VectorMessage:
+    fields, dtype = _v2_fields(raw)
+    vector = np.frombuffer(raw, dtype=dtype, count=fields["dim"], offset=_V2_HEADER.size).astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise VectorDecodeError("v2 vector has non-finite values")
+    return VectorMessage(
+        fields["user_id"], fields["model_version"], vector, fields["events_seen"], fields["last_event_id"],
+        fields["last_event_ts"], fields["updated_at"],
+    )
+
+
+def _v2_fields(raw: bytes) -> tuple[dict[str, Any], np.dtype[Any]]:
+    """A v2 message's fields (``dim`` included, the vector not) and its vector's dtype, after every check
+    of its structure: header, version, dtype code, flags, exact length, UTF-8 ids."""
+    if len(raw) < _V2_HEADER.size:
+        raise VectorDecodeError(f"v2 message of {len(raw)} bytes: shorter than its {_V2_HEADER.size}-byte header")
+    _, version, code, dim, events_seen, last_ts, updated_at, n_user, n_model, n_event, flags = (
+        _V2_HEADER.unpack_from(raw)
+    )
+    if version != VECTORS_BINARY_VERSION:
+        raise VectorDecodeError(f"binary vector message version {version}, this reader knows {VECTORS_BINARY_VERSION}")
+    if code not in _V2_BY_CODE:
+        raise VectorDecodeError(f"unknown vector dtype code {code} (known: {sorted(_V2_BY_CODE)})")
+    if flags:
+        raise VectorDecodeError(f"unknown flags {flags:#06x} (this reader knows none)")
+    encoding, dtype = _V2_BY_CODE[code]
+    ids_at = _V2_HEADER.size + dim * dtype.itemsize
+    expected = ids_at + n_user + n_model + n_event
+    if len(raw) != expected:
+        raise VectorDecodeError(
+            f"v2 message of {len(raw)} bytes, its header says {expected} "
+            f"(dim {dim} {encoding}, ids of {n_user} + {n_model} + {n_event} bytes)"
+        )
+    try:
+        user_id = raw[ids_at : ids_at + n_user].decode("utf-8")
+        model_version = raw[ids_at + n_user : ids_at + n_user + n_model].decode("utf-8")
+        last_event_id = raw[ids_at + n_user + n_model : expected].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise VectorDecodeError(f"v2 id is not UTF-8: {exc}") from exc
+    fields = {
+        "user_id": user_id, "model_version": model_version, "dim": dim, "events_seen": events_seen,
+        "last_event_id": last_event_id, "last_event_ts": last_ts, "updated_at": updated_at,
+    }
+    return fields, dtype
+
+
+def peek_vector_message(raw: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """The fields of a ``user-vectors`` value without decoding its vector: for readers that only follow
+    versions and timestamps (bench probes) and must stay light on a machine they share with the worker.
+
+    v1: the JSON object as is (not validated: a bench's own vector-sized documents lack some fields);
+    v2: ``user_id``, ``model_version``, ``dim``, ``events_seen``, ``last_event_id``, ``last_event_ts`` and
+    ``updated_at``, the message checked like :func:`decode_vector_message` but for the vector's values."""
+    if is_binary_vector_message(raw):
+        return _v2_fields(bytes(raw))[0]
+    doc = orjson.loads(raw)
+    if not isinstance(doc, dict):
+        raise VectorDecodeError(f"not a user-vectors message: top-level JSON is {type(doc).__name__}")
+    return doc  # type: ignore[no-any-return]

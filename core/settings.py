@@ -1,8 +1,9 @@
 """Typed settings in four sections; every field can be set by an env var ``DUPN_<FIELD>``.
 
 Sections: :class:`KafkaSettings` (where the cluster is, how to reach it, topic names, group timeouts),
-:class:`WorkerSettings` (what a worker runs and how it batches), :class:`HttpSettings` (its API) and
-:class:`ModelSettings` (which checkpoint, and the update policy that turns it into served vectors).
+:class:`WorkerSettings` (what a worker runs, how it batches, how it encodes the vectors it publishes),
+:class:`HttpSettings` (its API) and :class:`ModelSettings` (which checkpoint, and the update policy that
+turns it into served vectors).
 Each section validates itself when it is built, so a bad value fails at load time with the variable's
 name, not later as a handshake error or a wrong vector.
 
@@ -29,6 +30,9 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 UPDATE_MODES = ("exact", "incremental")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# core.contracts.VECTOR_ENCODINGS, spelled out: importing contracts here would load numpy into every CLI
+# start (ops.cli imports numpy lazily); tests/unit/test_vector_encoding.py checks the two agree
+VECTOR_ENCODINGS = ("json", "f32", "f16")
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ class KafkaSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What a worker runs, where it keeps its files, and how it batches and logs."""
+    """What a worker runs, where it keeps its files, how it batches and logs, and how it encodes its vectors."""
 
     home: str = "var"  # broker pid/logs, worker data, demo model live under here
     data_dir: str = ""  # default: <home>/data
@@ -142,6 +146,9 @@ class WorkerSettings:
     log_level: str = "info"
     # where an event's time goes (dupn_stage_seconds{stage}): off by default, and then nothing is timed
     trace_stages: bool = False
+    # what the worker writes to user-vectors: json (contract v1, ~1.5 KB) | f32 | f16 (binary contract v2).
+    # Every reader of ours reads all three; upgrade readers elsewhere before changing it (README, data contracts)
+    vector_encoding: str = "json"
 
     def __post_init__(self) -> None:
         if not self.role_set or not self.role_set <= ROLES:
@@ -162,6 +169,10 @@ class WorkerSettings:
             raise ValueError(f"DUPN_LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"DUPN_LOG_LEVEL must be debug, info, warning, error or critical, not {self.log_level!r}")
+        if self.vector_encoding not in VECTOR_ENCODINGS:
+            raise ValueError(
+                f"DUPN_VECTOR_ENCODING must be one of {', '.join(VECTOR_ENCODINGS)}, not {self.vector_encoding!r}"
+            )
 
     @property
     def role_set(self) -> frozenset[str]:

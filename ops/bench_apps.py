@@ -7,10 +7,10 @@ worker's ``/healthz`` readiness rule.
 
 ``python -m ops.bench_apps hop``: the freshness floor, ceiling A's path as a process: a
 bare aiokafka consumer (the worker's fetch wait) decodes each event and produces a
-document shaped and sized like a vector message (``last_event_ts`` = the event's ts,
-``updated_at`` = now, ``events_seen`` = how many of the user's events it has consumed
-so far, a 1,368-character ``vector_b64`` of zeros) to the vectors topic, one per user
-per fetched batch, for the user's last event (the worker's publishing rule); prints
+vector message of zeros in the worker's encoding (``DUPN_VECTOR_ENCODING``, so it is the
+size of the worker's; ``last_event_ts`` = the event's ts, ``updated_at`` = now,
+``events_seen`` = how many of the user's events it has consumed so far) to the vectors
+topic, one per user per fetched batch, for the user's last event (the worker's publishing rule); prints
 ``ready`` once assigned and keeps the count of events consumed in ``hop.count`` under
 its home dir. ``events_seen`` has the worker's meaning, so one reader measures both per
 event. Measured by the same probe at the same paced load as the worker, it is what one
@@ -83,10 +83,11 @@ def run_hop(s: Settings) -> int:
 
 
 async def _hop(s: Settings) -> int:
-    import base64
-
+    import numpy as np
     import orjson
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from core.contracts import VectorMessage, encode_vector_message
 
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
@@ -96,7 +97,8 @@ async def _hop(s: Settings) -> int:
         fetch_max_wait_ms=s.kafka.fetch_max_wait_ms, **options,
     )
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, linger_ms=0, **options)
-    padding = base64.b64encode(bytes(4 * 256)).decode()  # as large as a worker's vector message
+    zeros = np.zeros(256, np.float32)  # a vector message as large as the worker's, in its encoding
+    encoding = s.worker.vector_encoding
     counter, consumed, counted_at = s.home_path / HOP_COUNT_FILE, 0, 0.0
     seen: dict[bytes, int] = {}  # events consumed per user: the vector's events_seen
     await consumer.start()
@@ -113,9 +115,9 @@ async def _hop(s: Settings) -> int:
                     seen[r.key] = seen.get(r.key, 0) + 1
                 now_ms = time.time_ns() // 1_000_000
                 for key, doc in latest.items():
-                    out = {"user_id": doc["user_id"], "events_seen": seen[key], "last_event_ts": doc["ts"],
-                           "updated_at": now_ms, "vector_b64": padding}
-                    await producer.send(s.kafka.vectors_topic, key=key, value=orjson.dumps(out))
+                    out = VectorMessage(str(doc["user_id"]), "hop", zeros, seen[key], str(doc["event_id"]),
+                                        int(doc["ts"]), now_ms)
+                    await producer.send(s.kafka.vectors_topic, key=key, value=encode_vector_message(out, encoding))
                 consumed += len(records)
             if time.monotonic() - counted_at > 0.2:  # how far it got, for the bench to wait on
                 counter.write_text(str(consumed))
@@ -127,15 +129,17 @@ async def _hop(s: Settings) -> int:
 
 
 def run_latency_probe(s: Settings, out: Path) -> int:
-    """Stamp each vector's arrival. Kept light (aiokafka's C record parser, orjson, no vector decode):
-    on two cores every percent this reader takes is a percent the worker under test does not get."""
+    """Stamp each vector's arrival. Kept light (aiokafka's C record parser, no vector decode:
+    ``core.contracts.peek_vector_message``, v1 or v2): on two cores every percent this reader takes is a
+    percent the worker under test does not get."""
     return asyncio.run(_probe(s, out))
 
 
 async def _probe(s: Settings, out: Path) -> int:
     import numpy as np
-    import orjson
     from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from core.contracts import peek_vector_message
 
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
@@ -155,7 +159,7 @@ async def _probe(s: Settings, out: Path) -> int:
             now_ms = time.time_ns() // 1_000_000
             for records in polled.values():
                 for r in records:
-                    doc = orjson.loads(r.value)
+                    doc = peek_vector_message(r.value)
                     cols["receive_ms"].append(now_ms)
                     cols["user"].append(users.setdefault(doc["user_id"], len(users)))
                     cols["events_seen"].append(int(doc["events_seen"]))

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from core.contracts import VectorMessage, decode_vector_message, newer_vector
+from clients.vectors import decodable
+from core.contracts import VectorMessage, newer_vector
 from core.settings import Settings
 from core.topics import changelog_topic
 from state.user_state import UserState
@@ -248,8 +249,9 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 120.0) -> list[Any]:
 
 
 def latest_vectors(s: Settings) -> dict[str, VectorMessage]:
-    """The last vector per user on ``user-vectors`` (what a compacted topic keeps)."""
-    return {m.user_id: m for m in (decode_vector_message(r.value) for r in read_topic(s, s.kafka.vectors_topic))}
+    """The last vector per user on ``user-vectors`` (what a compacted topic keeps); v1 and v2 messages alike,
+    one that does not decode logged and skipped (``clients.vectors.decodable``)."""
+    return {m.user_id: m for m in decodable(read_topic(s, s.kafka.vectors_topic))}
 
 
 def latest_states(s: Settings) -> dict[str, UserState]:
@@ -274,9 +276,10 @@ def latest_states(s: Settings) -> dict[str, UserState]:
 
 def newest_vectors(s: Settings) -> dict[str, VectorMessage]:
     """Per user, the vector with the highest ``events_seen`` on ``user-vectors`` (ties: the later one):
-    what a reader must keep, since a fenced-out (zombie) owner's late write can follow a newer vector."""
+    what a reader must keep, since a fenced-out (zombie) owner's late write can follow a newer vector.
+    A message that does not decode is logged and skipped, as in :func:`latest_vectors`."""
     out: dict[str, VectorMessage] = {}
-    for m in (decode_vector_message(r.value) for r in read_topic(s, s.kafka.vectors_topic)):
+    for m in decodable(read_topic(s, s.kafka.vectors_topic)):
         if newer_vector(out.get(m.user_id), m):
             out[m.user_id] = m
     return out

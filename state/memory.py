@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from core.contracts import VectorMessage, decode_vector_message
+from core.contracts import VectorMessage, check_vector_encoding, decode_vector_message, encode_vector_message
 from state.changelog import DurableMarks, Mark, assemble, changelog_records, mark_of, ring_for
 from state.codec import decode_state, encode_state
 from state.store import BatchAck, ChangelogRecord, StateWrite, VectorFill, count_bad, user_key
@@ -44,6 +44,10 @@ class MemoryStateStore:
     retained: int = DEFAULT_RETAINED
     marks: DurableMarks = field(default_factory=DurableMarks)
     fill: VectorFill = field(default_factory=VectorFill)
+    vector_encoding: str = "json"  # of the user-vectors values, as the worker's DUPN_VECTOR_ENCODING
+
+    def __post_init__(self) -> None:
+        check_vector_encoding(self.vector_encoding)
 
     # -- UserStateStore ----------------------------------------------------------------
     def read(self, user_id: str, partition: int) -> UserState | None:
@@ -62,7 +66,7 @@ class MemoryStateStore:
             records = changelog_records(w.state, ring, self.marks.get(key))
             changelog += [(w.partition, k, v) for k, v in records]
             marks.append((key, mark_of(w.state, ring)))
-        vectors = [(user_key(w.vector.user_id), w.vector.to_bytes()) for w in writes]
+        vectors = [(user_key(w.vector.user_id), encode_vector_message(w.vector, self.vector_encoding)) for w in writes]
         pending = _Pending(asyncio.get_running_loop().create_future(), changelog, vectors, marks)
         self.in_flight.append(pending)
         if self.auto_ack:
@@ -116,5 +120,8 @@ class MemoryStateStore:
         self.local.setdefault(partition, {})[user_key(user_id)] = value
 
     def published(self) -> list[VectorMessage]:
-        """The ``user-vectors`` records acknowledged so far, decoded, in order."""
+        """The ``user-vectors`` records acknowledged so far, decoded, in order.
+
+        Strict (a record that does not decode raises :class:`core.contracts.VectorDecodeError`): every record
+        here was written by :meth:`write_batch`, so one that does not decode is a bug for the test to see."""
         return [decode_vector_message(value) for _, value in self.vectors]

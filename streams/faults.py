@@ -33,20 +33,21 @@ FAIL_USER_ENV = "DUPN_FAULT_FAIL_USER"
 
 
 def install(w: Worker) -> None:
+    encoding = w.settings.worker.vector_encoding  # a faulty store publishes like the worker's own
     limit = int(os.environ.get(ENV, "0") or 0)
     if limit > 0 and w.table is not None:
-        w.store = _KillingStore(w.app, w.table, w.settings.kafka.vectors_topic, limit)
+        w.store = _KillingStore(w.app, w.table, w.settings.kafka.vectors_topic, limit, vector_encoding=encoding)
     freeze = int(os.environ.get(FREEZE_ENV, "0") or 0)
     if freeze > 0 and w.table is not None:
-        w.store = _FreezingStore(w.app, w.table, w.settings.kafka.vectors_topic, freeze)
+        w.store = _FreezingStore(w.app, w.table, w.settings.kafka.vectors_topic, freeze, vector_encoding=encoding)
     fail_user = os.environ.get(FAIL_USER_ENV, "")
     if fail_user and w.table is not None:
-        w.store = _FailingStore(w.app, w.table, w.settings.kafka.vectors_topic, fail_user)
+        w.store = _FailingStore(w.app, w.table, w.settings.kafka.vectors_topic, fail_user, vector_encoding=encoding)
 
 
 class _FailingStore(TableStateStore):
-    def __init__(self, app: Any, table: Any, vectors_topic: str, user: str) -> None:
-        super().__init__(app, table, vectors_topic)
+    def __init__(self, app: Any, table: Any, vectors_topic: str, user: str, vector_encoding: str = "json") -> None:
+        super().__init__(app, table, vectors_topic, vector_encoding=vector_encoding)
         self._user = user
 
     async def write_batch(self, writes: Sequence[StateWrite]) -> BatchAck:
@@ -56,8 +57,8 @@ class _FailingStore(TableStateStore):
 
 
 class _KillingStore(TableStateStore):
-    def __init__(self, app: Any, table: Any, vectors_topic: str, limit: int) -> None:
-        super().__init__(app, table, vectors_topic)
+    def __init__(self, app: Any, table: Any, vectors_topic: str, limit: int, vector_encoding: str = "json") -> None:
+        super().__init__(app, table, vectors_topic, vector_encoding=vector_encoding)
         self._left = limit
 
     def _put_local(self, partition: int, items: Sequence[tuple[bytes, bytes]]) -> None:
@@ -68,8 +69,8 @@ class _KillingStore(TableStateStore):
 
 
 class _FreezingStore(TableStateStore):
-    def __init__(self, app: Any, table: Any, vectors_topic: str, reads: int) -> None:
-        super().__init__(app, table, vectors_topic)
+    def __init__(self, app: Any, table: Any, vectors_topic: str, reads: int, vector_encoding: str = "json") -> None:
+        super().__init__(app, table, vectors_topic, vector_encoding=vector_encoding)
         self._left = reads
 
     def read(self, user_id: str, partition: int) -> Any:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from core import metrics
-from core.contracts import VectorMessage, decode_vector_message
+from core.contracts import VectorDecodeError, VectorMessage, decode_vector_message
 from core.settings import Settings
 from core.topics import PPP_TABLE
 from encoder.checkpoint import META, Checkpoint, load_checkpoint
@@ -129,8 +129,8 @@ async def process_vector(
 ) -> dict[str, Any] | None:
     """Score one ``user-vectors`` message; store and publish the answer unless skipped."""
     try:
-        msg = decode_vector_message(value or b"")
-    except (ValueError, KeyError, TypeError) as exc:
+        msg = decode_vector_message(value or b"")  # v1 (JSON) or v2 (binary), told apart by their first bytes
+    except VectorDecodeError as exc:
         metrics.PPP_SKIPPED.labels(reason="bad_message").inc()
         log.warning("undecodable user-vectors message (key %r): %s", key, exc)
         return None

@@ -47,6 +47,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from rocksdict import WriteBatch
 
+from core.contracts import check_vector_encoding, encode_vector_message
 from state.changelog import Assembled, DurableMarks, Mark, assemble, changelog_records, mark_of, ring_for
 from state.codec import decode_state, encode_state
 from state.store import BatchAck, ChangelogRecord, StateWrite, VectorFill, count_bad, user_key
@@ -181,14 +182,16 @@ class TableStateStore:
 
     def __init__(
         self, app: Any, table: Any, vectors_topic: str, retained: Callable[[], int] | None = None,
-        fill: VectorFill | None = None,
+        fill: VectorFill | None = None, vector_encoding: str = "json",
     ) -> None:
         """``retained``: behaviors kept per user, at most (the update policy's ``max_retained``; default
         :data:`DEFAULT_RETAINED`); the changelog's key ring is :func:`state.changelog.ring_for` of it.
-        ``fill``: gives a restored state its vector on read (the worker's encoder)."""
+        ``fill``: gives a restored state its vector on read (the worker's encoder).
+        ``vector_encoding``: of the ``user-vectors`` values (``DUPN_VECTOR_ENCODING``: json, f32, f16)."""
         self._app = app
         self._table = table
         self._vectors_topic = vectors_topic
+        self.vector_encoding = check_vector_encoding(vector_encoding)
         self._retained = retained or (lambda: DEFAULT_RETAINED)
         self.fill = fill or VectorFill()
         self.marks = DurableMarks()
@@ -232,10 +235,14 @@ class TableStateStore:
             self._put_local(partition, items)
         changelog = self.partitions.changelog_topic
         sent = [(p, await _send(producer, changelog, p, items)) for p, items in records.items()]
-        vectors = [(user_key(w.vector.user_id), w.vector.to_bytes()) for w in writes]
+        vectors = self.vector_records(writes)
         vector_batches = await self._by_vector_partition(producer, vectors)
         delivered = [await _send(producer, self._vectors_topic, p, kvs) for p, kvs in vector_batches.items()]
         return BatchAck(asyncio.ensure_future(self._delivered(sent, delivered, marks)), state_bytes)
+
+    def vector_records(self, writes: Sequence[StateWrite]) -> list[tuple[bytes, bytes]]:
+        """The ``user-vectors`` (key, value) of ``writes``, in this store's vector encoding."""
+        return [(user_key(w.vector.user_id), encode_vector_message(w.vector, self.vector_encoding)) for w in writes]
 
     def encode(self, writes: Sequence[StateWrite]) -> tuple[_ByPartition, _ByPartition, list[tuple[bytes, Mark]], int]:
         """Per partition the local (full state) and changelog (block + header) records of ``writes``, the

@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Worker:
         worker.store = TableStateStore(
             app, table, s.kafka.vectors_topic, retained=lambda: worker.runtime.updater.policy.max_retained,
             fill=VectorFill(lambda state: restored_vector(worker.runtime, state)),
+            vector_encoding=s.worker.vector_encoding,
         )
         faults.install(worker)  # test-only crash point, off unless DUPN_FAULT_KILL_AFTER_STATES is set
         register_store(table, worker.store)  # the bulk restore writes through the same store

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from core.contracts import peek_vector_message
 from core.settings import FIELD_SECTIONS, Settings
 from ops.bench.common import (
     BenchConfig,
@@ -26,7 +26,7 @@ from ops.harness import free_port, running_workers
 class VectorFollower:
     """Reads ``user-vectors`` in a thread: when is every user's vector current, and how many events are applied.
 
-    Parses only the small fields of each message (no base64 vector decode), so the
+    Parses only the small fields of each message (no vector decode, v1 or v2), so the
     reader takes as little of the machine as it can.
     """
 
@@ -88,7 +88,7 @@ class VectorFollower:
                 now = time.time()
                 for records in polled.values():
                     for r in records:
-                        self._seen(json.loads(r.value))
+                        self._seen(peek_vector_message(r.value))  # v1 or v2, the vector not decoded
                 if polled:
                     self.timeline.append((now, self.applied))
                 if not self.behind and self.done_at is None:

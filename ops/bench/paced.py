@@ -32,8 +32,8 @@ PROBE_ARGV = ("-m", "ops.bench_apps", "latency-probe")
 HOP_ARGV = ("-m", "ops.bench_apps", "hop")
 TICK_S = 0.005
 HOP_PATH = (
-    "aiokafka consume -> orjson.loads -> produce a vector-sized document per user per fetched batch, "
-    "events_seen = the user's events consumed so far (ops.bench_apps hop)"
+    "aiokafka consume -> orjson.loads -> produce a vector message of zeros in the worker's encoding per user per "
+    "fetched batch, events_seen = the user's events consumed so far (ops.bench_apps hop)"
 )
 
 

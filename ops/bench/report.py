@@ -91,6 +91,12 @@ def _write_cost_lines(wc: dict[str, Any]) -> list[str]:
              "|---|---|---|---|"]
     for label, now, base in rows:
         lines.append(f"| {label} | {_n(wc.get(now))} | {_n(wc.get(base))} | {ratio(wc.get(now), wc.get(base)) or ''} |")
+    live, drain = wc.get("live_vector_bytes_per_event"), wc.get("drain_vector_bytes_per_event")
+    if live:  # runs before the binary encodings measured JSON only (json_vector_bytes_per_event)
+        lines += ["", "`user-vectors` bytes per event by `DUPN_VECTOR_ENCODING` (the value; json = contract v1):", "",
+                  "| case | " + " | ".join(live) + " |", "|---|" + "---|" * len(live)]
+        for label, per in (("live (paced load)", live), ("drain (backlog)", drain or {})):
+            lines.append(f"| {label} | " + " | ".join(_n(per.get(enc)) for enc in live) + " |")
     return lines
 
 

@@ -15,7 +15,10 @@ window 100, reanchor_every 25, as the worker keeps it), against today's format b
 Bytes are key + value. ``*_with_kafka_overhead`` adds an estimate of the Kafka record format v2:
 ~8 bytes per record (length, attributes, timestamp and offset deltas, key/value lengths, header count
 varints) plus the 61-byte batch header per partition per write, spread over the batch's records.
-Vectors: the JSON ``user-vectors`` value (``VectorMessage.to_bytes``) per write, per event.
+Vectors: the ``user-vectors`` value per write, per event, in each encoding side by side
+(``DUPN_VECTOR_ENCODING``: ``json`` = contract v1, ``f32`` and ``f16`` = binary contract v2; the same
+:func:`core.contracts.encode_vector_message` the worker's store calls). The key is not counted (it is the
+changelog's too, and the same in every encoding).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from core.contracts import VectorMessage
+from core.contracts import VECTOR_ENCODINGS, VectorMessage, encode_vector_message
 from core.settings import WorkerSettings
 from encoder.features import records_from_events
 from encoder.streaming import UpdatePolicy
@@ -46,14 +49,18 @@ def write_cost(cfg: BenchConfig, stream: Stream) -> dict[str, Any]:
     histories = _histories(stream.events)
     live = _live(histories)
     drain = _drain(stream.events, histories, cfg_batch(cfg))
+    vectors = live["new"]["vector_bytes_per_event"]
     note(f"write-cost: live {live['new']['bytes_per_event']:.0f} B/event (was {live['old']['bytes_per_event']:.0f}), "
-         f"drain {drain['new']['bytes_per_event']:.0f} (was {drain['old']['bytes_per_event']:.0f})")
+         f"drain {drain['new']['bytes_per_event']:.0f} (was {drain['old']['bytes_per_event']:.0f}); vectors live "
+         + ", ".join(f"{enc} {n:.0f}" for enc, n in vectors.items()) + " B/event")
     return {
         "measured": "the records TableStateStore.encode hands to the producer (what write_batch sends)",
         "live_bytes_per_event": live["new"]["bytes_per_event"],
         "drain_bytes_per_event": drain["new"]["bytes_per_event"],
         "baseline_live_bytes_per_event": live["old"]["bytes_per_event"],
         "baseline_drain_bytes_per_event": drain["old"]["bytes_per_event"],
+        "live_vector_bytes_per_event": vectors,  # per encoding: json (v1), f32, f16 (v2)
+        "drain_vector_bytes_per_event": drain["new"]["vector_bytes_per_event"],
         "live": live,
         "drain": drain,
         "first_write_bytes_per_user": live["first_write_bytes_per_user"],
@@ -119,7 +126,8 @@ def _write(user: str, history: np.ndarray, n: int) -> StateWrite:
 
 class _Tally:
     def __init__(self) -> None:
-        self.events = self.records = self.batches = self.bytes = self.vector_bytes = 0
+        self.events = self.records = self.batches = self.bytes = 0
+        self.vector_bytes = dict.fromkeys(VECTOR_ENCODINGS, 0)
 
     def add(self, store: TableStateStore, writes: Sequence[StateWrite], count: int) -> None:
         _, records, marks, _ = store.encode(writes)
@@ -137,14 +145,16 @@ class _Tally:
             self.bytes += len(key) + len(value)
         self.batches += batches
         self.events += count
-        self.vector_bytes += sum(len(w.vector.to_bytes()) for w in writes)
+        for encoding in VECTOR_ENCODINGS:
+            self.vector_bytes[encoding] += sum(len(encode_vector_message(w.vector, encoding)) for w in writes)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         per = max(1, self.events)
         overhead = self.records * RECORD_OVERHEAD + self.batches * BATCH_OVERHEAD
         return {
             "bytes_per_event": self.bytes / per,
             "bytes_per_event_with_kafka_overhead": (self.bytes + overhead) / per,
             "records_per_event": self.records / per,
-            "json_vector_bytes_per_event": self.vector_bytes / per,
+            "json_vector_bytes_per_event": self.vector_bytes["json"] / per,  # the key earlier runs have
+            "vector_bytes_per_event": {enc: n / per for enc, n in self.vector_bytes.items()},
         }

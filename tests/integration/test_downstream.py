@@ -13,7 +13,7 @@ import torch
 
 from clients.ranker import ModelVersionMismatch, Ranker
 from clients.vector_cache import VectorCache
-from core.contracts import VectorMessage
+from core.contracts import VECTOR_MAGIC, VectorMessage
 from core.settings import Settings
 from encoder.checkpoint import load_checkpoint, save_checkpoint
 from encoder.features import query_bucket, records_from_events
@@ -21,7 +21,7 @@ from encoder.model import UserContext
 from encoder.scoring import score_split
 from encoder.streaming import StreamingEncoder
 from ops.harness import isolated_settings, running_worker, setup_topics
-from ops.probes import collect_vectors, http_get, produce
+from ops.probes import collect_vectors, http_get, produce, read_topic
 from tests.support.factories import interleave, make_events
 
 pytestmark = pytest.mark.integration
@@ -70,9 +70,12 @@ def attentive_model(model_dir: Path, out: Path) -> Path:
 
 
 def test_downstream_readers(tmp_path: Path, broker_url: str, model_dir: Path) -> None:
+    """Every reader, end to end, on a worker publishing binary float16 vectors (contract v2): the other
+    integration tests run the default JSON (v1), so this one covers the other path at no extra worker start."""
     tag = tmp_path.name[-8:].replace("_", "x")
     model = attentive_model(model_dir, tmp_path / "models" / "attentive")
-    s = isolated_settings(broker_url, tmp_path, model, update_mode="exact", partitions=4, ppp_topic=f"ppp-{tag}")
+    s = isolated_settings(broker_url, tmp_path, model, update_mode="exact", partitions=4, ppp_topic=f"ppp-{tag}",
+                          vector_encoding="f16")
     setup_topics(s)
     users = {f"u{k}": make_events(f"u{k}", n, seed=10 + k) for k, n in enumerate([60, 12, 3, 30, 1])}
     ckpt = load_checkpoint(model)
@@ -81,6 +84,8 @@ def test_downstream_readers(tmp_path: Path, broker_url: str, model_dir: Path) ->
         published = collect_vectors(
             s, until=lambda ms: {m.user_id for m in ms if m.events_seen == len(users[m.user_id])} >= users.keys()
         )
+        raw = [r.value for r in read_topic(s, s.kafka.vectors_topic)]
+        assert raw and all(v[:6] == VECTOR_MAGIC + b"\x02\x02" for v in raw)  # v2, float16: what was set
         last = {m.user_id: m for m in published}
         _check_purchasing_power(s, ckpt, last)
         _check_query_aware(s, ckpt, users)
@@ -165,8 +170,10 @@ def test_ppp_worker_alone_scores_known_versions_only(tmp_path: Path, broker_url:
     msgs = [VectorMessage(u, v, vec, 1, "e1", 1_700_000_000_000, 1_700_000_000_000 + k)
             for k, (u, v) in enumerate([("a", version), ("b", "0000unknown00000"), ("c", version)])]
     prod = KafkaProducer(bootstrap_servers=s.kafka.bootstrap)
-    for m in msgs:
-        prod.send(s.kafka.vectors_topic, key=m.user_id.encode(), value=m.to_bytes())
+    # a reader meets both contracts and garbage: the garbage is a's key, so it is read before a's vector
+    prod.send(s.kafka.vectors_topic, key=b"a", value=VECTOR_MAGIC + b"\x02\x02 truncated")
+    for m, encoding in zip(msgs, ["f16", "f32", "json"], strict=True):
+        prod.send(s.kafka.vectors_topic, key=m.user_id.encode(), value=m.to_bytes(encoding))
     prod.flush()
     prod.close()
     log_path = tmp_path / "ppp-worker.log"
@@ -186,4 +193,5 @@ def test_ppp_worker_alone_scores_known_versions_only(tmp_path: Path, broker_url:
             proc.terminate()
             proc.wait(timeout=20)
     assert 'dupn_ppp_skipped_total{reason="unknown_model_version"} 1.0' in text
+    assert 'dupn_ppp_skipped_total{reason="bad_message"} 1.0' in text
     assert "0000unknown00000" in log_path.read_text()

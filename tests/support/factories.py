@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from core.contracts import VectorMessage
 from core.wire import partition_of
 from encoder.config import EncoderConfig
 from encoder.model import DUPN
@@ -62,6 +63,15 @@ def make_events(user: str, n: int, seed: int = 0) -> list[dict[str, object]]:
         }
         for i in range(n)
     ]
+
+
+def a_vector_message(
+    user: str = "u1", model_version: str = "m1", seed: int = 0, events_seen: int = 5, dim: int = 256
+) -> VectorMessage:
+    """A ``user-vectors`` message with a tanh-range vector (what the model's representation layer gives)."""
+    vec = np.tanh(np.random.default_rng(seed).normal(size=dim)).astype(np.float32)
+    return VectorMessage(user, model_version, vec, events_seen, f"{user}-e{events_seen - 1}", T0 + events_seen,
+                         T0 + events_seen + 100)
 
 
 def interleave(*streams: list[dict[str, object]]) -> list[dict[str, object]]:

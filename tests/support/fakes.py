@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.contracts import VectorMessage
 from state.codec import decode_state, encode_state
@@ -82,3 +82,41 @@ class ConsumerApp:
 
     def __init__(self) -> None:
         self.consumer = AckingConsumer()
+
+
+class BatchProducer:
+    """The part of ``aiokafka.AIOKafkaProducer`` that ``streams.table_store`` produces through (record
+    batches per partition): records every (topic, partition, key, value) sent, each batch acknowledged at
+    once, so a store's ``write_batch`` runs without a broker and a test reads exactly what it produced."""
+
+    def __init__(self, partitions: int = 4) -> None:
+        self.sent: list[tuple[str, int, bytes, bytes]] = []
+        self._partitions = set(range(partitions))
+
+    def create_batch(self) -> _RecordBatch:
+        return _RecordBatch()
+
+    async def send_batch(self, batch: _RecordBatch, topic: str, partition: int) -> asyncio.Future[Any]:
+        self.sent += [(topic, partition, key, value) for key, value in batch.records]
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(_Delivered(len(self.sent) - 1))
+        return fut
+
+    async def partitions_for(self, _topic: str) -> set[int]:
+        return self._partitions
+
+
+class _Delivered(NamedTuple):
+    offset: int
+
+
+class _RecordBatch:
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def append(self, *, key: bytes, value: bytes, timestamp: Any) -> object:
+        self.records.append((key, value))
+        return self  # not None: the record fit
+
+    def close(self) -> None:
+        pass
