@@ -457,16 +457,66 @@ def _validate_parser(sub: Any) -> None:
     vp.add_argument("--singles", default="", help="comma-separated tasks for single-task references")
     vp.add_argument("--seed", type=int, default=0)
     vp.add_argument("--out", type=Path, required=True, help="JSON file, rewritten after every row")
+    vp.add_argument("--curve", action="store_true",
+                    help="learning curves instead: each of --models trained once for --steps steps, scored on the "
+                         "validation users every --every steps (JSON rewritten after every checkpoint; an existing "
+                         "--out with the same settings is merged); also writes the report (--report)")
+    vp.add_argument("--steps", type=int, help="--curve: training steps per model (default 1000)")
+    vp.add_argument("--every", type=int, help="--curve: score every this many steps (default 250)")
+    vp.add_argument("--models", help="--curve: comma-separated, trained in this order "
+                                     "(default DUPN-all,Wide,Wide&Deep,CNN-max)")
+    vp.add_argument("--choice", default=None,
+                    help="--curve: the CHOICES row giving every model's training settings "
+                         "(default: results/eval.md's, 'norm + anchored R=25 + profile dropout 0.2')")
+    vp.add_argument("--full", action="store_true", help="--curve: the full plan's world (6000 users), not the quick")
+    vp.add_argument("--report", type=Path, help="--curve: the markdown report (default: --out with .md)")
+    vp.add_argument("--render-only", action="store_true", help="--curve: re-render --report from --out, no training")
     vp.set_defaults(run=_validate)
 
 
 def _validate(args: argparse.Namespace, s: Settings) -> int:
     from training.experiments import run_validation
 
+    if args.curve:
+        return _validate_curve(args)
+    curve_only = ("render_only", "full", "steps", "every", "models", "choice", "report")
+    if any(getattr(args, k) not in (None, False) for k in curve_only):
+        raise SystemExit("--steps, --every, --models, --choice, --full, --report and --render-only go with --curve")
     choices = [c for c in args.choices.split("|") if c]
     singles = [t for t in args.singles.split(",") if t]
     run_validation(True, choices, seed=args.seed, out=args.out, singles=singles)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _validate_curve(args: argparse.Namespace) -> int:
+    from training.experiments import CHOICES, EVAL_CHOICE, run_curve
+
+    if args.choices or args.singles:
+        raise SystemExit("--curve trains --models under one --choice; --choices/--singles are for the grid")
+    report = args.report or args.out.with_suffix(".md")
+    if not args.render_only:
+        choice = args.choice or EVAL_CHOICE
+        if choice not in CHOICES:
+            raise SystemExit(f"--choice {choice!r}: not one of {sorted(CHOICES)}")
+        models = [m for m in (args.models or "DUPN-all,Wide,Wide&Deep,CNN-max").split(",") if m]
+        command = "dupn " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["validate"] else None
+        try:
+            steps = 1000 if args.steps is None else args.steps
+            every = 250 if args.every is None else args.every
+            run_curve(models, steps, every, seed=args.seed, out=args.out, choice=choice, command=command,
+                      quick=not args.full)  # fmt: skip
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
+    from training.report import write_budget_report
+
+    res = json.loads(args.out.read_text())
+    written = [write_budget_report(res, report)]
+    if res["rows"]:
+        from ops.plots import write_curve_png
+
+        written.append(write_curve_png(report.with_suffix(".png"), res))
+    print(f"wrote {args.out} and " + " and ".join(map(str, written)))
     return 0
 
 

@@ -113,3 +113,33 @@ def write_sweep_png(path: Path, loads: Sequence[dict[str, Any]]) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def write_curve_png(path: Path, res: dict[str, Any]) -> Path:
+    """``dupn validate --curve``: each task's validation metric against training steps, ± user-bootstrap SE,
+    one line per model; the validation oracle's CTR AUC in the CTR panel's title."""
+    from training.metrics import FOUR_TASKS, METRIC_OF
+
+    fig, axes = plt.subplots(1, len(FOUR_TASKS), figsize=(4 * len(FOUR_TASKS), 4), layout="constrained")
+    try:
+        models = list(dict.fromkeys(r["model"] for r in res["rows"]))
+        for ax, task in zip(axes, FOUR_TASKS, strict=True):
+            m = METRIC_OF[task]
+            for name in models:
+                pts = sorted((r["step"], r[m], r[m + "_se"]) for r in res["rows"] if r["model"] == name)
+                x, y, e = (np.asarray(v) for v in zip(*pts, strict=True))
+                ax.errorbar(x, y, yerr=e, fmt="-o", capsize=3, label=name)
+            oracle = res.get("oracle", {}).get("oracle", {}).get(m)
+            if oracle is not None and task == "ctr":
+                ax.set_title(f"{m} (oracle {oracle:.3f})")
+            else:
+                ax.set_title(m)
+            ax.set_xlabel("training steps")
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel("validation metric (± user-bootstrap SE)")
+        axes[0].legend()
+        fig.suptitle(f"learning curves on the validation users, seed {res['seed']}")
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path

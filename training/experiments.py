@@ -109,13 +109,15 @@ class Setup:
     logs: dict[str, FitLog] = field(default_factory=dict)
 
 
-def make_setup(plan: EvalPlan, seed: int) -> Setup:
+def make_setup(plan: EvalPlan, seed: int, enc_base: EncoderConfig | None = None) -> Setup:
+    """``enc_base``: the encoder's sizes (default ``EncoderConfig()``; tests pass a tiny one); the
+    plan sets its window and ``query_in_rep``."""
     sim = Simulator(replace(plan.sim, seed=seed)).generate()
     users = split_users(sorted(sim.histories), seed, plan.fractions)
     splits = split_examples(sim, users)
     cutoff = sim.config.start_ms + int(0.8 * sim.config.days * DAY_MS)
     check_split(splits, cutoff, int(sim.config.shop_horizon_days * DAY_MS))
-    enc = EncoderConfig(window=plan.window, query_in_rep=plan.query_in_rep)
+    enc = replace(enc_base or EncoderConfig(), window=plan.window, query_in_rep=plan.query_in_rep)
     prep = prepare(TrainData(sim.histories, sim.users, splits["train"]), enc)
 
     def tables(name: str) -> dict[str, ExampleTable]:
@@ -437,4 +439,198 @@ def run_validation(
             import json
 
             out.write_text(json.dumps(res, indent=1))
+    return res
+
+
+# -- learning curves: every model trained once, scored on the validation users every k steps ----
+
+#: DUPN-all's settings in results/eval.md (the baselines get the same TrainConfig; ``train_model``
+#: drops ``anchor_every`` for them, as in :func:`run_seed`).
+EVAL_CHOICE = "norm + anchored R=25 + profile dropout 0.2"
+CURVE_MODELS: tuple[str, ...] = ("DUPN-all", *BASELINE_NAMES)
+
+
+def _at(name: str, step: int) -> str:
+    return f"{name}@{step}"
+
+
+def run_curve(
+    models: Sequence[str],
+    steps: int,
+    every: int,
+    seed: int = 0,
+    out: Path | None = None,
+    choice: str = EVAL_CHOICE,
+    progress: bool = True,
+    command: str | None = None,
+    plan: EvalPlan | None = None,
+    enc_base: EncoderConfig | None = None,
+    quick: bool = True,
+) -> dict[str, Any]:
+    """Learning curves on the validation users: each model trained once for ``steps`` steps and
+    scored every ``every`` steps (and at the last), through ``fit``'s evaluation hook (scoring
+    leaves training untouched: ``training.train._isolated_eval``).
+
+    Every model gets the quick (``quick=False``: the full) plan's world, split and batch size and the TrainConfig of the
+    ``choice`` row of :data:`CHOICES` (results/eval.md's settings), with only ``steps`` changed,
+    and is initialised right after ``torch.manual_seed(seed)`` (its row does not depend on which
+    models ran before it).
+    Rows: one per model and checkpoint (metric ± user-bootstrap SE, mean train loss per task over
+    the 20 steps up to the checkpoint). Comparisons: DUPN-all − each baseline at each checkpoint
+    and each model's last − first checkpoint, paired bootstrap on the same user resamples.
+
+    ``out``: the JSON, rewritten after every checkpoint; the validation scores go next to it
+    (``<out>.scores.npz``) so that a later invocation with other models (same seed, steps,
+    every, choice) is merged into the same file, its comparisons paired with the earlier rows.
+    """
+    if steps < 1 or every < 1:
+        raise ValueError("steps >= 1 and every >= 1 required")
+    unknown = [m for m in models if m != "DUPN-all" and m not in BASELINE_NAMES]
+    if unknown or not models:
+        raise ValueError(f"models must be among {CURVE_MODELS}, got {list(models)}")
+    set_threads()
+    start = time.perf_counter()
+    over, q = CHOICES[choice]
+    plan = replace(plan or plan_for(quick, seed), query_in_rep=q)
+    cfg = replace(plan.train, seed=seed, tasks=FOUR_TASKS, steps=steps, **over)
+    setup = make_setup(plan, seed, enc_base)
+    board = setup.val
+    checkpoints = sorted({*range(every, steps + 1, every), steps})
+    res: dict[str, Any] = {
+        "commands": [],
+        "seed": seed,
+        "quick": quick,
+        "steps": steps,
+        "every": every,
+        "checkpoints": checkpoints,
+        "choice": choice,
+        "train": asdict(cfg),
+        "plan": _plan_json(plan),
+        "sizes": setup.sizes,
+        "threads": torch.get_num_threads(),
+        "oracle": {},
+        "models": {},
+        "rows": [],
+        "comparisons": [],
+        "invocations": [],
+    }
+    scores_path = None if out is None else out.with_name(out.name.removesuffix(".json") + ".scores.npz")
+    if out is not None and out.exists():
+        res = _merge_previous(res, out, scores_path, board, models)
+    default = f"dupn validate --curve --steps {steps} --every {every} --models {','.join(models)}"
+    res["commands"].append(command or default)
+    for static, label in ((False, "oracle"), (True, "oracle (static effects only)")):
+        res["oracle"][label] = board.record(label, {t: oracle_scores(board.test.tables[t], static) for t in FOUR_TASKS})
+    invocation = {"command": res["commands"][-1], "models": list(models), "wall_seconds": 0.0}
+    res["invocations"].append(invocation)
+
+    def save() -> None:
+        invocation["wall_seconds"] = round(time.perf_counter() - start, 1)
+        if out is None:
+            return
+        import json
+
+        out.write_text(json.dumps(res, indent=1))
+        assert scores_path is not None
+        arrays = {f"{k}/{t}": v for k, per in board.scores.items() if "@" in k for t, v in per.items()}
+        np.savez_compressed(scores_path, **arrays)  # type: ignore[arg-type]
+
+    for name in models:
+        torch.manual_seed(seed)  # each model's init independent of the models trained before it (and of merging)
+        model = _new_model(name, setup.enc)
+        log = FitLog()
+        model_start = time.perf_counter()
+        entry: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "checkpoints_done": []}
+        res["models"][name] = entry
+        res["rows"] = [r for r in res["rows"] if r["model"] != name]
+        res["comparisons"] = [c for c in res["comparisons"] if name not in (c["a"], c["b"])]
+        score_seconds = [0.0]
+
+        def on_eval(step: int, name: str = name, model: nn.Module = model, log: FitLog = log,
+                    entry: dict[str, Any] = entry, model_start: float = model_start,
+                    score_seconds: list[float] = score_seconds) -> dict[str, float]:  # fmt: skip
+            t0 = time.perf_counter()
+            tm: TaskModel = model  # type: ignore[assignment]
+            metrics = board.score(_at(name, step), tm, FOUR_TASKS)
+            score_seconds[0] += time.perf_counter() - t0
+            elapsed = time.perf_counter() - model_start
+            row: dict[str, Any] = {
+                "model": name,
+                "step": step,
+                **metrics,
+                "train_loss_last20": {t: round(log.mean_loss(t, last=20), 4) for t in FOUR_TASKS},
+                "train_seconds": round(elapsed - score_seconds[0], 1),
+            }
+            res["rows"].append(row)
+            res["comparisons"] += _curve_comparisons(board, name, step, checkpoints)
+            entry["checkpoints_done"].append(step)
+            entry["wall_seconds"] = round(elapsed, 1)
+            entry["score_seconds"] = round(score_seconds[0], 1)
+            save()
+            _say(
+                progress,
+                f"  {name} @ {step}: "
+                + ", ".join(f"{METRIC_OF[t]}={metrics[METRIC_OF[t]]:.4f}±{metrics[METRIC_OF[t] + '_se']:.4f}"
+                            for t in FOUR_TASKS)
+                + f" ({elapsed:.0f}s)",
+            )
+            return {METRIC_OF[t]: metrics[METRIC_OF[t]] for t in FOUR_TASKS}
+
+        train_model(name, model, setup, cfg, progress, eval_every=every, on_eval=on_eval, log=log)
+        entry["train_seconds"] = round(log.seconds - score_seconds[0], 1)
+        entry["stopped_early"] = log.stopped_early
+        if log.task_weights:
+            entry["task_weights"] = {t: round(w, 4) for t, w in log.task_weights.items()}
+        save()
+    res["wall_seconds"] = round(sum(i["wall_seconds"] for i in res["invocations"]), 1)
+    save()
+    return res
+
+
+def _curve_comparisons(board: Scoreboard, name: str, step: int, checkpoints: Sequence[int]) -> list[dict[str, Any]]:
+    """The paired differences a new checkpoint makes possible (see :func:`run_curve`)."""
+    pairs: list[tuple[str, str, str]] = []
+    if name == "DUPN-all":
+        pairs += [("DUPN-all", b, "vs baseline") for b in BASELINE_NAMES if _at(b, step) in board.scores]
+    elif _at("DUPN-all", step) in board.scores:
+        pairs.append(("DUPN-all", name, "vs baseline"))
+    out: list[dict[str, Any]] = []
+    for a, b, kind in pairs:
+        for t in FOUR_TASKS:
+            c = board.compare(_at(a, step), _at(b, step), t)
+            out.append({"kind": kind, "a": a, "b": b, "a_step": step, "b_step": step, "task": t,
+                        "a_value": c.a_value, "b_value": c.b_value, "delta": c.delta, "se": c.se})  # fmt: skip
+    if step == checkpoints[-1] and len(checkpoints) > 1 and _at(name, checkpoints[0]) in board.scores:
+        for t in FOUR_TASKS:
+            c = board.compare(_at(name, step), _at(name, checkpoints[0]), t)
+            out.append({"kind": "last vs first", "a": name, "b": name, "a_step": step,
+                        "b_step": checkpoints[0], "task": t, "a_value": c.a_value, "b_value": c.b_value,
+                        "delta": c.delta, "se": c.se})  # fmt: skip
+    return out
+
+
+def _merge_previous(
+    res: dict[str, Any], out: Path, scores_path: Path | None, board: Scoreboard, models: Sequence[str]
+) -> dict[str, Any]:
+    """Keep an earlier invocation's rows (other models, same seed / steps / every / choice / plan)."""
+    import json
+
+    prev = json.loads(out.read_text())
+    same = ("seed", "steps", "every", "choice", "train", "plan")
+    if any(prev.get(k) != json.loads(json.dumps(res[k])) for k in same):
+        raise ValueError(f"{out} holds a curve with other settings ({', '.join(same)}); use another --out")
+    if scores_path is not None and scores_path.exists():
+        with np.load(scores_path) as z:
+            per: dict[str, dict[str, np.ndarray]] = {}
+            for key in z.files:
+                label, _, task = key.rpartition("/")
+                if label.partition("@")[0] not in models:
+                    per.setdefault(label, {})[task] = z[key]
+        for label, scores in per.items():
+            board.record(label, scores)
+    for k in ("commands", "invocations"):
+        res[k] = list(prev.get(k, []))
+    res["models"] = {m: v for m, v in prev.get("models", {}).items() if m not in models}
+    res["rows"] = [r for r in prev.get("rows", []) if r["model"] not in models]
+    res["comparisons"] = [c for c in prev.get("comparisons", []) if c["a"] not in models and c["b"] not in models]
     return res

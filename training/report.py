@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from encoder.explain import AGE_BUCKET_LABELS, AttentionTable
-from training.metrics import BASELINE_NAMES, FOUR_TASKS, METRIC_OF, comparison_text, outcome_of
+from training.metrics import BASELINE_NAMES, FOUR_TASKS, METRIC_OF, N_BOOT, comparison_text, outcome_of
 from training.served import OFFLINE_UNKNOWN, SERVED, SERVED_UNKNOWN
 from training.simulator import EVENT_TYPES
 
@@ -402,3 +402,186 @@ def render_validation(runs: Sequence[Mapping[str, Any]], command: str) -> str:
         loss = ", ".join(f"{t} {v:.3f}" for t, v in row.get("final_train_loss", {}).items())
         head.append(f"| {name} | " + " | ".join(cells) + f" | {loss} | {row.get('train_seconds', '–')} |")
     return "\n".join(head) + "\n"
+
+
+# -- results/budget.md: learning curves on the validation users ---------------------------
+
+
+def _pm(value: float, se: float) -> str:
+    return f"{value:.4f} ± {se:.4f}"
+
+
+def _z(delta: float, se: float) -> str:
+    return f"{delta / se:+.1f}" if se > 0 and not math.isnan(se) else "–"
+
+
+def _beyond(delta: float, se: float) -> str:
+    o = outcome_of(delta, se)
+    return "n/a" if o == "n/a" else ("no" if o == "tie" else "yes")
+
+
+def _budget_best(rows: Mapping[tuple[str, int], Mapping[str, Any]], step: int, task: str) -> str | None:
+    """The baseline with the highest validation metric on ``task`` at ``step`` (None: no baseline scored)."""
+    m = METRIC_OF[task]
+    cands = [b for b in BASELINE_NAMES if (b, step) in rows]
+    return max(cands, key=lambda b: rows[(b, step)][m]) if cands else None
+
+
+def budget_facts(res: Mapping[str, Any]) -> list[str]:
+    """The measured-facts lines of results/budget.md: numbers and > 2 SE flags, no outcome-picked prose."""
+    rows = {(r["model"], r["step"]): r for r in res["rows"]}
+    comps = {(c["kind"], c["a"], c["b"], c["a_step"], c["task"]): c for c in res["comparisons"]}
+    steps = sorted({s for _, s in rows})
+    models = list(dict.fromkeys(m for m, _ in rows))
+    out: list[str] = []
+    for t in FOUR_TASKS:
+        parts = []
+        for s in steps:
+            best = _budget_best(rows, s, t)
+            c = comps.get(("vs baseline", "DUPN-all", best, s, t)) if best else None
+            if c is None:
+                continue
+            parts.append(
+                f"{s}: {c['delta']:+.4f} ± {c['se']:.4f} vs {best} ({_z(c['delta'], c['se'])} SE, "
+                f"beyond 2 SE: {_beyond(c['delta'], c['se'])})"
+            )
+        if parts:
+            out.append(f"- **{METRIC_OF[t]}, DUPN-all − best baseline** at step " + "; ".join(parts) + ".")
+    first, last = (steps[0], steps[-1]) if steps else (0, 0)
+    for t in FOUR_TASKS:
+        parts = []
+        for m in models:
+            c = comps.get(("last vs first", m, m, last, t))
+            if c is not None:
+                parts.append(f"{m} {c['delta']:+.4f} ± {c['se']:.4f} ({_beyond(c['delta'], c['se'])})")
+        if parts and first != last:
+            out.append(f"- **{METRIC_OF[t]}, step {last} − step {first}** (beyond 2 SE?): " + ", ".join(parts) + ".")
+    oracle = res.get("oracle", {}).get("oracle", {})
+    static = res.get("oracle", {}).get("oracle (static effects only)", {})
+    if oracle and steps:
+        full, stat = oracle["ctr_auc"], static.get("ctr_auc", float("nan"))
+        shares = []
+        for m in models:
+            if (m, last) in rows:
+                v = rows[(m, last)]["ctr_auc"]
+                shares.append(f"{m} {v:.4f} ({(v - 0.5) / (full - 0.5):.0%} of the chance-to-oracle gap, "
+                              f"{(v - 0.5) / (stat - 0.5):.0%} of the chance-to-static-oracle gap)")
+        out.append(
+            f"- **Oracle on these validation users:** CTR AUC {full:.4f} (static effects only {stat:.4f}); "
+            f"at step {last}: " + "; ".join(shares) + "."
+        )
+    for t in FOUR_TASKS:
+        m = METRIC_OF[t]
+        peaks = []
+        for name in models:
+            curve = [(s, rows[(name, s)][m]) for s in steps if (name, s) in rows]
+            if len(curve) > 1:
+                peaks.append(f"{name} {max(curve, key=lambda x: x[1])[0]}")
+        if peaks:
+            out.append(f"- **{m}, checkpoint with the highest value:** " + ", ".join(peaks) + ".")
+    contexts = res.get("sizes", {}).get("train_contexts", {})
+    if contexts and steps:
+        batch = res["train"]["batch_size"]
+        passes = "; ".join(
+            f"step {s}: " + ", ".join(f"{t} {s * batch / contexts[t]:.1f}" for t in FOUR_TASKS if t in contexts)
+            for s in dict.fromkeys((first, last))
+        )
+        out.append(
+            f"- **Passes over the training contexts** ({batch} per task and step, the same training users "
+            f"throughout): {passes}."
+        )
+    unfinished = [m for m, e in res.get("models", {}).items() if res["steps"] not in e.get("checkpoints_done", [])]
+    if unfinished:
+        out.append(f"- **Not finished** (rows so far only): {', '.join(unfinished)}.")
+    return out
+
+
+def render_budget(res: Mapping[str, Any]) -> str:
+    """results/budget.md from ``dupn validate --curve``'s JSON (:func:`training.experiments.run_curve`)."""
+    rows = {(r["model"], r["step"]): r for r in res["rows"]}
+    steps = sorted({s for _, s in rows})
+    models = list(dict.fromkeys(m for m, _ in rows))
+    train, sim = res["train"], res["plan"]["sim"]
+    comps = {(c["kind"], c["a"], c["b"], c["a_step"], c["task"]): c for c in res["comparisons"]}
+    val_users = res["sizes"]["users"]["val"]
+    lines = [
+        "# Learning curves on the validation users: does the step budget hold DUPN back?",
+        "",
+        "Commands (wall time each):",
+        "",
+        *[f"- `{i['command']}` ({i['wall_seconds']:.0f} s)" for i in res["invocations"]],
+        *[line for n in res.get("notes", []) for line in ("", str(n))],
+        "",
+        f"{'Quick' if res.get('quick', True) else 'Full'} world ({sim['n_users']} users, window "
+        f"{res['plan']['window']}, {train['batch_size']} user windows "
+        f"per task and step), seed {res['seed']}. Every model trained once for {res['steps']} steps and scored on "
+        f"the {val_users} validation users every {res['every']} steps (scoring in eval mode without gradients, "
+        "outside training's RNG stream: the weights are those of an unhooked run). Settings: results/eval.md's, "
+        f"the CHOICES row \"{res['choice']}\" (weighting `{train['weighting']}`, profile dropout "
+        f"{train['profile_dropout']}, query in the representation; DUPN trains on anchored runs "
+        f"R = {train['anchor_every']}, the baselines on the window as in `run_seed`); only the step count differs "
+        f"from the eval (250). ± is the user-bootstrap SE ({N_BOOT} resamples of the validation "
+        "users). Train loss: mean over the 20 steps up to the checkpoint (training mode: dropout and profile "
+        "dropout on). The test users are not touched.",
+        "",
+        "## Validation metrics by checkpoint",
+        "",
+        "| model | step | " + " | ".join(METRIC_OF[t] for t in FOUR_TASKS) + " | train loss, last 20 steps | train s |",
+        "|---|---|" + "---|" * (len(FOUR_TASKS) + 2),
+    ]
+    for m in models:
+        for s in steps:
+            r = rows.get((m, s))
+            if r is None:
+                continue
+            cells = [_pm(r[METRIC_OF[t]], r[METRIC_OF[t] + "_se"]) for t in FOUR_TASKS]
+            loss = ", ".join(f"{t} {v:.3f}" for t, v in r["train_loss_last20"].items())
+            lines.append(f"| {m} | {s} | " + " | ".join(cells) + f" | {loss} | {r['train_seconds']:.0f} |")
+    for label, r in res.get("oracle", {}).items():
+        lines.append(f"| {label} | – | " + " | ".join(_pm(r[METRIC_OF[t]], r[METRIC_OF[t] + "_se"])
+                                                       for t in FOUR_TASKS) + " | – | – |")
+    lines += [
+        "",
+        "## DUPN-all − each baseline, per checkpoint",
+        "",
+        "Δ ± SE of the difference from a *paired* user bootstrap (both models' scores on the same resamples of "
+        "the validation users); **bold** where |Δ| > 2 SE.",
+        "",
+        "| task | step | " + " | ".join(f"− {b}" for b in BASELINE_NAMES) + " | best baseline |",
+        "|---|---|" + "---|" * (len(BASELINE_NAMES) + 1),
+    ]
+    for t in FOUR_TASKS:
+        for s in steps:
+            cells = []
+            for b in BASELINE_NAMES:
+                c = comps.get(("vs baseline", "DUPN-all", b, s, t))
+                if c is None:
+                    cells.append("–")
+                    continue
+                txt = f"{c['delta']:+.4f} ± {c['se']:.4f}"
+                cells.append(f"**{txt}**" if _beyond(c["delta"], c["se"]) == "yes" else txt)
+            best = _budget_best(rows, s, t)
+            if all(c == "–" for c in cells):
+                continue
+            lines.append(f"| {METRIC_OF[t]} | {s} | " + " | ".join(cells) + f" | {best or '–'} |")
+    lines += [
+        "",
+        "\"Best baseline\" is picked per task and checkpoint on these same validation numbers.",
+        "",
+        "## Measured facts",
+        "",
+        *budget_facts(res),
+        "",
+    ]
+    per_model = [
+        f"{m} {e.get('train_seconds', e.get('wall_seconds', float('nan'))):.0f} s training + "
+        f"{e.get('score_seconds', 0.0):.0f} s scoring"
+        for m, e in res.get("models", {}).items()
+    ]
+    lines += [f"Cost per model ({res.get('threads', 1)} torch thread): " + "; ".join(per_model) + ".", ""]
+    return "\n".join(lines)
+
+
+def write_budget_report(res: Mapping[str, Any], path: Path) -> Path:
+    path.write_text(render_budget(res))
+    return path

@@ -425,6 +425,7 @@ def fit(
     eval_every: int = 0,
     on_eval: Callable[[int], dict[str, float]] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    log: FitLog | None = None,
 ) -> FitLog:
     """AdaGrad on the combined task losses for ``cfg.tasks``; returns the log.
 
@@ -436,6 +437,11 @@ def fit(
     :class:`LossCombiner`), gradients summed (``global``: clipped once) or combined per task
     (:func:`combine_gradients`), one AdaGrad update.  ``round_robin``: each step one task's
     mini-batch, cycling, for T × ``steps`` steps.
+
+    ``on_eval(step)`` is called every ``eval_every`` steps and after the last one (its result
+    goes to ``log.curve``) without disturbing training (:func:`_isolated_eval`): the same
+    weights come out with or without it. ``log`` (default: a fresh one) lets the caller read
+    the losses so far from inside ``on_eval``.
     """
     missing = [t for t in cfg.tasks if t not in prep.tables]
     if missing:
@@ -452,7 +458,8 @@ def fit(
     if combiner.log_var is not None:  # learned task weights: never part of a saved (per-parameter) state
         opt.add_param_group({"params": [combiner.log_var], "lr": cfg.embedding_lr or cfg.lr, "weight_decay": 0.0})
     dropout = model.cfg.dropout if cfg.dropout is None else cfg.dropout
-    steps, log, start = resolve_steps(cfg, tables), FitLog(), time.perf_counter()
+    steps, start = resolve_steps(cfg, tables), time.perf_counter()
+    log = log if log is not None else FitLog()
     n_tasks = len(cfg.tasks)
     if cfg.schedule == "round_robin":
         steps *= n_tasks
@@ -478,7 +485,7 @@ def fit(
         log.losses.append({t: float(v.detach()) for t, v in losses.items()})
         bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         if on_eval is not None and eval_every and (step % eval_every == 0 or step == steps):
-            log.curve.append({"step": float(step), **on_eval(step)})
+            log.curve.append({"step": float(step), **_isolated_eval(on_eval, step)})
             model.train()
         if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
             log.stopped_early = True
@@ -487,6 +494,20 @@ def fit(
     log.task_weights = combiner.weights()
     log.seconds = time.perf_counter() - start
     return log
+
+
+def _isolated_eval(on_eval: Callable[[int], dict[str, float]], step: int) -> dict[str, float]:
+    """Run an evaluation hook outside training: no autograd graph, and the global RNG streams
+    training draws from (torch's for dropout; numpy's, should anything use it) put back as they were,
+    whatever the hook draws. The optimizer, the batch sampler and the profile-dropout generator are
+    never handed to the hook. ``fit`` puts the model back in train mode afterwards."""
+    torch_rng, np_rng = torch.get_rng_state(), np.random.get_state()
+    try:
+        with torch.no_grad():
+            return on_eval(step)
+    finally:
+        torch.set_rng_state(torch_rng)
+        np.random.set_state(np_rng)
 
 
 def train(
