@@ -390,6 +390,10 @@ CHOICES: dict[str, tuple[dict[str, Any], bool]] = {
         {"weighting": "norm", "anchor_every": 25, "profile_dropout": 0.2},
         True,
     ),
+    "init_norm + anchored R=25 + profile dropout 0.2": (
+        {"weighting": "init_norm", "anchor_every": 25, "profile_dropout": 0.2},
+        True,
+    ),
 }
 
 

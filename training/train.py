@@ -62,7 +62,7 @@ def set_threads() -> int:
     return n
 
 
-WEIGHTINGS: tuple[str, ...] = ("sum", "norm", "uncertainty")
+WEIGHTINGS: tuple[str, ...] = ("sum", "norm", "init_norm", "uncertainty")
 GRAD_MODES: tuple[str, ...] = ("global", "task_clip", "pcgrad")
 SCHEDULES: tuple[str, ...] = ("all", "round_robin")
 
@@ -334,15 +334,23 @@ class LossCombiner(nn.Module):
     - ``norm``:        L = Σ_t L_t / L̄_t, L̄_t an exponential moving average (0.9) of L_t,
                         detached (every task contributes ≈ 1 whatever its loss scale: PPP's
                         7-way cross-entropy starts near 1.9, CTR's BCE near 0.35)
+    - ``init_norm``:   L = Σ_t L_t / L⁰_t, L⁰_t the mean of L_t over its first ``INIT_STEPS``
+                        steps (a running mean until then), then fixed: the tasks' scales are equalised
+                        as in ``norm``, but a task whose training loss collapses (PPP memorising the
+                        training users' levels: results/budget.md) keeps its starting weight instead
+                        of ``norm``'s 1/L̄_t, which grows as L̄_t → 0 (×50 at L̄ = 0.02)
     - ``uncertainty``: L = Σ_t ½ (exp(-s_t) L_t + s_t), s_t = log σ_t² learned
                         (Kendall, Gal & Cipolla 2018); at the optimum exp(-s_t) = 1/L_t
     """
+
+    INIT_STEPS = 20
 
     def __init__(self, tasks: Sequence[str], mode: str) -> None:
         super().__init__()
         self.mode, self.tasks = mode, tuple(tasks)
         self.log_var = nn.Parameter(torch.zeros(len(self.tasks))) if mode == "uncertainty" else None
         self.running: dict[str, float] = {}
+        self.seen: dict[str, int] = {}
 
     def weighted(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each task's term of L (their sum is the objective)."""
@@ -356,6 +364,15 @@ class LossCombiner(nn.Module):
                 self.running[t] = cur if prev is None else 0.9 * prev + 0.1 * cur
                 out[t] = v / max(self.running[t], 1e-6)
             return out
+        if self.mode == "init_norm":
+            out = {}
+            for t, v in losses.items():
+                k = self.seen.get(t, 0)
+                if k < self.INIT_STEPS:  # the mean of the first INIT_STEPS losses, then frozen
+                    self.running[t] = (self.running.get(t, 0.0) * k + float(v.detach())) / (k + 1)
+                    self.seen[t] = k + 1
+                out[t] = v / max(self.running[t], 1e-6)
+            return out
         assert self.log_var is not None
         lv = self.log_var
         return {t: 0.5 * (torch.exp(-lv[i]) * losses[t] + lv[i]) for i, t in enumerate(self.tasks) if t in losses}
@@ -364,7 +381,7 @@ class LossCombiner(nn.Module):
         """Current multiplier of each task's loss (for the log)."""
         if self.mode == "uncertainty" and self.log_var is not None:
             return {t: 0.5 * float(torch.exp(-self.log_var[i].detach())) for i, t in enumerate(self.tasks)}
-        if self.mode == "norm":
+        if self.mode in ("norm", "init_norm"):
             return {t: 1.0 / max(v, 1e-6) for t, v in self.running.items()}
         return dict.fromkeys(self.tasks, 1.0)
 

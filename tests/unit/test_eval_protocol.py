@@ -114,6 +114,22 @@ def test_loss_combiners() -> None:
     assert unc.log_var.grad.tolist() == pytest.approx([0.5 * (1 - 0.4), 0.5 * (1 - 2.0)])
 
 
+def test_init_norm_freezes_each_tasks_scale_so_a_collapsing_loss_is_not_amplified() -> None:
+    """``norm`` divides by a running mean, so a task whose training loss collapses gets an ever larger
+    weight; ``init_norm`` keeps the scale of its first INIT_STEPS losses."""
+    norm, init = LossCombiner(["ppp"], "norm"), LossCombiner(["ppp"], "init_norm")
+    start = LossCombiner.INIT_STEPS
+    for _ in range(start):
+        norm.weighted({"ppp": torch.tensor(2.0)})
+        assert float(init.weighted({"ppp": torch.tensor(2.0)})["ppp"]) == pytest.approx(1.0)
+    for _ in range(200):  # the training loss collapses (memorised labels)
+        norm.weighted({"ppp": torch.tensor(0.02)})
+        last = init.weighted({"ppp": torch.tensor(0.02)})
+    assert float(last["ppp"]) == pytest.approx(0.01)  # 0.02 / 2.0: its share shrinks with its loss
+    assert init.weights()["ppp"] == pytest.approx(0.5)
+    assert norm.weights()["ppp"] == pytest.approx(50.0, rel=1e-3)  # what norm does instead
+
+
 def test_task_clip_and_pcgrad() -> None:
     w = nn.Parameter(torch.tensor([1.0, 1.0]))
     a = (w * torch.tensor([30.0, 40.0])).sum()  # gradient (30, 40), norm 50
