@@ -10,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.contracts import VectorMessage
 from core.wire import partition_of
+from encoder.checkpoint import save_checkpoint
 from encoder.config import EncoderConfig
 from encoder.model import DUPN
+from streams.ppp import ModelRegistry, PurchasingPowerScorer
 from streams.updater import Incoming
 
 TINY = EncoderConfig(
@@ -86,3 +89,9 @@ def keyed_messages(events: Sequence[dict[str, object]], partitions: int, offset0
                  json.dumps(e).encode())
         for i, e in enumerate(events)
     ]
+
+
+def ppp_scorer(tmp_path: Path) -> tuple[str, PurchasingPowerScorer]:
+    """A purchasing-power scorer over a tiny model saved as the demo checkpoint; (model version, scorer)."""
+    version = save_checkpoint(tiny_model(seed=1), tmp_path / "models" / "demo")
+    return version, PurchasingPowerScorer(ModelRegistry(tmp_path / "models" / "demo", tmp_path / "models"))

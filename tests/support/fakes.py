@@ -120,3 +120,13 @@ class _RecordBatch:
 
     def close(self) -> None:
         pass
+
+
+class RecordingSink:
+    """A topic the PPP agent publishes levels to: records each send's key and value, acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+
+    async def send(self, *, key: bytes, value: bytes) -> None:
+        self.sent.append((key, value))

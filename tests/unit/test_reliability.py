@@ -27,7 +27,6 @@ from clients.vector_cache import VectorCache
 from core import metrics
 from core.contracts import VectorMessage
 from core.settings import load_settings
-from encoder.checkpoint import save_checkpoint
 from encoder.features import records_from_events
 from encoder.streaming import StreamingEncoder, UpdatePolicy, reference_vectors
 from state.codec import decode_header, decode_state, encode_state
@@ -35,13 +34,13 @@ from state.memory import MemoryStateStore
 from state.user_state import UserState
 from streams.agents import start_batch
 from streams.context import Worker
-from streams.ppp import ModelRegistry, PurchasingPowerScorer, process_vector
+from streams.ppp import process_vector
 from streams.runtime import Runtime
 from streams.table_store import TableStateStore
 from streams.updater import Incoming, VectorUpdater, vector_message
 from streams.web import partition_of
-from tests.support.factories import T0, make_events, tiny_model
-from tests.support.fakes import RecordingTopic
+from tests.support.factories import T0, make_events, ppp_scorer
+from tests.support.fakes import RecordingSink, RecordingTopic
 from tests.support.reference import applied_events
 
 
@@ -119,22 +118,14 @@ def test_the_vector_cache_keeps_the_highest_events_seen() -> None:
 
 
 def test_the_ppp_agent_does_not_replace_a_level_by_an_older_vector(tmp_path: Path) -> None:
-    version = save_checkpoint(tiny_model(seed=1), tmp_path / "models" / "demo")
-    scorer = PurchasingPowerScorer(ModelRegistry(tmp_path / "models" / "demo", tmp_path / "models"))
-
-    class Sink:
-        def __init__(self) -> None:
-            self.sent: list[bytes] = []
-
-        async def send(self, *, key: bytes, value: bytes) -> None:
-            self.sent.append(value)
+    version, scorer = ppp_scorer(tmp_path)
 
     def msg(n: int) -> bytes:
         vec = np.tanh(np.random.default_rng(n).normal(size=256)).astype(np.float32)
         return VectorMessage("lea", version, vec, n, f"e{n}", T0, T0 + n).to_bytes()
 
     table: dict[bytes, bytes] = {}
-    sink = Sink()
+    sink = RecordingSink()
     assert asyncio.run(process_vector(scorer, table, sink, b"lea", msg(9))) is not None
     assert asyncio.run(process_vector(scorer, table, sink, b"lea", msg(7))) is None  # the zombie's late vector
     assert json.loads(table[b"lea"])["events_seen"] == 9 and len(sink.sent) == 1

@@ -34,14 +34,13 @@ from core.contracts import (
     peek_vector_message,
 )
 from core.settings import load_settings
-from encoder.checkpoint import save_checkpoint
 from state.memory import MemoryStateStore
 from state.store import StateWrite
 from state.user_state import UserState
-from streams.ppp import ModelRegistry, PurchasingPowerScorer, process_vector
+from streams.ppp import process_vector
 from streams.updater import vector_message
-from tests.support.factories import a_vector_message, tiny_model
-from tests.support.fakes import BatchProducer
+from tests.support.factories import a_vector_message, ppp_scorer
+from tests.support.fakes import BatchProducer, RecordingSink
 
 HEADER = 40  # bytes before the vector (core.contracts module docstring)
 
@@ -215,25 +214,17 @@ def _mix(version: str) -> tuple[list[bytes], list[str]]:
 
 
 def test_the_ppp_agent_scores_v1_and_v2_and_skips_the_bad_ones(tmp_path: Path) -> None:
-    version = save_checkpoint(tiny_model(seed=1), tmp_path / "models" / "demo")
-    scorer = PurchasingPowerScorer(ModelRegistry(tmp_path / "models" / "demo", tmp_path / "models"))
-
-    class Sink:
-        def __init__(self) -> None:
-            self.sent: list[bytes] = []
-
-        async def send(self, *, key: bytes, value: bytes) -> None:
-            self.sent.append(key)
+    version, scorer = ppp_scorer(tmp_path)
 
     def bad() -> float:
         return metrics.REGISTRY.get_sample_value("dupn_ppp_skipped_total", {"reason": "bad_message"}) or 0.0
 
     values, users = _mix(version)
-    sink, before = Sink(), bad()
+    sink, before = RecordingSink(), bad()
     table: dict[bytes, bytes] = {}
     bodies = [asyncio.run(process_vector(scorer, table, sink, b"k", v)) for v in values]
     assert [b["user_id"] for b in bodies if b is not None] == users
-    assert sink.sent == [u.encode() for u in users] and bad() == before + 2
+    assert [k for k, _ in sink.sent] == [u.encode() for u in users] and bad() == before + 2
     # the f16 vector's level is the one its float32 original gets
     f16 = a_vector_message("cyd", version, seed=2)
     assert bodies[-1]["level"] == scorer.score(f16)["level"]  # type: ignore[index]
