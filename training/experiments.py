@@ -394,6 +394,11 @@ CHOICES: dict[str, tuple[dict[str, Any], bool]] = {
         {"weighting": "init_norm", "anchor_every": 25, "profile_dropout": 0.2},
         True,
     ),
+    # results/eval.md's settings with the id embeddings' AdaGrad rate 0.1 -> 0.02 (docs/eval.md, test (b))
+    "norm + anchored R=25 + profile dropout 0.2 + id lr 0.02": (
+        {"weighting": "norm", "anchor_every": 25, "profile_dropout": 0.2, "embedding_lr": 0.02},
+        True,
+    ),
 }
 
 

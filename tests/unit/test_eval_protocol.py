@@ -152,7 +152,8 @@ def _tiny_fit(prep: Prepared, **kw: object) -> DUPN:
 
 
 @pytest.mark.parametrize("kw", [{"weighting": "uncertainty", "grad_mode": "pcgrad"}, {"schedule": "round_robin"},
-                                {"weighting": "norm", "grad_mode": "task_clip"}])  # fmt: skip
+                                {"weighting": "norm", "grad_mode": "task_clip"},
+                                {"weighting": "init_norm"}])  # fmt: skip
 def test_every_training_choice_runs_and_moves_the_weights(split: tuple, kw: dict) -> None:  # type: ignore[type-arg]
     _, prep = split
     before = DUPN(TINY_ENC).state_dict()["cell.from_hidden.weight"].clone()
