@@ -170,7 +170,7 @@ class StreamingEncoder:
     ) -> list[EncoderState]:
         """Run from zero over each record array (with each user's profile, default unknown): the exact path."""
         if profiles is None:
-            return self.advance([self.init_state() for _ in histories], histories)
+            profiles = [UNKNOWN_PROFILE] * len(histories)
         if len(profiles) != len(histories):
             raise ValueError("one profile per history")
         return self.advance([self.init_state(p) for p in profiles], histories)

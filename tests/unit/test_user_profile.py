@@ -154,7 +154,7 @@ def test_a_query_read_re_pools_with_the_users_stored_profile(tiny_encoder: Strea
     apply_in_batches(updater, store, events, batch=5)
     state = decode_state("u", store.data["u"])
     snap = updater.read_snapshot(state)
-    rebuilt = snap.encoder_state() if snap.carried is None else tiny_encoder.replay([snap.records], [state.profile])[0]
+    rebuilt = snap.encoder_state()
     now = state.last_event_ts + 60_000
     q = torch.tensor([3])
     got = tiny_encoder.represent([rebuilt], [now], UserContext(query=q))
