@@ -52,7 +52,9 @@ class EncoderConfig:
     # the query also enters the representation (r = tanh(W_r [pooled; u; q])), as it enters the
     # baselines' inputs; off by default so that checkpoints written before the field load unchanged
     query_in_rep: bool = False
-    # heads
+    # heads. interaction_dim k > 0 adds a factorised user×candidate term to the CTR and talent
+    # heads (TaskHeads); 0, the default, is the concatenation-only head older checkpoints have
+    interaction_dim: int = 0
     n_ranking_features: int = 4
     n_talent_features: int = 3
     n_shop_features: int = 3

@@ -353,16 +353,25 @@ class DUPN(nn.Module):
 class TaskHeads(nn.Module):
     r"""The four training tasks plus the transfer task, each split user part / item part.
 
-    - CTR:    ŷ = σ(MLP₃([r; e_item]))           first layer split: W r + W' e_item
+    - CTR:    ŷ = σ(MLP₃([r; e_item]) + ⟨P r, Q e_item⟩/√k)   first layer split: W r + W' e_item
     - L2R:    ŷ = σ(MLP₂(r) · x_rank)            linear product with the ranking features
-    - talent: ŷ = σ(MLP₂([r; E_talent; x_talent]))
+    - talent: ŷ = σ(MLP₂([r; E_talent; x_talent]) + ⟨P_t r, Q_t E_talent⟩/√k)
     - PPP:    softmax(W r) over 7 levels
     - shop:   ŷ = σ(MLP₁([r; E_shop; x_shop]))   shallow, for transfer (RS/RA/RT/FT)
+
+    The ⟨·,·⟩ terms exist only with ``interaction_dim`` k > 0. Why: the talk's heads see the user and
+    the candidate only through a concatenation, so whether *this* candidate matches *this* user
+    (the simulator's category interest, preferred shop, price level, a talent's mix) is a product the
+    ReLU layers must approximate from data, and MLPs learn dot products poorly (Rendle et al.,
+    "Neural Collaborative Filtering vs. Matrix Factorization Revisited", RecSys 2020). The factorised
+    term states the product directly and keeps the serving split: P r is part of the user part,
+    computed once per request; Q e_item is per candidate.
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
-        r, e = cfg.rep_dim, cfg.item_vec_dim
+        r, e, k = cfg.rep_dim, cfg.item_vec_dim, cfg.interaction_dim
+        self.k = k
         self.ctr_user = nn.Linear(r, 256)
         self.ctr_item = nn.Linear(e, 256, bias=False)
         self.ctr_mlp = nn.Sequential(nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 1))
@@ -374,17 +383,34 @@ class TaskHeads(nn.Module):
         self.ppp = nn.Linear(r, cfg.n_power_levels)
         self.shop_emb = nn.Embedding(cfg.shop_buckets, 16)
         self.shop = nn.Sequential(nn.Linear(r + 16 + cfg.n_shop_features, 64), nn.ReLU(), nn.Linear(64, 1))
+        if k > 0:
+            self.ctr_user_dot = nn.Linear(r, k)
+            self.ctr_item_dot = nn.Linear(e, k, bias=False)
+            self.talent_user_dot = nn.Linear(r, k)
+            self.talent_item_dot = nn.Linear(16, k, bias=False)
 
     # CTR, split: user part once, item part per candidate
     def ctr_user_part(self, rep: Tensor) -> Tensor:
-        return self.ctr_user(rep)
+        """(…, 256) or, with the interaction term, (…, 256 + k): [W r; P r]."""
+        if self.k == 0:
+            return self.ctr_user(rep)
+        return torch.cat([self.ctr_user(rep), self.ctr_user_dot(rep)], dim=-1)
 
     def ctr_item_part(self, user_part: Tensor, item_vec: Tensor) -> Tensor:
-        """Logits for candidates (…, N, E) given the user part (…, 256)."""
-        return self.ctr_mlp(user_part.unsqueeze(-2) + self.ctr_item(item_vec)).squeeze(-1)
+        """Logits for candidates (…, N, E) given the user part from :meth:`ctr_user_part`."""
+        mlp_in = user_part[..., :256].unsqueeze(-2) + self.ctr_item(item_vec)
+        logit = self.ctr_mlp(mlp_in).squeeze(-1)
+        if self.k == 0:
+            return logit
+        dot = (user_part[..., 256:].unsqueeze(-2) * self.ctr_item_dot(item_vec)).sum(-1)
+        return logit + dot / self.k**0.5
 
     def ctr_logit(self, rep: Tensor, item_vec: Tensor) -> Tensor:
-        return self.ctr_mlp(self.ctr_user(rep) + self.ctr_item(item_vec)).squeeze(-1)
+        """One logit per (rep, item) row pair (the unsplit form of the two methods above)."""
+        logit = self.ctr_mlp(self.ctr_user(rep) + self.ctr_item(item_vec)).squeeze(-1)
+        if self.k == 0:
+            return logit
+        return logit + (self.ctr_user_dot(rep) * self.ctr_item_dot(item_vec)).sum(-1) / self.k**0.5
 
     def l2r_user_part(self, rep: Tensor) -> Tensor:
         return self.l2r(rep)
@@ -393,7 +419,11 @@ class TaskHeads(nn.Module):
         return (self.l2r(rep) * ranking_features).sum(-1)
 
     def talent_logit(self, rep: Tensor, talent: Tensor, feats: Tensor) -> Tensor:
-        return self.talent(torch.cat([rep, self.talent_emb(talent), feats], dim=-1)).squeeze(-1)
+        emb = self.talent_emb(talent)
+        logit = self.talent(torch.cat([rep, emb, feats], dim=-1)).squeeze(-1)
+        if self.k == 0:
+            return logit
+        return logit + (self.talent_user_dot(rep) * self.talent_item_dot(emb)).sum(-1) / self.k**0.5
 
     def ppp_logits(self, rep: Tensor) -> Tensor:
         return self.ppp(rep)

@@ -26,7 +26,7 @@ Candidate = Mapping[str, object]  # {item_id, shop_id?, brand_id?, category_id?,
 class UserPart:
     """What the heads need from one user: computed once per request, reused for every candidate."""
 
-    ctr: Tensor  # (256,) first CTR layer applied to r
+    ctr: Tensor  # (256,) first CTR layer applied to r; (256 + k,) with the interaction term's P r
     l2r: Tensor  # (n_ranking_features,) L2R weights derived from r
 
     @classmethod

@@ -408,8 +408,6 @@ def _eval_parser(sub: Any) -> None:
 
 
 def _eval(args: argparse.Namespace, s: Settings) -> int:
-    import dataclasses
-
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     if args.taobao:
         from training.taobao_eval import run_taobao_eval, taobao_plan
@@ -423,20 +421,7 @@ def _eval(args: argparse.Namespace, s: Settings) -> int:
 
     from training.experiments import plan_for, run_eval
 
-    plan = plan_for(args.quick, seeds[0])
-    train_changes: dict[str, Any] = {}
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, _, raw = item.partition("=")
-        value = _literal(raw)
-        if key in {f.name for f in dataclasses.fields(plan)} and key not in ("sim", "train"):
-            overrides[key] = value
-        elif key in {f.name for f in dataclasses.fields(plan.train)}:
-            train_changes[key] = value
-        else:
-            raise SystemExit(f"--set {key}: not a setting of the evaluation plan or of TrainConfig")
-    if train_changes:
-        overrides["train"] = dataclasses.replace(plan.train, **train_changes)
+    overrides = _plan_overrides(args.set, plan_for(args.quick, seeds[0]))
     command = "dupn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None
     res = run_eval(
         args.quick, args.out, seeds, command=command, model_out=args.model_out, plan_overrides=overrides or None,
@@ -471,6 +456,9 @@ def _validate_parser(sub: Any) -> None:
     vp.add_argument("--full", action="store_true", help="--curve: the full plan's world (6000 users), not the quick")
     vp.add_argument("--report", type=Path, help="--curve: the markdown report (default: --out with .md)")
     vp.add_argument("--render-only", action="store_true", help="--curve: re-render --report from --out, no training")
+    vp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="--curve: override a setting of the plan or TrainConfig (e.g. interaction_dim=64); "
+                         "the --choice row's settings still apply on top")
     vp.set_defaults(run=_validate)
 
 
@@ -479,9 +467,9 @@ def _validate(args: argparse.Namespace, s: Settings) -> int:
 
     if args.curve:
         return _validate_curve(args)
-    curve_only = ("render_only", "full", "steps", "every", "models", "choice", "report")
-    if any(getattr(args, k) not in (None, False) for k in curve_only):
-        raise SystemExit("--steps, --every, --models, --choice, --full, --report and --render-only go with --curve")
+    curve_only = ("render_only", "full", "steps", "every", "models", "choice", "report", "set")
+    if any(getattr(args, k) not in (None, False, []) for k in curve_only):
+        raise SystemExit("--steps, --every, --models, --choice, --full, --report, --set and --render-only go with --curve")
     choices = [c for c in args.choices.split("|") if c]
     singles = [t for t in args.singles.split(",") if t]
     run_validation(True, choices, seed=args.seed, out=args.out, singles=singles)
@@ -489,8 +477,31 @@ def _validate(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _plan_overrides(items: list[str], plan: Any) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` items as :func:`dataclasses.replace` changes of an ``EvalPlan``: a plan
+    field (e.g. interaction_dim) directly, a TrainConfig field (e.g. weighting) into ``train``."""
+    import dataclasses
+
+    train_changes: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        value = _literal(raw)
+        if key in {f.name for f in dataclasses.fields(plan)} and key not in ("sim", "train"):
+            overrides[key] = value
+        elif key in {f.name for f in dataclasses.fields(plan.train)}:
+            train_changes[key] = value
+        else:
+            raise SystemExit(f"--set {key}: not a setting of the evaluation plan or of TrainConfig")
+    if train_changes:
+        overrides["train"] = dataclasses.replace(plan.train, **train_changes)
+    return overrides
+
+
 def _validate_curve(args: argparse.Namespace) -> int:
-    from training.experiments import CHOICES, EVAL_CHOICE, run_curve
+    import dataclasses
+
+    from training.experiments import CHOICES, EVAL_CHOICE, plan_for, run_curve
 
     if args.choices or args.singles:
         raise SystemExit("--curve trains --models under one --choice; --choices/--singles are for the grid")
@@ -504,8 +515,10 @@ def _validate_curve(args: argparse.Namespace) -> int:
         try:
             steps = 1000 if args.steps is None else args.steps
             every = 250 if args.every is None else args.every
+            base = plan_for(not args.full, args.seed)
+            plan = dataclasses.replace(base, **_plan_overrides(args.set, base)) if args.set else None
             run_curve(models, steps, every, seed=args.seed, out=args.out, choice=choice, command=command,
-                      quick=not args.full)  # fmt: skip
+                      quick=not args.full, plan=plan)  # fmt: skip
         except ValueError as exc:
             raise SystemExit(str(exc)) from exc
     from training.report import write_budget_report
