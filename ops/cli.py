@@ -469,7 +469,9 @@ def _validate(args: argparse.Namespace, s: Settings) -> int:
         return _validate_curve(args)
     curve_only = ("render_only", "full", "steps", "every", "models", "choice", "report", "set")
     if any(getattr(args, k) not in (None, False, []) for k in curve_only):
-        raise SystemExit("--steps, --every, --models, --choice, --full, --report, --set and --render-only go with --curve")
+        raise SystemExit(
+            "--steps, --every, --models, --choice, --full, --report, --set and --render-only go with --curve"
+        )
     choices = [c for c in args.choices.split("|") if c]
     singles = [t for t in args.singles.split(",") if t]
     run_validation(True, choices, seed=args.seed, out=args.out, singles=singles)
