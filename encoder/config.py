@@ -70,7 +70,16 @@ class EncoderConfig:
         return self.scenario_dim + self.time_dim + self.type_dim
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """The config as saved with a checkpoint, and hashed into its ``model_version``.
+
+        A field added after checkpoints were written is left out while it holds its neutral default
+        (:data:`OMITTED_AT_DEFAULT`), so every existing checkpoint keeps its recorded version and loads.
+        """
+        doc = dataclasses.asdict(self)
+        for name, neutral in OMITTED_AT_DEFAULT.items():
+            if doc[name] == neutral:
+                del doc[name]
+        return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EncoderConfig:
@@ -92,3 +101,8 @@ class EncoderConfig:
             raise ValueError(f"unknown DUPN variant {name!r}; expected one of {sorted(flags)}")
         lstm, att = flags[name]
         return dataclasses.replace(self, props_in_lstm=lstm, props_in_attention=att)
+
+
+#: Fields added after checkpoints existed, and the value that means "as before" (omitted from
+#: :meth:`EncoderConfig.to_json` at that value, so the content hash of older models is unchanged).
+OMITTED_AT_DEFAULT: dict[str, object] = {"interaction_dim": 0}
