@@ -52,6 +52,9 @@ class EncoderConfig:
     # the query also enters the representation (r = tanh(W_r [pooled; u; q])), as it enters the
     # baselines' inputs; off by default so that checkpoints written before the field load unchanged
     query_in_rep: bool = False
+    # attention values also take the behavior's own item embedding and type (a skip connection
+    # around the LSTM: v_t = W_v h_t + W_ve e_t + E_vt(type_t)); off = the talk's v_t = W_v h_t
+    value_skip: bool = False
     # heads. interaction_dim k > 0 adds a factorised user×candidate term to the CTR and talent
     # heads (TaskHeads); 0, the default, is the concatenation-only head older checkpoints have
     interaction_dim: int = 0
@@ -105,4 +108,4 @@ class EncoderConfig:
 
 #: Fields added after checkpoints existed, and the value that means "as before" (omitted from
 #: :meth:`EncoderConfig.to_json` at that value, so the content hash of older models is unchanged).
-OMITTED_AT_DEFAULT: dict[str, object] = {"interaction_dim": 0}
+OMITTED_AT_DEFAULT: dict[str, object] = {"interaction_dim": 0, "value_skip": False}

@@ -144,6 +144,7 @@ class AttentionPooling(nn.Module):
 
         k_t = W_k h_t + W_kp [E_type(t); E_scenario(t)]      (attention_dim)
         v_t = W_v h_t                                         (value_dim)
+        v_t = W_v h_t + W_ve e_t + E_vt(type_t)               (with ``value_skip``)
 
     At pooling time "now" (cheap; no LSTM step):
 
@@ -154,6 +155,12 @@ class AttentionPooling(nn.Module):
     q is the query embedding (learned default when there is no query, the
     streaming case) and u the user-profile vector. Without
     ``props_in_attention`` (DUPN-nobp/-bplstm) the W_kp and age terms are absent.
+
+    ``value_skip`` (our extension, not the talk's) is a skip connection around the LSTM: h_t after
+    up to 100 steps is a lossy, recency-biased summary, so a pooled "which items, shops and
+    categories, and how (type)" had to survive the recurrence. With the skip, each behavior's own
+    embedding and type reach the pooled vector directly (and their gradients reach the embeddings
+    without 100 steps of backpropagation through time); α still decides which behaviors count.
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:
@@ -170,12 +177,25 @@ class AttentionPooling(nn.Module):
         self.context = nn.Linear(cfg.query_dim + cfg.profile_dim, a, bias=False)
         self.score = nn.Linear(a, 1, bias=False)
         self.out = nn.Linear(cfg.value_dim, cfg.pooled_dim)
+        self.value_skip = cfg.value_skip
+        if cfg.value_skip:
+            self.value_item = nn.Linear(cfg.item_vec_dim, cfg.value_dim, bias=False)
+            self.value_type = nn.Embedding(4, cfg.value_dim)
+            nn.init.normal_(self.value_type.weight, std=0.1)
 
-    def keys_values(self, h: Tensor, event_type: Tensor, scenario: Tensor) -> tuple[Tensor, Tensor]:
+    def keys_values(
+        self, h: Tensor, event_type: Tensor, scenario: Tensor, items: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(k_t, v_t) of behaviors with hidden states ``h``; ``items`` (e_t) is required with ``value_skip``."""
         k = self.key(h)
         if self.use_props:
             k = k + self.key_type(event_type) + self.key_scenario(scenario)
-        return k, self.value(h)
+        v = self.value(h)
+        if self.value_skip:
+            if items is None:
+                raise ValueError("value_skip needs the behaviors' item embeddings")
+            v = v + self.value_item(items) + self.value_type(event_type)
+        return k, v
 
     def weights_projected(self, k: Tensor, ts: Tensor, mask: Tensor, now: Tensor, context: Tensor) -> Tensor:
         """α (B, L) given the projected context W_c [q; u]: k (B, L, A), ts/mask (B, L), now (B,),
@@ -292,17 +312,23 @@ class DUPN(nn.Module):
 
     # -- user part -------------------------------------------------------------------
     def run_lstm(
-        self, b: BehaviorTensors, mask: Tensor, h: Tensor | None = None, c: Tensor | None = None
+        self,
+        b: BehaviorTensors,
+        mask: Tensor,
+        h: Tensor | None = None,
+        c: Tensor | None = None,
+        items: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Run the cell over (B, L) left-padded behaviors; padded steps keep the state.
 
+        ``items``: the behaviors' item embeddings if the caller already has them.
         Returns all hidden states (B, L, H) and the final (h, c).
         """
         bsz, length = mask.shape
         hid = self.cfg.hidden
         h = torch.zeros(bsz, hid) if h is None else h
         c = torch.zeros(bsz, hid) if c is None else c
-        x = self.cell.input_projection(self.items(b), self.props(b))
+        x = self.cell.input_projection(self.items(b) if items is None else items, self.props(b))
         # unbind, not x[:, t]: the backward of each x[:, t] allocates and zero-fills a gradient the size
         # of all of x (B, L, 4H), L times per step (10 GB of page faults per training step at B=512,
         # L=100); unbind's backward stacks the L slices' gradients once.
@@ -339,8 +365,9 @@ class DUPN(nn.Module):
         ``encoder.streaming.UpdatePolicy``) passes the last W positions as ``pool_mask``: its
         first steps only warm the state up, exactly as the stream worker computes it.
         """
-        hs, _, _ = self.run_lstm(b, mask)
-        k, v = self.attention.keys_values(hs, b.event_type, b.scenario)
+        e = self.items(b)
+        hs, _, _ = self.run_lstm(b, mask, items=e)
+        k, v = self.attention.keys_values(hs, b.event_type, b.scenario, e)
         full_ctx, side = self.user_context(ctx, mask.shape[0])
         pooled = self.attention(k, v, b.ts, mask if pool_mask is None else pool_mask, now, full_ctx)
         return self.representation(pooled, side)

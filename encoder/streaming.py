@@ -199,7 +199,8 @@ class StreamingEncoder:
         plan = _PackedPlan.of(lengths)
         b = BehaviorTensors.from_records(take_records(recs, plan.time_major), self.cfg)
         m = self.model
-        x = m.cell.input_projection(m.items(b), m.props(b))
+        e = m.items(b)
+        x = m.cell.input_projection(e, m.props(b))
         h = torch.from_numpy(np.stack([states[i].h for i in plan.by_length]))
         c = torch.from_numpy(np.stack([states[i].c for i in plan.by_length]))
         hs = torch.empty(len(recs), self.cfg.hidden)
@@ -207,7 +208,7 @@ class StreamingEncoder:
             h_t, c_t = m.cell.recur(x[lo : lo + n], h[:n], c[:n])
             hs[lo : lo + n] = h_t
             h[:n], c[:n] = h_t, c_t
-        k, v = m.attention.keys_values(hs, b.event_type, b.scenario)
+        k, v = m.attention.keys_values(hs, b.event_type, b.scenario, e)
         order = plan.user_major
         ends = np.cumsum(lengths)
         ts = recs["ts"]

@@ -76,6 +76,7 @@ class EvalPlan:
     train: TrainConfig  # every model's schedule and multi-task settings
     query_in_rep: bool = True  # DUPN's representation sees the query, as the baselines' inputs do
     interaction_dim: int = 0  # every model's CTR and talent heads: the factorised term's k (0 = none)
+    value_skip: bool = False  # DUPN's attention values also take e_t and the type (EncoderConfig.value_skip)
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # users: train / val / test
     reanchor: int = 25  # the worker's default policy (incremental, R)
     test_contexts: int = 2000  # per task, cap on scored test contexts
@@ -123,6 +124,7 @@ def make_setup(plan: EvalPlan, seed: int, enc_base: EncoderConfig | None = None)
         window=plan.window,
         query_in_rep=plan.query_in_rep,
         interaction_dim=plan.interaction_dim,
+        value_skip=plan.value_skip,
     )
     prep = prepare(TrainData(sim.histories, sim.users, splits["train"]), enc)
 

@@ -197,12 +197,16 @@ def test_anchored_runs_are_the_policy_runs(split: tuple) -> None:  # type: ignor
     assert (batch.mask.sum(1) >= 30).all() and (batch.mask | batch.pool_mask).eq(batch.mask).all()
 
 
-def test_served_path_scores_equal_the_offline_reference(sim: SimData, split: tuple) -> None:  # type: ignore[type-arg]
+@pytest.mark.parametrize("options", [{}, {"value_skip": True, "interaction_dim": 8}], ids=["talk", "skip+dot"])
+def test_served_path_scores_equal_the_offline_reference(
+    sim: SimData, split: tuple, options: dict[str, object]  # type: ignore[type-arg]
+) -> None:
     """With each user's profile on their events the worker serves the training function itself;
-    without (the same states re-pooled with the profile unknown) the unknown-profile twin."""
+    without (the same states re-pooled with the profile unknown) the unknown-profile twin. The same
+    holds with the attention values' skip connection and the heads' interaction term."""
     splits, prep = split
     torch.manual_seed(1)
-    model = DUPN(dataclasses.replace(TINY_ENC, query_in_rep=True))
+    model = DUPN(dataclasses.replace(TINY_ENC, query_in_rep=True, **options))  # type: ignore[arg-type]
     tables = {t: build_table(t, splits["test"][t][:60], prep.store, model.cfg) for t in FOUR}
     policy = UpdatePolicy("incremental", 7, TINY_ENC.window)
     profiles = {u.user_id: u.profile for u in sim.users}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from encoder.checkpoint import load_checkpoint, model_version_of, save_checkpoint
-from encoder.config import EncoderConfig
+from encoder.config import OMITTED_AT_DEFAULT, EncoderConfig
 from encoder.scoring import score_split, score_unsplit
 from tests.support.factories import TINY, tiny_model
 
@@ -55,11 +55,11 @@ def test_the_interaction_term_learns_a_match_the_concatenation_head_does_not_sta
 
 
 def test_without_the_term_the_model_and_its_version_are_unchanged(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """k = 0 is the head every existing checkpoint has: no new parameters, and a config written before
-    the field existed hashes (and so loads) to the same model_version."""
+    """k = 0 (and no value skip) is the model every existing checkpoint has: no new parameters, and a
+    config written before the fields existed hashes (and so loads) to the same model_version."""
     plain = tiny_model(seed=6)
-    assert not any("_dot" in name for name in plain.state_dict())
-    older = {k: v for k, v in dataclasses.asdict(TINY).items() if k != "interaction_dim"}
+    assert not any("_dot" in name or "value_item" in name for name in plain.state_dict())
+    older = {k: v for k, v in dataclasses.asdict(TINY).items() if k not in OMITTED_AT_DEFAULT}
     assert json.loads(EncoderConfig.from_dict(older).to_json()) == older
     state = plain.state_dict()
     assert model_version_of(state, EncoderConfig.from_dict(older)) == model_version_of(state, TINY)
