@@ -55,6 +55,8 @@ class EncoderConfig:
     # attention values also take the behavior's own item embedding and type (a skip connection
     # around the LSTM: v_t = W_v h_t + W_ve e_t + E_vt(type_t)); off = the talk's v_t = W_v h_t
     value_skip: bool = False
+    # r = tanh(W_r [pooled; u; q] + b_r) (the default); False: r = W_r [...] + b_r, unbounded like Wide's
+    rep_tanh: bool = True
     # heads. interaction_dim k > 0 adds a factorised user×candidate term to the CTR and talent
     # heads (TaskHeads); 0, the default, is the concatenation-only head older checkpoints have
     interaction_dim: int = 0
@@ -108,4 +110,4 @@ class EncoderConfig:
 
 #: Fields added after checkpoints existed, and the value that means "as before" (omitted from
 #: :meth:`EncoderConfig.to_json` at that value, so the content hash of older models is unchanged).
-OMITTED_AT_DEFAULT: dict[str, object] = {"interaction_dim": 0, "value_skip": False}
+OMITTED_AT_DEFAULT: dict[str, object] = {"interaction_dim": 0, "value_skip": False, "rep_tanh": True}

@@ -353,7 +353,8 @@ class DUPN(nn.Module):
     def representation(self, pooled: Tensor, side: Tensor) -> Tensor:
         """r = tanh(W_r [pooled; u] + b_r), or tanh(W_r [pooled; u; q] + b_r) with ``query_in_rep``:
         the 256-d user representation (``side`` from :meth:`user_context`)."""
-        return torch.tanh(self.rep(torch.cat([pooled, side], dim=-1)))
+        linear = self.rep(torch.cat([pooled, side], dim=-1))
+        return torch.tanh(linear) if self.cfg.rep_tanh else linear
 
     def encode(
         self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext, pool_mask: Tensor | None = None

@@ -77,6 +77,7 @@ class EvalPlan:
     query_in_rep: bool = True  # DUPN's representation sees the query, as the baselines' inputs do
     interaction_dim: int = 0  # every model's CTR and talent heads: the factorised term's k (0 = none)
     value_skip: bool = False  # DUPN's attention values also take e_t and the type (EncoderConfig.value_skip)
+    rep_tanh: bool = True  # DUPN's r = tanh(W_r [...]) (EncoderConfig.rep_tanh)
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # users: train / val / test
     reanchor: int = 25  # the worker's default policy (incremental, R)
     test_contexts: int = 2000  # per task, cap on scored test contexts
@@ -125,6 +126,7 @@ def make_setup(plan: EvalPlan, seed: int, enc_base: EncoderConfig | None = None)
         query_in_rep=plan.query_in_rep,
         interaction_dim=plan.interaction_dim,
         value_skip=plan.value_skip,
+        rep_tanh=plan.rep_tanh,
     )
     prep = prepare(TrainData(sim.histories, sim.users, splits["train"]), enc)
 
