@@ -119,6 +119,7 @@ class TrainConfig:
     schedule: str = "all"
     profile_dropout: float = 0.0
     anchor_every: int | None = None
+    task_weight: str = ""  # "task:w,..." multiplies a task's term after ``weighting`` (absent = 1)
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS or self.grad_mode not in GRAD_MODES or self.schedule not in SCHEDULES:
@@ -130,8 +131,24 @@ class TrainConfig:
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+        bad = set(self.task_multipliers()) - set(TASKS)
+        if bad or any(w < 0 for w in self.task_multipliers().values()):
+            raise ValueError(f"task_weight: tasks among {TASKS} with weights >= 0 required, got {self.task_weight!r}")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.l2 < 0 or self.max_history < 1:
             raise ValueError("steps >= 0, batch_size >= 1, lr > 0, l2 >= 0, max_history >= 1 required")
+
+    def task_multipliers(self) -> dict[str, float]:
+        """``task_weight`` parsed: {task: w} for the tasks it names."""
+        out: dict[str, float] = {}
+        for item in filter(None, (x.strip() for x in self.task_weight.split(","))):
+            name, sep, raw = item.partition(":")
+            try:
+                out[name] = float(raw) if sep else float("nan")
+            except ValueError:
+                out[name] = float("nan")
+            if out[name] != out[name]:
+                raise ValueError(f"task_weight item {item!r}: expected task:weight")
+        return out
 
 
 class TaskModel(Protocol):
@@ -478,6 +495,7 @@ def fit(
     steps, start = resolve_steps(cfg, tables), time.perf_counter()
     log = log if log is not None else FitLog()
     n_tasks = len(cfg.tasks)
+    multipliers = cfg.task_multipliers()
     if cfg.schedule == "round_robin":
         steps *= n_tasks
     model.train()
@@ -487,6 +505,7 @@ def fit(
         batch.context = drop_profile(batch.context, cfg.profile_dropout, gen)
         losses = batch_losses(model, batch, dropout, train_encoder)
         terms = combiner.weighted(losses)
+        terms = {t: v * multipliers[t] if t in multipliers else v for t, v in terms.items()}
         total = torch.stack(list(terms.values())).sum()
         opt.zero_grad(set_to_none=True)
         if cfg.grad_mode == "global" or len(terms) == 1:
