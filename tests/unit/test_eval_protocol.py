@@ -162,6 +162,27 @@ def test_every_training_choice_runs_and_moves_the_weights(split: tuple, kw: dict
     assert not torch.equal(model.state_dict()["cell.from_hidden.weight"], before)
 
 
+def test_a_task_weight_of_zero_leaves_that_tasks_head_untrained(split: tuple) -> None:  # type: ignore[type-arg]
+    """``task_weight`` multiplies a task's term: at 0 the PPP head gets no gradient (l2 = 0, so
+    AdaGrad has nothing to step on), at 1 it learns; other heads learn either way."""
+    _, prep = split
+    for weight, moves in (("0", False), ("1", True)):
+        torch.manual_seed(0)
+        model = _tiny_fit(prep, task_weight=f"ppp:{weight}", l2=0.0)
+        torch.manual_seed(0)
+        fresh = DUPN(TINY_ENC)
+        init_output_biases(fresh, prep, FOUR)
+        assert (not torch.equal(model.heads.ppp.weight, fresh.heads.ppp.weight)) == moves, weight
+        assert not torch.equal(model.heads.talent[0].weight, fresh.heads.talent[0].weight)
+
+
+def test_task_weight_is_checked() -> None:
+    assert TrainConfig(task_weight="ppp:0.1, ctr:2").task_multipliers() == {"ppp": 0.1, "ctr": 2.0}
+    for bad in ("ppp", "ppp:x", "nope:1", "ppp:-1"):
+        with pytest.raises(ValueError, match="task_weight"):
+            TrainConfig(task_weight=bad)
+
+
 def test_profile_dropout_trains_the_unknown_profile_row(split: tuple) -> None:  # type: ignore[type-arg]
     _, prep = split
     unknown_age, unknown_gender = TINY_ENC.n_age_groups, TINY_ENC.n_genders
