@@ -481,22 +481,31 @@ def _validate(args: argparse.Namespace, s: Settings) -> int:
 
 def _plan_overrides(items: list[str], plan: Any) -> dict[str, Any]:
     """``--set FIELD=VALUE`` items as :func:`dataclasses.replace` changes of an ``EvalPlan``: a plan
-    field (e.g. interaction_dim) directly, a TrainConfig field (e.g. weighting) into ``train``."""
+    field directly, a TrainConfig field (e.g. weighting) into ``train``, an EncoderConfig field
+    (e.g. interaction_dim) into ``encoder``."""
     import dataclasses
 
+    from encoder.config import EncoderConfig
+
     train_changes: dict[str, Any] = {}
+    encoder_changes: dict[str, Any] = dict(plan.encoder)
     overrides: dict[str, Any] = {}
     for item in items:
         key, _, raw = item.partition("=")
         value = _literal(raw)
-        if key in {f.name for f in dataclasses.fields(plan)} and key not in ("sim", "train"):
+        if key in {f.name for f in dataclasses.fields(plan)} and key not in ("sim", "train", "encoder"):
             overrides[key] = value
         elif key in {f.name for f in dataclasses.fields(plan.train)}:
             train_changes[key] = value
+        elif key in {f.name for f in dataclasses.fields(EncoderConfig)} and key not in ("window", "query_in_rep"):
+            encoder_changes[key] = value
         else:
-            raise SystemExit(f"--set {key}: not a setting of the evaluation plan or of TrainConfig")
+            raise SystemExit(f"--set {key}: not a setting of the evaluation plan, TrainConfig or EncoderConfig")
     if train_changes:
         overrides["train"] = dataclasses.replace(plan.train, **train_changes)
+    if encoder_changes:
+        EncoderConfig(**encoder_changes)  # a bad value fails here, not after the first seed's training
+        overrides["encoder"] = encoder_changes
     return overrides
 
 

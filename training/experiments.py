@@ -75,9 +75,9 @@ class EvalPlan:
     window: int  # behaviors per attention window (the talk: 100)
     train: TrainConfig  # every model's schedule and multi-task settings
     query_in_rep: bool = True  # DUPN's representation sees the query, as the baselines' inputs do
-    interaction_dim: int = 0  # every model's CTR and talent heads: the factorised term's k (0 = none)
-    value_skip: bool = False  # DUPN's attention values also take e_t and the type (EncoderConfig.value_skip)
-    rep_tanh: bool = True  # DUPN's r = tanh(W_r [...]) (EncoderConfig.rep_tanh)
+    # EncoderConfig fields changed for every model (e.g. {"interaction_dim": 64}); window and query_in_rep
+    # come from the fields above
+    encoder: dict[str, Any] = field(default_factory=dict)
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # users: train / val / test
     reanchor: int = 25  # the worker's default policy (incremental, R)
     test_contexts: int = 2000  # per task, cap on scored test contexts
@@ -120,14 +120,7 @@ def make_setup(plan: EvalPlan, seed: int, enc_base: EncoderConfig | None = None)
     splits = split_examples(sim, users)
     cutoff = sim.config.start_ms + int(0.8 * sim.config.days * DAY_MS)
     check_split(splits, cutoff, int(sim.config.shop_horizon_days * DAY_MS))
-    enc = replace(
-        enc_base or EncoderConfig(),
-        window=plan.window,
-        query_in_rep=plan.query_in_rep,
-        interaction_dim=plan.interaction_dim,
-        value_skip=plan.value_skip,
-        rep_tanh=plan.rep_tanh,
-    )
+    enc = replace(enc_base or EncoderConfig(), **plan.encoder, window=plan.window, query_in_rep=plan.query_in_rep)
     prep = prepare(TrainData(sim.histories, sim.users, splits["train"]), enc)
 
     def tables(name: str) -> dict[str, ExampleTable]:

@@ -268,7 +268,7 @@ def _header(
         f"`{tr['schedule']}`, profile dropout {tr['profile_dropout']}, lr {tr['lr']} / {tr['embedding_lr']} (ids).  ",
         f"DUPN runs its LSTM over the incremental policy's anchored runs (R = {plan['reanchor']}; baselines see the "
         f"same last-{plan['window']} window); query in DUPN's representation: {plan['query_in_rep']}; "
-        f"CTR/talent heads' factorised interaction k: {plan.get('interaction_dim', 0)} (every model).  ",
+        f"encoder changes (every model): {_encoder_changes(plan)}.  ",
         f"Test sizes (seed {first['seed']}): examples {first['sizes']['test_examples']}, "
         f"users {first['sizes']['test_users']}.  ",
         f"Cells: mean over {k} seeds ± standard error across seeds. Differences: mean paired difference ± "
@@ -520,8 +520,8 @@ def render_budget(res: Mapping[str, Any]) -> str:
         "outside training's RNG stream: the weights are those of an unhooked run). Settings: results/eval.md's, "
         f"the CHOICES row \"{res['choice']}\" (weighting `{train['weighting']}`, profile dropout "
         f"{train['profile_dropout']}, query in the representation; DUPN trains on anchored runs "
-        f"R = {train['anchor_every']}, the baselines on the window as in `run_seed`; CTR/talent heads' factorised "
-        f"interaction k = {res['plan'].get('interaction_dim', 0)}); only the step count differs "
+        f"R = {train['anchor_every']}, the baselines on the window as in `run_seed`; encoder changes: "
+        f"{_encoder_changes(res['plan'])}); only the step count differs "
         f"from the eval (250). ± is the user-bootstrap SE ({N_BOOT} resamples of the validation "
         "users). Train loss: mean over the 20 steps up to the checkpoint (training mode: dropout and profile "
         "dropout on). The test users are not touched.",
@@ -587,3 +587,11 @@ def render_budget(res: Mapping[str, Any]) -> str:
 def write_budget_report(res: Mapping[str, Any], path: Path) -> Path:
     path.write_text(render_budget(res))
     return path
+
+
+def _encoder_changes(plan: Mapping[str, Any]) -> str:
+    """The plan's EncoderConfig changes as `field=value` (older JSON: its interaction_dim), or "none"."""
+    changes = dict(plan.get("encoder") or {})
+    if plan.get("interaction_dim"):
+        changes["interaction_dim"] = plan["interaction_dim"]
+    return ", ".join(f"`{k}={v}`" for k, v in sorted(changes.items())) or "none"
