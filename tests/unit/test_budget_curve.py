@@ -185,3 +185,19 @@ def test_cli_renders_the_report_and_the_figure_from_the_json(tmp_path: Path) -> 
             main(["validate", *flag, "--out", str(out)])
     with pytest.raises(SystemExit, match="--choices/--singles"):
         main(["validate", "--curve", "--choices", "norm", "--out", str(out)])
+
+
+def test_set_routes_each_field_to_the_plan_training_or_encoder() -> None:
+    """``--set`` on eval and validate --curve: a plan field, a TrainConfig field and an EncoderConfig
+    field each land where they act; an unknown name or a bad value is refused before any training."""
+    from ops.cli import _plan_overrides
+    from training.experiments import plan_for
+
+    plan = plan_for(True, 0)
+    got = _plan_overrides(["reanchor=5", "weighting=init_norm", "interaction_dim=64", "value_skip=true"], plan)
+    assert got["reanchor"] == 5 and got["train"].weighting == "init_norm"
+    assert got["encoder"] == {"interaction_dim": 64, "value_skip": True}
+    with pytest.raises(SystemExit, match="nope"):
+        _plan_overrides(["nope=1"], plan)
+    with pytest.raises(SystemExit, match="encoder"):
+        _plan_overrides(["encoder=1"], plan)

@@ -27,6 +27,7 @@ from training.train import (
     combine_gradients,
     fit,
     init_output_biases,
+    make_optimizer,
     prepare,
 )
 
@@ -174,6 +175,18 @@ def test_a_task_weight_of_zero_leaves_that_tasks_head_untrained(split: tuple) ->
         init_output_biases(fresh, prep, FOUR)
         assert (not torch.equal(model.heads.ppp.weight, fresh.heads.ppp.weight)) == moves, weight
         assert not torch.equal(model.heads.talent[0].weight, fresh.heads.talent[0].weight)
+
+
+def test_the_optimizer_choice_keeps_the_two_rate_groups() -> None:
+    model = DUPN(TINY_ENC)
+    for name, kind in (("adagrad", torch.optim.Adagrad), ("adam", torch.optim.Adam)):
+        opt = make_optimizer(model, list(model.parameters()), TrainConfig(optimizer=name, lr=0.001, embedding_lr=0.01))
+        assert isinstance(opt, kind)
+        assert [g["lr"] for g in opt.param_groups] == [0.001, 0.01]
+        tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        assert {id(p) for p in opt.param_groups[1]["params"]} == tables
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="sgd")
 
 
 def test_task_weight_is_checked() -> None:
