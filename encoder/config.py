@@ -55,6 +55,9 @@ class EncoderConfig:
     # attention values also take the behavior's own item embedding and type (a skip connection
     # around the LSTM: v_t = W_v h_t + W_ve e_t + E_vt(type_t)); off = the talk's v_t = W_v h_t
     value_skip: bool = False
+    # attention weights: "softmax" over the window (the talk) or "sigmoid": α_t = σ(s_t) / window,
+    # unnormalised so the pooled vector keeps how much of the window matches (AttentionPooling.alpha)
+    attention_norm: str = "softmax"
     # r = tanh(W_r [pooled; u; q] + b_r) (the default); False: r = W_r [...] + b_r, unbounded like Wide's
     rep_tanh: bool = True
     # heads. interaction_dim k > 0 adds a factorised user×candidate term to the CTR and talent
@@ -110,4 +113,9 @@ class EncoderConfig:
 
 #: Fields added after checkpoints existed, and the value that means "as before" (omitted from
 #: :meth:`EncoderConfig.to_json` at that value, so the content hash of older models is unchanged).
-OMITTED_AT_DEFAULT: dict[str, object] = {"interaction_dim": 0, "value_skip": False, "rep_tanh": True}
+OMITTED_AT_DEFAULT: dict[str, object] = {
+    "interaction_dim": 0,
+    "value_skip": False,
+    "rep_tanh": True,
+    "attention_norm": "softmax",
+}

@@ -150,6 +150,7 @@ class AttentionPooling(nn.Module):
 
         s_t = w^T tanh(k_t + W_c [q; u] + E_age(bucket(now - ts_t)))
         α   = softmax_t(s_t)            (over the ≤ 100 behaviors in the window)
+        α_t = σ(s_t) / W                (``attention_norm = "sigmoid"``, W the window size)
         pooled = W_o Σ_t α_t v_t        (pooled_dim = 128)
 
     q is the query embedding (learned default when there is no query, the
@@ -178,6 +179,10 @@ class AttentionPooling(nn.Module):
         self.score = nn.Linear(a, 1, bias=False)
         self.out = nn.Linear(cfg.value_dim, cfg.pooled_dim)
         self.value_skip = cfg.value_skip
+        if cfg.attention_norm not in ("softmax", "sigmoid"):
+            raise ValueError(f"attention_norm must be softmax or sigmoid, got {cfg.attention_norm!r}")
+        self.sigmoid_weights = cfg.attention_norm == "sigmoid"
+        self.window = cfg.window
         if cfg.value_skip:
             self.value_item = nn.Linear(cfg.item_vec_dim, cfg.value_dim, bias=False)
             self.value_type = nn.Embedding(4, cfg.value_dim)
@@ -219,9 +224,17 @@ class AttentionPooling(nn.Module):
             pre = pre + self.age(ages)
         return self.score(torch.tanh(pre)).squeeze(-1)
 
-    @staticmethod
-    def alpha(s: Tensor, mask: Tensor) -> Tensor:
-        """α = softmax over the valid behaviors of each row; an empty window gets all zeros."""
+    def alpha(self, s: Tensor, mask: Tensor) -> Tensor:
+        """α = softmax over the valid behaviors of each row; an empty window gets all zeros.
+
+        With ``attention_norm = "sigmoid"``: α_t = σ(s_t) / W over the valid behaviors (W the window
+        size). Softmax makes Σ α = 1, so the pooled vector says what the attended behaviors look like
+        but not how many there are: a user with 40 of 100 behaviors in the query's category and one
+        with 2 pool alike. Why the option: DIN (Zhou et al., KDD 2018, §4.3) drops the normalisation
+        for this reason, "to reserve the intensity of user interests".
+        """
+        if self.sigmoid_weights:
+            return torch.sigmoid(s) * mask / self.window
         alpha = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
         return torch.nan_to_num(alpha, nan=0.0)  # an empty window pools to zero
 

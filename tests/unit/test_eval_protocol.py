@@ -231,7 +231,11 @@ def test_anchored_runs_are_the_policy_runs(split: tuple) -> None:  # type: ignor
     assert (batch.mask.sum(1) >= 30).all() and (batch.mask | batch.pool_mask).eq(batch.mask).all()
 
 
-@pytest.mark.parametrize("options", [{}, {"value_skip": True, "interaction_dim": 8}], ids=["talk", "skip+dot"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"value_skip": True, "interaction_dim": 8}, {"attention_norm": "sigmoid"}],
+    ids=["talk", "skip+dot", "sigmoid"],
+)
 def test_served_path_scores_equal_the_offline_reference(
     sim: SimData, split: tuple, options: dict[str, object]  # type: ignore[type-arg]
 ) -> None:

@@ -6,10 +6,12 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from encoder.checkpoint import load_checkpoint, model_version_of, save_checkpoint
 from encoder.config import OMITTED_AT_DEFAULT, EncoderConfig
+from encoder.model import UserContext
 from encoder.scoring import score_split, score_unsplit
 from tests.support.factories import TINY, tiny_model
 
@@ -68,3 +70,25 @@ def test_without_the_term_the_model_and_its_version_are_unchanged(tmp_path) -> N
     version = save_checkpoint(with_term, tmp_path / "m")
     loaded = load_checkpoint(tmp_path / "m")
     assert loaded.model_version == version and loaded.config.interaction_dim == 8
+
+
+def test_sigmoid_attention_serves_what_the_model_computes_and_keeps_intensity() -> None:
+    """``attention_norm = "sigmoid"``: the worker's pooled vector (kept scores, no context) equals
+    the model's own encode of the window, and the weights are σ(s)/W, not normalised to sum to 1
+    (so the pooled vector carries how many behaviors match, not only what they look like)."""
+    from encoder.features import records_from_events
+    from encoder.model import BehaviorTensors
+    from encoder.streaming import StreamingEncoder
+    from tests.support.factories import make_events
+
+    model = tiny_model(seed=7, attention_norm="sigmoid")
+    enc = StreamingEncoder(model, "t")
+    recs = records_from_events(make_events("u", 12, seed=1))
+    served = enc.represent(enc.replay([recs]), [int(recs[-1]["ts"])])
+    b = BehaviorTensors.from_records(recs[None, :], model.cfg)
+    mask = torch.ones(1, len(recs), dtype=torch.bool)
+    with torch.no_grad():
+        offline = model.encode(b, mask, torch.tensor([int(recs[-1]["ts"])]), UserContext()).numpy()
+    np.testing.assert_allclose(served, offline, rtol=1e-4, atol=1e-5)
+    alpha = model.attention.alpha(torch.zeros(1, 4), torch.tensor([[True, True, False, False]]))
+    assert alpha.tolist()[0] == pytest.approx([0.5 / model.cfg.window] * 2 + [0.0, 0.0])
