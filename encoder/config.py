@@ -58,6 +58,9 @@ class EncoderConfig:
     # attention weights: "softmax" over the window (the talk) or "sigmoid": α_t = σ(s_t) / window,
     # unnormalised so the pooled vector keeps how much of the window matches (AttentionPooling.alpha)
     attention_norm: str = "softmax"
+    # initial std of the item and context embedding rows (an initialisation only: checkpoints carry
+    # the trained rows, so the field changes what training starts from, never what a model serves)
+    embedding_std: float = 0.05
     # r = tanh(W_r [pooled; u; q] + b_r) (the default); False: r = W_r [...] + b_r, unbounded like Wide's
     rep_tanh: bool = True
     # heads. interaction_dim k > 0 adds a factorised user×candidate term to the CTR and talent
@@ -118,4 +121,5 @@ OMITTED_AT_DEFAULT: dict[str, object] = {
     "value_skip": False,
     "rep_tanh": True,
     "attention_norm": "softmax",
+    "embedding_std": 0.05,
 }

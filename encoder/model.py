@@ -63,7 +63,7 @@ class ItemEmbedding(nn.Module):
         self.category = nn.Embedding(cfg.category_buckets, cfg.category_dim)
         self.tags = nn.Embedding(cfg.tag_buckets, cfg.tag_dim, padding_idx=0)
         for emb in (self.item, self.shop, self.brand, self.category, self.tags):
-            nn.init.normal_(emb.weight, std=0.05)
+            nn.init.normal_(emb.weight, std=cfg.embedding_std)
 
     def forward(self, b: BehaviorTensors) -> Tensor:
         n_tags = (b.tags > 0).sum(-1, keepdim=True).clamp(min=1)
@@ -291,7 +291,7 @@ class ContextEmbedding(nn.Module):
         self.gender = nn.Embedding(cfg.n_genders + 1, cfg.profile_dim)
         self.n_age, self.n_gender = cfg.n_age_groups, cfg.n_genders
         for emb in (self.query, self.age_group, self.gender):
-            nn.init.normal_(emb.weight, std=0.05)
+            nn.init.normal_(emb.weight, std=cfg.embedding_std)
 
     def forward(self, ctx: UserContext, batch: int) -> tuple[Tensor, Tensor]:
         dev = self.query.weight.device
