@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -201,3 +202,31 @@ def test_set_routes_each_field_to_the_plan_training_or_encoder() -> None:
         _plan_overrides(["nope=1"], plan)
     with pytest.raises(SystemExit, match="encoder"):
         _plan_overrides(["encoder=1"], plan)
+
+
+def test_screen_report_lists_every_checkpoint_of_every_curve(tmp_path: Path) -> None:
+    from training.screen_report import write_screen
+
+    def curve(name: str, steps: list[int]) -> Path:
+        metrics = ("ctr_auc", "l2r_auc", "talent_auc", "ppp_acc")
+        rows = [{"model": "DUPN-all", "step": s, "train_loss_last20": {"ctr": 0.36},
+                 **{m: 0.5 + s / 1e4 for m in metrics}, **{m + "_se": 0.01 for m in metrics}} for s in steps]  # fmt: skip
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"commands": [f"dupn validate --curve --out {name}.json"], "rows": rows}))
+        return path
+
+    out = write_screen(tmp_path / "s.md", [curve("a", [125, 250]), curve("b", [125])], "intro")
+    table = [line for line in out.read_text().splitlines() if line.startswith("| a |") or line.startswith("| b |")]
+    assert len(table) == 3 and "0.5250 ± 0.0100" in table[1] and "--out b.json" in table[2]
+
+
+def test_within_slate_auc_ignores_which_slates_get_clicks() -> None:
+    """A score that only tells slates apart has within-slate AUC 0.5; one that ranks inside them, 1."""
+    from training.ctr_split import within_slate_auc
+
+    label = np.array([1, 0, 0, 0, 1, 0], np.float32)
+    table = SimpleNamespace(n_contexts=2, ctx_start=np.array([0, 3, 6]), label=label)
+    between = np.array([0.9, 0.9, 0.9, 0.1, 0.1, 0.1])
+    inside = np.array([0.2, 0.1, 0.1, 0.5, 0.9, 0.5])
+    assert within_slate_auc(table, between) == 0.5  # type: ignore[arg-type]
+    assert within_slate_auc(table, inside) == 1.0  # type: ignore[arg-type]
