@@ -210,7 +210,7 @@ def test_screen_report_lists_every_checkpoint_of_every_curve(tmp_path: Path) -> 
     def curve(name: str, steps: list[int]) -> Path:
         metrics = ("ctr_auc", "l2r_auc", "talent_auc", "ppp_acc")
         rows = [{"model": "DUPN-all", "step": s, "train_loss_last20": {"ctr": 0.36},
-                 **{m: 0.5 + s / 1e4 for m in metrics}, **{m + "_se": 0.01 for m in metrics}} for s in steps]  # fmt: skip
+                 **{m: 0.5 + s / 1e4 for m in metrics}, **{m + "_se": 0.01 for m in metrics}} for s in steps]
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps({"commands": [f"dupn validate --curve --out {name}.json"], "rows": rows}))
         return path
