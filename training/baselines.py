@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from encoder.config import EncoderConfig
-from encoder.model import BehaviorTensors, ContextEmbedding, ItemEmbedding, TaskHeads, UserContext
+from encoder.model import DUPN, BehaviorTensors, ContextEmbedding, ItemEmbedding, TaskHeads, UserContext
 
 WIDE_BUCKETS = 1 << 15
 _MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)
@@ -159,6 +159,29 @@ class CNNMax(_BaselineBase):
         q, u = self.context(ctx, mask.shape[0])
         return torch.tanh(self.out(torch.cat([pooled, q, u], dim=-1)))
 
+
+class WideAndDUPN(DUPN):
+    r"""r = DUPN(x) + wide(x): a research probe, not a baseline and not served.
+
+    It asks whether DUPN's sequence model adds anything on top of Wide's per-feature rows at this data
+    size (docs/eval.md, the session-7 screen): if this row's validation CTR equals Wide's, the rows are
+    what the CTR head uses and the LSTM's contribution is nil. The wide part sees the attention window
+    (``pool_mask``), like the baselines.
+    """
+
+    def __init__(self, cfg: EncoderConfig, buckets: int = WIDE_BUCKETS) -> None:
+        super().__init__(cfg)
+        self.wide = WideFeatures(cfg, buckets)
+
+    def encode(
+        self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext, pool_mask: Tensor | None = None
+    ) -> Tensor:
+        window = mask if pool_mask is None else pool_mask
+        return super().encode(b, mask, now, ctx, pool_mask) + self.wide(b, window, ctx)
+
+
+#: research probes a learning curve may train besides DUPN-all and the baselines
+PROBES: dict[str, type[DUPN]] = {"Wide+DUPN": WideAndDUPN}
 
 BASELINES: dict[str, type[_BaselineBase]] = {"Wide": Wide, "Wide&Deep": WideAndDeep, "CNN-max": CNNMax}
 

@@ -39,7 +39,7 @@ from encoder.config import EncoderConfig
 from encoder.explain import attention_report
 from encoder.model import DUPN
 from encoder.streaming import StreamingEncoder, UpdatePolicy
-from training.baselines import make_baseline
+from training.baselines import PROBES, make_baseline
 from training.data import ExampleTable, build_table, subsample_contexts
 from training.metrics import (
     BASELINE_NAMES,
@@ -176,6 +176,8 @@ def _scored(name: str, model: nn.Module, board: Scoreboard, log: FitLog, tasks: 
 def _new_model(name: str, enc: EncoderConfig) -> nn.Module:
     if name.startswith("DUPN-"):
         return DUPN(enc.variant(name.removeprefix("DUPN-")))
+    if name in PROBES:
+        return PROBES[name](enc)
     return make_baseline(name, enc)
 
 
@@ -459,7 +461,7 @@ def run_validation(
 #: DUPN-all's settings in results/eval.md (the baselines get the same TrainConfig; ``train_model``
 #: drops ``anchor_every`` for them, as in :func:`run_seed`).
 EVAL_CHOICE = "norm + anchored R=25 + profile dropout 0.2"
-CURVE_MODELS: tuple[str, ...] = ("DUPN-all", *BASELINE_NAMES)
+CURVE_MODELS: tuple[str, ...] = ("DUPN-all", *BASELINE_NAMES, *PROBES)
 
 
 def _at(name: str, step: int) -> str:
@@ -497,7 +499,7 @@ def run_curve(
     """
     if steps < 1 or every < 1:
         raise ValueError("steps >= 1 and every >= 1 required")
-    unknown = [m for m in models if m != "DUPN-all" and m not in BASELINE_NAMES]
+    unknown = [m for m in models if m != "DUPN-all" and m not in BASELINE_NAMES and m not in PROBES]
     if unknown or not models:
         raise ValueError(f"models must be among {CURVE_MODELS}, got {list(models)}")
     set_threads()

@@ -230,3 +230,26 @@ def test_within_slate_auc_ignores_which_slates_get_clicks() -> None:
     inside = np.array([0.2, 0.1, 0.1, 0.5, 0.9, 0.5])
     assert within_slate_auc(table, between) == 0.5  # type: ignore[arg-type]
     assert within_slate_auc(table, inside) == 1.0  # type: ignore[arg-type]
+
+
+def test_the_wide_plus_dupn_probe_is_dupns_representation_plus_wides_rows() -> None:
+    from training.baselines import WideAndDUPN
+    from training.experiments import CURVE_MODELS, _new_model
+
+    assert "Wide+DUPN" in CURVE_MODELS
+    torch.manual_seed(0)
+    probe = _new_model("Wide+DUPN", TINY_ENC)
+    assert isinstance(probe, WideAndDUPN) and isinstance(probe, DUPN)
+    probe.eval()
+    from encoder.features import records_from_events
+    from encoder.model import BehaviorTensors, UserContext
+    from tests.support.factories import make_events
+
+    recs = np.stack([records_from_events(make_events(u, 5, seed=i)) for i, u in enumerate(("a", "b"))])
+    b = BehaviorTensors.from_records(recs, TINY_ENC)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    now = b.ts[:, -1] + 1
+    with torch.no_grad():
+        got = probe.encode(b, mask, now, UserContext())
+        want = DUPN.encode(probe, b, mask, now, UserContext()) + probe.wide(b, mask, UserContext())
+    torch.testing.assert_close(got, want)
