@@ -439,11 +439,12 @@ class TaskHeads(nn.Module):
 
     def ctr_item_part(self, user_part: Tensor, item_vec: Tensor) -> Tensor:
         """Logits for candidates (…, N, E) given the user part from :meth:`ctr_user_part`."""
-        mlp_in = user_part[..., :256].unsqueeze(-2) + self.ctr_item(item_vec)
+        split = self.ctr_user.out_features
+        mlp_in = user_part[..., :split].unsqueeze(-2) + self.ctr_item(item_vec)
         logit = self.ctr_mlp(mlp_in).squeeze(-1)
         if self.k == 0:
             return logit
-        dot = (user_part[..., 256:].unsqueeze(-2) * self.ctr_item_dot(item_vec)).sum(-1)
+        dot = (user_part[..., split:].unsqueeze(-2) * self.ctr_item_dot(item_vec)).sum(-1)
         return logit + dot / self.k**0.5
 
     def ctr_logit(self, rep: Tensor, item_vec: Tensor) -> Tensor:

@@ -457,8 +457,8 @@ def _validate_parser(sub: Any) -> None:
     vp.add_argument("--report", type=Path, help="--curve: the markdown report (default: --out with .md)")
     vp.add_argument("--render-only", action="store_true", help="--curve: re-render --report from --out, no training")
     vp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="--curve: override a setting of the plan or TrainConfig (e.g. interaction_dim=64); "
-                         "the --choice row's settings still apply on top")
+                    help="--curve: override a setting of the plan, TrainConfig or EncoderConfig "
+                         "(e.g. interaction_dim=64); the --choice row's settings still apply on top")
     vp.set_defaults(run=_validate)
 
 

@@ -35,10 +35,15 @@ def within_slate_auc(table: ExampleTable, scores: np.ndarray) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def search_mask(table: ExampleTable) -> np.ndarray:
+    """Per candidate: whether its slate came with a search query."""
+    owner = np.repeat(np.arange(table.n_contexts), np.diff(table.ctx_start))
+    return np.asarray(table.ctx_query[owner] > 0)
+
+
 def split_row(table: ExampleTable, scores: np.ndarray) -> dict[str, float]:
     """AUC overall, on search slates (a query), on the others, and within slates."""
-    owner = np.repeat(np.arange(table.n_contexts), np.diff(table.ctx_start))
-    query = table.ctx_query[owner] > 0
+    query = search_mask(table)
     y = table.label
     return {
         "all": auc(y, scores),
@@ -63,8 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for spec in args.scores:
         path, _, key = spec.partition("::")
         rows.append((key, Path(path).name, np.load(path)[key]))
-    owner = np.repeat(np.arange(table.n_contexts), np.diff(table.ctx_start))
-    q = table.ctx_query[owner] > 0
+    q = search_mask(table)
     lines = [
         "# Validation CTR AUC by slate kind and within slates",
         "",

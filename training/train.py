@@ -135,8 +135,8 @@ class TrainConfig:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        bad = set(self.task_multipliers()) - set(TASKS)
-        if bad or any(w < 0 for w in self.task_multipliers().values()):
+        multipliers = self.task_multipliers()
+        if set(multipliers) - set(TASKS) or any(w < 0 for w in multipliers.values()):
             raise ValueError(f"task_weight: tasks among {TASKS} with weights >= 0 required, got {self.task_weight!r}")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.l2 < 0 or self.max_history < 1:
             raise ValueError("steps >= 0, batch_size >= 1, lr > 0, l2 >= 0, max_history >= 1 required")
@@ -145,12 +145,12 @@ class TrainConfig:
         """``task_weight`` parsed: {task: w} for the tasks it names."""
         out: dict[str, float] = {}
         for item in filter(None, (x.strip() for x in self.task_weight.split(","))):
-            name, sep, raw = item.partition(":")
+            name, _, raw = item.partition(":")
             try:
-                out[name] = float(raw) if sep else float("nan")
+                out[name] = float(raw)
             except ValueError:
-                out[name] = float("nan")
-            if out[name] != out[name]:
+                out[name] = math.nan
+            if not math.isfinite(out[name]):
                 raise ValueError(f"task_weight item {item!r}: expected task:weight")
         return out
 
