@@ -16,6 +16,14 @@ its home dir. ``events_seen`` has the worker's meaning, so one reader measures b
 event. Measured by the same probe at the same paced load as the worker, it is what one
 Kafka hop costs on this broker and machine before any work of ours.
 
+``python -m ops.bench_apps model-hop``: the same bare hop, but each fetched batch (every partition's records
+of one ``getmany``, as the worker takes a batch) goes through the worker's own ``VectorUpdater.apply``
+(the checkpoint and update policy of ``DUPN_MODEL_PATH``, ``streams.runtime.Runtime``), in line on the
+event loop, with each user's state kept encoded (``state.codec``) in a dict, and publishes the real
+vectors. No Faust, no consumer thread, no RocksDB, no changelog: between the floor and the worker, it
+shows how much of the worker's extra latency is the model and state work itself and how much is the
+path around it.
+
 ``python -m ops.bench_apps latency-probe --out FILE``: follows the vectors topic,
 prints ``ready`` once assigned, and on SIGTERM writes every vector's receive ms, user,
 ``events_seen`` and ``updated_at`` to FILE (``.npz``: columns ``receive_ms``, ``user``
@@ -78,8 +86,8 @@ def run_passthrough(s: Settings) -> int:
 HOP_COUNT_FILE = "hop.count"  # events consumed so far, rewritten every 200 ms
 
 
-def run_hop(s: Settings) -> int:
-    return asyncio.run(_hop(s))
+def run_hop(s: Settings, model: bool = False) -> int:
+    return asyncio.run(_model_hop(s) if model else _hop(s))
 
 
 async def _hop(s: Settings) -> int:
@@ -120,6 +128,58 @@ async def _hop(s: Settings) -> int:
                     await producer.send(s.kafka.vectors_topic, key=key, value=encode_vector_message(out, encoding))
                 consumed += len(records)
             if time.monotonic() - counted_at > 0.2:  # how far it got, for the bench to wait on
+                counter.write_text(str(consumed))
+                counted_at = time.monotonic()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return 0
+
+
+async def _model_hop(s: Settings) -> int:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from core.contracts import encode_vector_message
+    from state.codec import decode_state, encode_state
+    from state.store import user_key
+    from streams.runtime import Runtime, tune_gc_for_worker
+    from streams.updater import Incoming
+
+    tune_gc_for_worker()  # as the worker does, after the imports
+    updater = Runtime(s).updater  # the worker's model, policy and encoder cache
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    options = s.kafka.kafka_client_options()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.kafka.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=s.kafka.fetch_max_wait_ms, **options,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, linger_ms=0, **options)
+    encoding = s.worker.vector_encoding
+    counter, consumed, counted_at = s.home_path / HOP_COUNT_FILE, 0, 0.0
+    states: dict[str, bytes] = {}  # user -> encoded state, what the worker keeps in RocksDB
+
+    def load(user_id: str, _msg: Any) -> Any:
+        return decode_state(user_id, states[user_id]) if user_id in states else None
+
+    await consumer.start()
+    await producer.start()
+    try:
+        parts = consumer.partitions_for_topic(s.kafka.events_topic) or set()
+        consumer.assign([TopicPartition(s.kafka.events_topic, p) for p in sorted(parts)])
+        print("ready", flush=True)
+        while not stopping.is_set():
+            fetched = (await consumer.getmany(timeout_ms=50)).values()
+            # aiokafka's timestamp is in ms; Faust's (what the updater reads as ``timestamp``) in seconds
+            batch = [Incoming(r.partition, r.offset, r.key, r.value, r.timestamp) for rs in fetched for r in rs]
+            if batch:
+                result = updater.apply(batch, load)
+                for up in result.updates:
+                    states[up.state.user_id] = encode_state(up.state)
+                    value = encode_vector_message(up.vector, encoding)
+                    await producer.send(s.kafka.vectors_topic, key=user_key(up.state.user_id), value=value)
+                consumed += len(batch)
+            if time.monotonic() - counted_at > 0.2:
                 counter.write_text(str(consumed))
                 counted_at = time.monotonic()
     finally:
@@ -178,14 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="app", required=True)
     sub.add_parser("passthrough", help="ceiling B: a no-op Faust agent with the worker's settings")
     sub.add_parser("hop", help="the freshness floor: bare aiokafka consume -> decode -> produce, until SIGTERM")
+    sub.add_parser("model-hop", help="the bare hop plus the worker's VectorUpdater in line, until SIGTERM")
     probe = sub.add_parser("latency-probe", help="receive time, user and events_seen of every vector, until SIGTERM")
     probe.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     s = load_settings()
     if args.app == "passthrough":
         return run_passthrough(s)
-    if args.app == "hop":
-        return run_hop(s)
+    if args.app in ("hop", "model-hop"):
+        return run_hop(s, model=args.app == "model-hop")
     return run_latency_probe(s, args.out)
 
 

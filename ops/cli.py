@@ -601,6 +601,8 @@ def _bench_parser(sub: Any) -> None:
                     "(default 5,10,25,50,75; --quick 5,25)")
     bp.add_argument("--sweep-reps", type=int, help="sweep: repetitions of the 10 %% and 25 %% points, the "
                     "others run once (default 3; --quick 1)")
+    bp.add_argument("--sweep-model-hop", action="store_true", help="sweep: also run the model hop at every point "
+                    "(the floor plus the worker's VectorUpdater in line: no Faust, RocksDB or changelog)")
     bp.add_argument("--warmup-s", type=float, help="sweep: seconds of warm-up per point (default 5)")
     bp.add_argument("--steady-s", type=float, help="sweep: seconds measured per point (default 30)")
     bp.add_argument("--intake", choices=("lean", "stream"), default="lean", help="drain only")
@@ -617,7 +619,7 @@ def _bench(args: argparse.Namespace, s: Settings) -> int:
     opts = {"partitions": s.kafka.partitions, "seed": args.seed, "freshness_rate": args.rate,
             "evicting_users": args.evicting_users, "throughput_reps": args.reps, "drain_rate": args.drain_rate,
             "sweep_loads": args.sweep_loads, "sweep_reps": args.sweep_reps, "sweep_warmup_s": args.warmup_s,
-            "sweep_steady_s": args.steady_s, **sizes}
+            "sweep_steady_s": args.steady_s, "sweep_model_hop": args.sweep_model_hop or None, **sizes}
     opts = {k: v for k, v in opts.items() if v is not None}
     cfg = BenchConfig.quick(s.model_dir, **opts) if args.quick else BenchConfig(s.model_dir, **opts)
     if args.part == "drain":
@@ -663,6 +665,7 @@ def _bench_command(args: argparse.Namespace, cfg: Any) -> str:
                                          ("warmup-s", args.warmup_s), ("steady-s", args.steady_s)) if v]
     if args.sweep_loads:
         words.append("--sweep-loads " + ",".join(f"{x:g}" for x in args.sweep_loads))
+    words += ["--sweep-model-hop"] if args.sweep_model_hop else []
     words += ["--quick"] if args.quick else []
     env = f"DUPN_PARTITIONS={cfg.partitions} " if cfg.partitions != 8 else ""
     return env + " ".join(words)

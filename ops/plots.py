@@ -94,7 +94,9 @@ def write_sweep_png(path: Path, loads: Sequence[dict[str, Any]]) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     try:
         x = [row["load_percent"] for row in loads]
-        for side, color in (("worker", "#e45756"), ("floor", "#4c78a8")):
+        for side, color in (("worker", "#e45756"), ("floor", "#4c78a8"), ("model_hop", "#54a24b")):
+            if any(side not in row for row in loads):  # the model hop runs only with --sweep-model-hop
+                continue
             for q, style in (("p50", "-o"), ("p99", "--s")):
                 cells = [row[side]["receive_minus_ts_ms"].get(q) for row in loads]
                 if any(c is None for c in cells):

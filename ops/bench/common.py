@@ -39,6 +39,7 @@ class BenchConfig:
     drain_rate: float | None = None  # sweep: 100 % load in events/s when the worker part does not run
     sweep_loads: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 75.0)  # % of the drain rate
     sweep_reps: int = 3  # repetitions of the 10 % and 25 % points (the others run once)
+    sweep_model_hop: bool = False  # also run the model hop at every point (ops.bench.sweep)
     sweep_warmup_s: float = 5.0
     sweep_steady_s: float = 30.0
     sweep_gap_s: float = 3.0  # rest between points, after the app has drained the previous one

@@ -26,9 +26,9 @@ def freshness(cfg: BenchConfig, stream: Stream, rate: float) -> dict[str, Any]:
     """
     timing = Timing(cfg.warmup_s, cfg.steady_s)
     note(f"freshness: the floor (bare aiokafka hop) at {rate:.0f} events/s")
-    floor = run_point_set(cfg, EventSource(stream), [rate], timing, worker=False)[0]
+    floor = run_point_set(cfg, EventSource(stream), [rate], timing, app="floor")[0]
     note(f"freshness: the worker at {rate:.0f} events/s")
-    out = run_point_set(cfg, EventSource(stream), [rate], timing, worker=True)[0]
+    out = run_point_set(cfg, EventSource(stream), [rate], timing, app="worker")[0]
     out["warmup_s"] = cfg.warmup_s
     out["worker_events_per_batch_mean"] = out.pop("worker_events_per_batch_mean_all_points", None)
     floor["path"] = HOP_PATH

@@ -1,4 +1,4 @@
-"""Paced load through the worker or the floor hop, measured per event by an independent reader.
+"""Paced load through the worker, the floor hop or the model hop, measured per event by an independent reader.
 
 One process set (a fresh broker, the app under test, the reader) runs a sequence of
 load points: each point sends its events on schedule (``ts`` = the moment each is
@@ -30,10 +30,17 @@ from ops.harness import running_worker, worker_env
 
 PROBE_ARGV = ("-m", "ops.bench_apps", "latency-probe")
 HOP_ARGV = ("-m", "ops.bench_apps", "hop")
+MODEL_HOP_ARGV = ("-m", "ops.bench_apps", "model-hop")
+APPS = ("worker", "floor", "model-hop")  # what a point set runs: the worker under test or one of its controls
 TICK_S = 0.005
 HOP_PATH = (
     "aiokafka consume -> orjson.loads -> produce a vector message of zeros in the worker's encoding per user per "
     "fetched batch, events_seen = the user's events consumed so far (ops.bench_apps hop)"
+)
+MODEL_HOP_PATH = (
+    "the floor's aiokafka consume -> produce, with the worker's VectorUpdater.apply in line on each fetched batch "
+    "and the states kept encoded in memory: the worker's model and state work without Faust, its consumer "
+    "thread, RocksDB or the changelog (ops.bench_apps model-hop)"
 )
 
 
@@ -104,17 +111,20 @@ class PointLog:
 
 
 def run_point_set(
-    cfg: BenchConfig, source: EventSource, rates: Sequence[float], timing: Timing, worker: bool
+    cfg: BenchConfig, source: EventSource, rates: Sequence[float], timing: Timing, app: str
 ) -> list[dict[str, Any]]:
-    """Every rate in order through one worker (or floor hop); per point: per-event freshness of its steady window."""
+    """Every rate in order through one ``app`` (:data:`APPS`); per point: per-event freshness of its steady window."""
+    if app not in APPS:
+        raise ValueError(f"a paced app is one of {APPS}; got {app!r}")
+    worker = app == "worker"
     logs: list[PointLog] = []
-    with bench_env(cfg, "worker-paced" if worker else "floor-paced") as s, _app(cfg, s, worker):
+    with bench_env(cfg, f"{app}-paced") as s, _app(cfg, s, app):
         probe, out = _start_probe(s)
         try:
             for i, rate in enumerate(rates):
-                note(f"{'worker' if worker else 'floor'}: point {i + 1}/{len(rates)} at {rate:.0f} events/s")
+                note(f"{app}: point {i + 1}/{len(rates)} at {rate:.0f} events/s")
                 logs.append(asyncio.run(_paced(s, source, rate, timing)))
-                _wait_taken(s, int(source.counts.sum()), worker, timeout_s=max(60.0, timing.steady_s))
+                _wait_taken(s, int(source.counts.sum()), app, timeout_s=max(60.0, timing.steady_s))
                 time.sleep(1.0 + timing.gap_s)  # the reader's last fetches, then the rest between points
             metrics = worker_metrics(s.http.web_url) if worker else {}
         finally:
@@ -131,12 +141,12 @@ def run_point_set(
 
 
 @contextlib.contextmanager
-def _app(cfg: BenchConfig, s: Settings, worker: bool) -> Iterator[None]:
-    if worker:
+def _app(cfg: BenchConfig, s: Settings, app: str) -> Iterator[None]:
+    if app == "worker":
         with running_worker(s, "worker", cfg.ready_timeout_s):
             yield
         return
-    proc = start_ready_process(s, HOP_ARGV, "hop")
+    proc = start_ready_process(s, MODEL_HOP_ARGV if app == "model-hop" else HOP_ARGV, app)
     try:
         yield
     finally:
@@ -230,8 +240,8 @@ async def _paced(s: Settings, source: EventSource, rate: float, timing: Timing) 
     )
 
 
-def _wait_taken(s: Settings, events: int, worker: bool, timeout_s: float) -> None:
-    """Until the app has taken every event sent so far: the worker's applied counter, the hop's count file.
+def _wait_taken(s: Settings, events: int, app: str, timeout_s: float) -> None:
+    """Until the app has taken every event sent so far: the worker's applied counter, a hop's count file.
 
     An app that cannot keep up is a finding: noted, and the next point starts anyway
     (its uncovered events and its latencies show it).
@@ -242,10 +252,10 @@ def _wait_taken(s: Settings, events: int, worker: bool, timeout_s: float) -> Non
     taken = 0
     while taken < events and time.monotonic() < deadline:
         time.sleep(0.1)
-        if worker:
+        if app == "worker":
             taken = int(worker_metrics(s.http.web_url).get("events_applied", 0))
         else:
             path = s.home_path / HOP_COUNT_FILE
             taken = int(path.read_text() or 0) if path.exists() else 0
     if taken < events:
-        note(f"{'worker' if worker else 'floor'}: took {taken} of {events} events {timeout_s:.0f}s after the last send")
+        note(f"{app}: took {taken} of {events} events {timeout_s:.0f}s after the last send")

@@ -68,6 +68,33 @@ def _sweep_lines(sw: dict[str, Any]) -> list[str]:
         cells.append(f"{_idle(w['idle_cpu_percent'])} / {_idle(f['idle_cpu_percent'])}")
         cells.append(f"{w['events_uncovered']:,} / {f['events_uncovered']:,}")
         lines.append("| " + " | ".join(cells) + " |")
+    if any("model_hop" in row for row in sw["loads"]):
+        lines += _model_hop_lines(sw)
+    return lines
+
+
+def _model_hop_lines(sw: dict[str, Any]) -> list[str]:
+    """Per load: floor, model hop and worker p50 side by side, and the worker's extra p50 split in two."""
+    lines = [
+        "",
+        f"Model hop at every point ({sw['model_hop_path']}), run between the floor and the worker in each pass. "
+        "p50 receive − ts, median [min–max] over the reps, ms; the splits are of the medians.",
+        "",
+        "| load | floor p50 | model hop p50 | worker p50 | model hop − floor | worker − model hop "
+        "| model hop publish − ts p50 | idle CPU model hop |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sw["loads"]:
+        if "model_hop" not in row:
+            continue
+        f, m, w = (row[k]["receive_minus_ts_ms"].get("p50") for k in ("floor", "model_hop", "worker"))
+        split = (
+            [_ms(m["median"] - f["median"]), _ms(w["median"] - m["median"])] if f and m and w else ["—", "—"]
+        )
+        cells = [f"{row['load_percent']:g} %", _cell(f), _cell(m), _cell(w), *split]
+        hop = row["model_hop"]
+        cells += [_cell(hop["publish_minus_ts_ms"].get("p50")), _idle(hop["idle_cpu_percent"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

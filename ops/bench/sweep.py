@@ -9,6 +9,12 @@ broker per pass keeps what the broker holds bounded: in one set of all nine poin
 events) both the hop and the worker stopped taking events at ~1.36M on the embedded broker
 (the 2026-12-01 run, BENCHMARKS.md), which made the later repetitions measure the broker.
 Default timing: 5 s warm-up + 30 s steady per point, 9 points × 2 apps ≈ 15 min.
+
+With ``sweep_model_hop`` each pass also runs the model hop (``ops.bench_apps model-hop``: the
+floor plus the worker's ``VectorUpdater`` in line, no Faust, RocksDB or changelog) after the
+floor and before the worker, so each point splits the worker's extra time over the floor into
+the model and state work and the path around it (Faust's consumer thread, the encoder thread,
+RocksDB, the changelog). The targets stay worker against floor.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ops.bench.common import BenchConfig, Stream, note
-from ops.bench.paced import HOP_PATH, EventSource, Timing, run_point_set
+from ops.bench.paced import HOP_PATH, MODEL_HOP_PATH, EventSource, Timing, run_point_set
 from ops.bench.perevent import percentile_spread, spread
 
 REPEATED_LOADS = (10.0, 25.0)  # the loads the targets are set at: repeated for their spread
 KEYS = ("receive_minus_ts_ms", "publish_minus_ts_ms")
+SIDES = ("worker", "floor", "model_hop")  # a point's figures per app (model_hop only with sweep_model_hop)
 
 
 def schedule(loads: Sequence[float], reps: int) -> list[tuple[float, int]]:
@@ -38,25 +45,26 @@ def schedule(loads: Sequence[float], reps: int) -> list[tuple[float, int]]:
 
 
 def sweep(cfg: BenchConfig, stream: Stream, drain_rate: float) -> dict[str, Any]:
-    """Floor then worker through every point; the per-point figures and, per load, their spread over reps."""
+    """Floor (then the model hop) then worker through every point; the per-point figures and, per load, their
+    spread over reps."""
     if drain_rate <= 0:
         raise ValueError(f"the drain rate must be positive; got {drain_rate}")
     order = schedule(cfg.sweep_loads, cfg.sweep_reps)
     rates = [drain_rate * load / 100 for load, _ in order]
     timing = Timing(cfg.sweep_warmup_s, cfg.sweep_steady_s, cfg.sweep_gap_s)
-    note(f"sweep: {len(order)} points of {timing.warmup_s:g}+{timing.steady_s:g}s, floor then worker")
-    floor: list[dict[str, Any]] = []
-    worker: list[dict[str, Any]] = []
+    apps = ("floor", "model-hop", "worker") if cfg.sweep_model_hop else ("floor", "worker")
+    note(f"sweep: {len(order)} points of {timing.warmup_s:g}+{timing.steady_s:g}s, {' then '.join(apps)}")
+    runs: dict[str, list[dict[str, Any]]] = {app: [] for app in apps}
     for rep in sorted({r for _, r in order}):
         pass_rates = [rate for rate, (_, r) in zip(rates, order, strict=True) if r == rep]
-        note(f"sweep: pass {rep}, {len(pass_rates)} points, floor then worker, each on a fresh broker")
-        floor += run_point_set(cfg, EventSource(stream), pass_rates, timing, worker=False)
-        worker += run_point_set(cfg, EventSource(stream), pass_rates, timing, worker=True)
+        note(f"sweep: pass {rep}, {len(pass_rates)} points, {' then '.join(apps)}, each on a fresh broker")
+        for app in apps:
+            runs[app] += run_point_set(cfg, EventSource(stream), pass_rates, timing, app=app)
     points = [
-        {"load_percent": load, "rep": rep, "worker": w, "floor": f}
-        for (load, rep), w, f in zip(order, worker, floor, strict=True)
+        {"load_percent": load, "rep": rep, **{side(app): runs[app][i] for app in apps}}
+        for i, (load, rep) in enumerate(order)
     ]
-    return {
+    out = {
         "drain_rate_events_per_s": round(drain_rate, 1),
         "warmup_s": timing.warmup_s,
         "steady_s": timing.steady_s,
@@ -65,10 +73,18 @@ def sweep(cfg: BenchConfig, stream: Stream, drain_rate: float) -> dict[str, Any]
         "points": points,
         "loads": by_load(points),
     }
+    if cfg.sweep_model_hop:
+        out["model_hop_path"] = MODEL_HOP_PATH
+    return out
+
+
+def side(app: str) -> str:
+    """A point's key for ``app``'s figures: ``worker``, ``floor``, ``model_hop``."""
+    return app.replace("-", "_")
 
 
 def by_load(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per load: the spread (median, min, max over reps) of every percentile, for worker and floor."""
+    """Per load: the spread (median, min, max over reps) of every percentile, for each app that ran."""
     out = []
     for load in sorted({p["load_percent"] for p in points}):
         reps = [p for p in points if p["load_percent"] == load]
@@ -77,12 +93,12 @@ def by_load(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "reps": len(reps),
             "target_events_per_s": reps[0]["worker"]["target_events_per_s"],
         }
-        for side in ("worker", "floor"):
-            runs = [p[side] for p in reps]
-            row[side] = {key: percentile_spread(runs, key) for key in KEYS}
-            row[side]["events_uncovered"] = sum(r["events_uncovered"] for r in runs)
-            row[side]["achieved_over_target"] = spread([r["achieved_over_target"] for r in runs])
+        for name in [n for n in SIDES if n in reps[0]]:
+            runs = [p[name] for p in reps]
+            row[name] = {key: percentile_spread(runs, key) for key in KEYS}
+            row[name]["events_uncovered"] = sum(r["events_uncovered"] for r in runs)
+            row[name]["achieved_over_target"] = spread([r["achieved_over_target"] for r in runs])
             idle = [r["idle_cpu_percent"] for r in runs if r.get("idle_cpu_percent") is not None]
-            row[side]["idle_cpu_percent"] = spread(idle) if idle else None
+            row[name]["idle_cpu_percent"] = spread(idle) if idle else None
         out.append(row)
     return out

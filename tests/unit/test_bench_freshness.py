@@ -195,6 +195,23 @@ def test_report_renders_sweep_targets_and_write_cost_only_when_present() -> None
     assert "| live (paced load) | 400 | 800 | 0.5 |" in markdown(doc)
 
 
+def test_the_model_hop_gets_its_own_spread_and_splits_the_worker_gap_in_the_report() -> None:
+    points = [{"load_percent": 10.0, "rep": i + 1, "worker": point(w, 300), "floor": point(f, 200),
+               "model_hop": point(m, 250)} for i, (w, f, m) in enumerate([(80, 58, 66), (84, 57, 70), (78, 60, 64)])]
+    loads = by_load(points)
+    assert loads[0]["model_hop"]["receive_minus_ts_ms"]["p50"] == {"median": 66.0, "min": 64.0, "max": 70.0, "n": 3}
+    assert "model_hop" not in sweep_doc([(10, 100)], [(5, 90)])["loads"][0]  # only when it ran
+    sweep = {"drain_rate_source": "given", "drain_rate_events_per_s": 20_000, "warmup_s": 5, "steady_s": 30,
+             "gap_s": 3, "floor_path": "hop", "model_hop_path": "model hop", "loads": loads}
+    doc = {"command": "c", "started": "now", "model_version": "m",
+           "machine": {"cpus": 2, "loadavg_start": [0.1], "loadavg_end": [0.2]},
+           "stream": {"events": 10, "users": 2, "seed": 0}, "config": {"partitions": 8},
+           "parts": {"sweep": sweep}, "targets": [v.to_json() for v in verdicts({"sweep": sweep})]}
+    # floor 58, model hop 66, worker 80 (medians): 8 ms of model and state work, 14 ms around it
+    assert "| 10 % | 58.0 [57.0–60.0] | 66.0 [64.0–70.0] | 80.0 [78.0–84.0] | 8.0 | 14.0 |" in markdown(doc)
+    assert [t["target"].split(":")[1].strip().split(" ")[0] for t in doc["targets"]] == ["worker", "worker"]
+
+
 def test_a_sweep_without_a_drain_rate_fails_before_any_part_runs() -> None:
     from ops.bench import BenchConfig, run_parts
 
