@@ -104,7 +104,7 @@ def write_sweep_png(path: Path, loads: Sequence[dict[str, Any]]) -> Path:
                 med = np.asarray([c["median"] for c in cells])
                 err = np.asarray([[m - c["min"] for m, c in zip(med, cells, strict=True)],
                                   [c["max"] - m for m, c in zip(med, cells, strict=True)]])
-                ax.errorbar(x, med, yerr=err, fmt=style, color=color, capsize=3, label=f"{side} {q}")
+                ax.errorbar(x, med, yerr=err, fmt=style, color=color, capsize=3, label=f"{side.replace('_', ' ')} {q}")
         ax.set_yscale("log")
         ax.set_xlabel("load (% of the worker's drain rate)")
         ax.set_ylabel("receive − event ts per event (ms, log scale)")
