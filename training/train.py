@@ -122,6 +122,10 @@ class TrainConfig:
     anchor_every: int | None = None
     task_weight: str = ""  # "task:w,..." multiplies a task's term after ``weighting`` (absent = 1)
     optimizer: str = "adagrad"  # or "adam" (same two groups and rates; see make_optimizer)
+    # "task,..." whose gradients reach the encoder through r; the others train only their heads, on r
+    # detached ("" = every task). Why: to tell whether a task helps or costs the shared representation
+    # apart from whether its head can read what the others put there.
+    encoder_tasks: str = ""
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS or self.grad_mode not in GRAD_MODES or self.schedule not in SCHEDULES:
@@ -138,8 +142,15 @@ class TrainConfig:
         multipliers = self.task_multipliers()
         if set(multipliers) - set(TASKS) or any(w < 0 for w in multipliers.values()):
             raise ValueError(f"task_weight: tasks among {TASKS} with weights >= 0 required, got {self.task_weight!r}")
+        if not set(self.encoder_task_set()) <= set(self.tasks):
+            raise ValueError(f"encoder_tasks must name tasks among {self.tasks}, got {self.encoder_tasks!r}")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.l2 < 0 or self.max_history < 1:
             raise ValueError("steps >= 0, batch_size >= 1, lr > 0, l2 >= 0, max_history >= 1 required")
+
+    def encoder_task_set(self) -> tuple[str, ...]:
+        """``encoder_tasks`` parsed: the tasks whose gradients reach the encoder (every task when empty)."""
+        named = tuple(t for t in (x.strip() for x in self.encoder_tasks.split(",")) if t)
+        return named or tuple(self.tasks)
 
     def task_multipliers(self) -> dict[str, float]:
         """``task_weight`` parsed: {task: w} for the tasks it names."""
@@ -256,13 +267,22 @@ def drop_profile(ctx: UserContext, rate: float, gen: torch.Generator | None = No
 
 
 def batch_losses(
-    model: TaskModel, batch: Batch, dropout: float, train_encoder: bool = True
+    model: TaskModel, batch: Batch, dropout: float, train_encoder: bool = True,
+    encoder_tasks: Sequence[str] | None = None,
 ) -> dict[str, Tensor]:
-    """Per-task losses of one batch (one encoder pass over its distinct contexts)."""
+    """Per-task losses of one batch (one encoder pass over its distinct contexts).
+
+    ``encoder_tasks``: the tasks whose loss reaches the encoder through r (None: every task); any other
+    task's head reads r detached, so it learns from r without changing it (``TrainConfig.encoder_tasks``)."""
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         rep = encode_batch(model, batch)
     rep = F.dropout(rep, p=dropout, training=dropout > 0)
-    return {p.task: part_loss(p, part_logits(model, rep, p)) for p in batch.parts}
+    detached = rep.detach()
+
+    def rep_for(task: str) -> Tensor:
+        return rep if encoder_tasks is None or task in encoder_tasks else detached
+
+    return {p.task: part_loss(p, part_logits(model, rep_for(p.task), p)) for p in batch.parts}
 
 
 def init_output_biases(model: TaskModel, prep: Prepared, tasks: Sequence[str]) -> None:
@@ -508,6 +528,7 @@ def fit(
     log = log if log is not None else FitLog()
     n_tasks = len(cfg.tasks)
     multipliers = cfg.task_multipliers()
+    encoder_tasks = cfg.encoder_task_set() if cfg.encoder_tasks else None
     if cfg.schedule == "round_robin":
         steps *= n_tasks
     model.train()
@@ -515,7 +536,7 @@ def fit(
     for step in bar:
         batch = next(batches) if cfg.schedule == "all" else batches.one_task((step - 1) % n_tasks)
         batch.context = drop_profile(batch.context, cfg.profile_dropout, gen)
-        losses = batch_losses(model, batch, dropout, train_encoder)
+        losses = batch_losses(model, batch, dropout, train_encoder, encoder_tasks)
         terms = combiner.weighted(losses)
         terms = {t: v * multipliers[t] if t in multipliers else v for t, v in terms.items()}
         total = torch.stack(list(terms.values())).sum()

@@ -177,6 +177,24 @@ def test_a_task_weight_of_zero_leaves_that_tasks_head_untrained(split: tuple) ->
         assert not torch.equal(model.heads.talent[0].weight, fresh.heads.talent[0].weight)
 
 
+def test_a_task_left_out_of_encoder_tasks_trains_its_head_but_not_the_encoder(split: tuple) -> None:  # type: ignore[type-arg]
+    """With ``encoder_tasks="ppp"`` only PPP's gradient reaches the LSTM: the same run with PPP's weight at 0
+    leaves the encoder where it started, while the CTR head still learns from r in both."""
+    _, prep = split
+    torch.manual_seed(0)
+    fresh = DUPN(TINY_ENC)
+    init_output_biases(fresh, prep, FOUR)
+    runs = (({"encoder_tasks": "ppp"}, True), ({"encoder_tasks": "ppp", "task_weight": "ppp:0"}, False), ({}, True))
+    for kw, encoder_moves in runs:
+        torch.manual_seed(0)
+        model = _tiny_fit(prep, l2=0.0, **kw)
+        assert (not torch.equal(model.cell.from_hidden.weight, fresh.cell.from_hidden.weight)) == encoder_moves, kw
+        assert not torch.equal(model.heads.ctr_user.weight, fresh.heads.ctr_user.weight), kw
+    with pytest.raises(ValueError, match="encoder_tasks"):
+        TrainConfig(encoder_tasks="shop")
+    assert TrainConfig(encoder_tasks="").encoder_task_set() == TrainConfig().tasks
+
+
 def test_the_optimizer_choice_keeps_the_two_rate_groups() -> None:
     model = DUPN(TINY_ENC)
     for name, kind in (("adagrad", torch.optim.Adagrad), ("adam", torch.optim.Adam)):
