@@ -40,6 +40,7 @@ import signal
 import sys
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +88,17 @@ HOP_COUNT_FILE = "hop.count"  # events consumed so far, rewritten every 200 ms
 
 
 def run_hop(s: Settings, model: bool = False) -> int:
-    return asyncio.run(_model_hop(s) if model else _hop(s))
+    return asyncio.run(_run_hop(s, _model_step(s) if model else _floor_step(s)))
 
 
-async def _hop(s: Settings) -> int:
-    import numpy as np
-    import orjson
+HopStep = Callable[[Any, list[list[Any]]], Awaitable[int]]
+"""``(producer, each partition's fetched records) -> events consumed``: what a hop does with one fetch."""
+
+
+async def _run_hop(s: Settings, step: HopStep) -> int:
+    """The hops' shared loop: a bare aiokafka consumer (the worker's fetch wait) on every events partition, a
+    producer without linger, ``ready`` once assigned, ``step`` per fetch, and the count file for the bench."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-    from core.contracts import VectorMessage, encode_vector_message
 
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
@@ -105,10 +108,7 @@ async def _hop(s: Settings) -> int:
         fetch_max_wait_ms=s.kafka.fetch_max_wait_ms, **options,
     )
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, linger_ms=0, **options)
-    zeros = np.zeros(256, np.float32)  # a vector message as large as the worker's, in its encoding
-    encoding = s.worker.vector_encoding
     counter, consumed, counted_at = s.home_path / HOP_COUNT_FILE, 0, 0.0
-    seen: dict[bytes, int] = {}  # events consumed per user: the vector's events_seen
     await consumer.start()
     await producer.start()
     try:
@@ -116,17 +116,7 @@ async def _hop(s: Settings) -> int:
         consumer.assign([TopicPartition(s.kafka.events_topic, p) for p in sorted(parts)])
         print("ready", flush=True)
         while not stopping.is_set():
-            for records in (await consumer.getmany(timeout_ms=50)).values():
-                latest = {}  # the worker's publishing rule: one document per user per batch, for the last event
-                for r in records:
-                    latest[r.key] = orjson.loads(r.value)
-                    seen[r.key] = seen.get(r.key, 0) + 1
-                now_ms = time.time_ns() // 1_000_000
-                for key, doc in latest.items():
-                    out = VectorMessage(str(doc["user_id"]), "hop", zeros, seen[key], str(doc["event_id"]),
-                                        int(doc["ts"]), now_ms)
-                    await producer.send(s.kafka.vectors_topic, key=key, value=encode_vector_message(out, encoding))
-                consumed += len(records)
+            consumed += await step(producer, list((await consumer.getmany(timeout_ms=50)).values()))
             if time.monotonic() - counted_at > 0.2:  # how far it got, for the bench to wait on
                 counter.write_text(str(consumed))
                 counted_at = time.monotonic()
@@ -136,9 +126,35 @@ async def _hop(s: Settings) -> int:
     return 0
 
 
-async def _model_hop(s: Settings) -> int:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+def _floor_step(s: Settings) -> HopStep:
+    """Per partition's records: one vector message of zeros per user, for the user's last event."""
+    import numpy as np
+    import orjson
 
+    from core.contracts import VectorMessage, encode_vector_message
+
+    zeros = np.zeros(256, np.float32)  # a vector message as large as the worker's, in its encoding
+    encoding = s.worker.vector_encoding
+    seen: dict[bytes, int] = {}  # events consumed per user: the vector's events_seen
+
+    async def step(producer: Any, fetched: list[list[Any]]) -> int:
+        for records in fetched:
+            latest = {}  # the worker's publishing rule: one document per user per batch, for the last event
+            for r in records:
+                latest[r.key] = orjson.loads(r.value)
+                seen[r.key] = seen.get(r.key, 0) + 1
+            now_ms = time.time_ns() // 1_000_000
+            for key, doc in latest.items():
+                out = VectorMessage(str(doc["user_id"]), "hop", zeros, seen[key], str(doc["event_id"]),
+                                    int(doc["ts"]), now_ms)
+                await producer.send(s.kafka.vectors_topic, key=key, value=encode_vector_message(out, encoding))
+        return sum(len(records) for records in fetched)
+
+    return step
+
+
+def _model_step(s: Settings) -> HopStep:
+    """Every partition's records as one batch through the worker's ``VectorUpdater``, its vectors published."""
     from core.contracts import encode_vector_message
     from state.codec import decode_state, encode_state
     from state.store import user_key
@@ -147,45 +163,23 @@ async def _model_hop(s: Settings) -> int:
 
     tune_gc_for_worker()  # as the worker does, after the imports
     updater = Runtime(s).updater  # the worker's model, policy and encoder cache
-    stopping = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-    options = s.kafka.kafka_client_options()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-        fetch_max_wait_ms=s.kafka.fetch_max_wait_ms, **options,
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, linger_ms=0, **options)
     encoding = s.worker.vector_encoding
-    counter, consumed, counted_at = s.home_path / HOP_COUNT_FILE, 0, 0.0
     states: dict[str, bytes] = {}  # user -> encoded state, what the worker keeps in RocksDB
 
     def load(user_id: str, _msg: Any) -> Any:
         return decode_state(user_id, states[user_id]) if user_id in states else None
 
-    await consumer.start()
-    await producer.start()
-    try:
-        parts = consumer.partitions_for_topic(s.kafka.events_topic) or set()
-        consumer.assign([TopicPartition(s.kafka.events_topic, p) for p in sorted(parts)])
-        print("ready", flush=True)
-        while not stopping.is_set():
-            fetched = (await consumer.getmany(timeout_ms=50)).values()
-            # aiokafka's timestamp is in ms; Faust's (what the updater reads as ``timestamp``) in seconds
-            batch = [Incoming(r.partition, r.offset, r.key, r.value, r.timestamp) for rs in fetched for r in rs]
-            if batch:
-                result = updater.apply(batch, load)
-                for up in result.updates:
-                    states[up.state.user_id] = encode_state(up.state)
-                    value = encode_vector_message(up.vector, encoding)
-                    await producer.send(s.kafka.vectors_topic, key=user_key(up.state.user_id), value=value)
-                consumed += len(batch)
-            if time.monotonic() - counted_at > 0.2:
-                counter.write_text(str(consumed))
-                counted_at = time.monotonic()
-    finally:
-        await consumer.stop()
-        await producer.stop()
-    return 0
+    async def step(producer: Any, fetched: list[list[Any]]) -> int:
+        # aiokafka's timestamp is in ms; Faust's (what the updater reads as ``timestamp``) in seconds
+        batch = [Incoming(r.partition, r.offset, r.key, r.value, r.timestamp) for rs in fetched for r in rs]
+        if batch:
+            for up in updater.apply(batch, load).updates:
+                states[up.state.user_id] = encode_state(up.state)
+                value = encode_vector_message(up.vector, encoding)
+                await producer.send(s.kafka.vectors_topic, key=user_key(up.state.user_id), value=value)
+        return len(batch)
+
+    return step
 
 
 def run_latency_probe(s: Settings, out: Path) -> int:
