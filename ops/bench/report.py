@@ -51,8 +51,9 @@ def _sweep_lines(sw: dict[str, Any]) -> list[str]:
         "",
         f"Each point: {sw['warmup_s']:g} s warm-up, then {sw['steady_s']:g} s measured; every event sent in that "
         "window counts once, at the first vector with `events_seen` ≥ its index (receive − its ts). One worker and "
-        f"one floor hop ({sw['floor_path']}) each run every point in turn, draining and resting {sw['gap_s']:g} s "
-        "in between. Cells: median [min–max] over the reps, ms.",
+        f"one floor hop ({sw['floor_path']}){' (and the model hop, below)' if 'model_hop_path' in sw else ''} each "
+        f"run every point in turn, draining and resting {sw['gap_s']:g} s in between. Cells: median [min–max] over "
+        "the reps, ms.",
         "",
         "| load | events/s | reps | worker p50 | worker p99 | worker p999 | floor p50 | floor p99 | floor p999 "
         "| worker publish − ts p50 / p99 | idle CPU worker / floor | uncovered worker / floor |",
