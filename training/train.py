@@ -528,7 +528,7 @@ def fit(
     log = log if log is not None else FitLog()
     n_tasks = len(cfg.tasks)
     multipliers = cfg.task_multipliers()
-    encoder_tasks = cfg.encoder_task_set() if cfg.encoder_tasks else None
+    encoder_tasks = cfg.encoder_task_set()  # every task when ``encoder_tasks`` is empty
     if cfg.schedule == "round_robin":
         steps *= n_tasks
     model.train()
