@@ -201,14 +201,10 @@ class StreamingEncoder:
         m = self.model
         e = m.items(b)
         x = m.cell.input_projection(e, m.props(b))
-        h = torch.from_numpy(np.stack([states[i].h for i in plan.by_length]))
-        c = torch.from_numpy(np.stack([states[i].c for i in plan.by_length]))
-        hs = torch.empty(len(recs), self.cfg.hidden)
-        for lo, n in zip(plan.step_offsets.tolist(), plan.step_sizes.tolist(), strict=True):
-            h_t, c_t = m.cell.recur(x[lo : lo + n], h[:n], c[:n])
-            hs[lo : lo + n] = h_t
-            h[:n], c[:n] = h_t, c_t
-        k, v = m.attention.keys_values(hs, b.event_type, b.scenario, e)
+        h_np = np.stack([states[i].h for i in plan.by_length])
+        c_np = np.stack([states[i].c for i in plan.by_length])
+        hs = m.cell.recur_packed(x.numpy(), h_np, c_np, plan.step_offsets.tolist(), plan.step_sizes.tolist())
+        k, v = m.attention.keys_values(torch.from_numpy(hs), b.event_type, b.scenario, e)
         order = plan.user_major
         ends = np.cumsum(lengths)
         ts = recs["ts"]
@@ -223,7 +219,6 @@ class StreamingEncoder:
             projected = projected[torch.from_numpy(np.concatenate([np.arange(n) for n in plan.step_sizes.tolist()]))]
         scores = m.attention.scores(k, ages_tm, projected)
         k_np, v_np, s_np = k.numpy()[order], v.numpy()[order], scores.numpy()[order]
-        h_np, c_np = h.numpy(), c.numpy()
         for rank, i in enumerate(plan.by_length.tolist()):
             st, hi, count = states[i], int(ends[i]), int(lengths[i])
             st.h, st.c = h_np[rank].copy(), c_np[rank].copy()
