@@ -24,6 +24,12 @@ vectors. No Faust, no consumer thread, no RocksDB, no changelog: between the flo
 shows how much of the worker's extra latency is the model and state work itself and how much is the
 path around it.
 
+``python -m ops.bench_apps hop --spin-us FIXED,PER_EVENT``: the floor hop that, before producing each
+fetched batch's vectors, holds its event loop in a busy wait of FIXED + PER_EVENT × (events in the batch) µs,
+the CPU time the model hop's ``apply`` takes in process (``ops.bench.small_batches``). Why: it tells whether
+the model hop's distance from the floor is that CPU time spent in line (the spin hop lands where the model
+hop does) or something else the model work brings (the spin hop stays near the floor).
+
 ``python -m ops.bench_apps latency-probe --out FILE``: follows the vectors topic,
 prints ``ready`` once assigned, and on SIGTERM writes every vector's receive ms, user,
 ``events_seen`` and ``updated_at`` to FILE (``.npz``: columns ``receive_ms``, ``user``
@@ -87,8 +93,27 @@ def run_passthrough(s: Settings) -> int:
 HOP_COUNT_FILE = "hop.count"  # events consumed so far, rewritten every 200 ms
 
 
-def run_hop(s: Settings, model: bool = False) -> int:
-    return asyncio.run(_run_hop(s, _model_step(s) if model else _floor_step(s)))
+def run_hop(s: Settings, model: bool = False, spin_us: tuple[float, float] | None = None) -> int:
+    if model:
+        return asyncio.run(_run_hop(s, _model_step(s)))
+    return asyncio.run(_run_hop(s, _floor_step(s) if spin_us is None else _spin_step(s, *spin_us)))
+
+
+def parse_spin(text: str) -> tuple[float, float]:
+    """``"FIXED,PER_EVENT"`` (µs, both ≥ 0) as a pair; a clear error otherwise."""
+    parts = text.split(",")
+    try:
+        fixed, per_event = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"spin is FIXED_US,PER_EVENT_US (two numbers); got {text!r}") from None
+    if fixed < 0 or per_event < 0:
+        raise ValueError(f"spin times must be >= 0 µs; got {text!r}")
+    return fixed, per_event
+
+
+def spin_us_for(events: int, fixed_us: float, per_event_us: float) -> float:
+    """The busy wait for a fetch of ``events`` events: nothing for an empty fetch, as the model hop applies none."""
+    return fixed_us + per_event_us * events if events else 0.0
 
 
 HopStep = Callable[[Any, list[list[Any]]], Awaitable[int]]
@@ -149,6 +174,19 @@ def _floor_step(s: Settings) -> HopStep:
                                     int(doc["ts"]), now_ms)
                 await producer.send(s.kafka.vectors_topic, key=key, value=encode_vector_message(out, encoding))
         return sum(len(records) for records in fetched)
+
+    return step
+
+
+def _spin_step(s: Settings, fixed_us: float, per_event_us: float) -> HopStep:
+    """The floor's step after a busy wait of :func:`spin_us_for` the fetch: the model's CPU time, without the model."""
+    floor = _floor_step(s)
+
+    async def step(producer: Any, fetched: list[list[Any]]) -> int:
+        until = time.perf_counter() + spin_us_for(sum(len(rs) for rs in fetched), fixed_us, per_event_us) / 1e6
+        while time.perf_counter() < until:  # holds the loop and the GIL, as apply does
+            pass
+        return await floor(producer, fetched)
 
     return step
 
@@ -231,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ops.bench_apps", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="app", required=True)
     sub.add_parser("passthrough", help="ceiling B: a no-op Faust agent with the worker's settings")
-    sub.add_parser("hop", help="the freshness floor: bare aiokafka consume -> decode -> produce, until SIGTERM")
+    hop = sub.add_parser("hop", help="the freshness floor: bare aiokafka consume -> decode -> produce, until SIGTERM")
+    hop.add_argument("--spin-us", type=parse_spin, help="FIXED,PER_EVENT: busy-wait that many µs per fetched batch")
     sub.add_parser("model-hop", help="the bare hop plus the worker's VectorUpdater in line, until SIGTERM")
     probe = sub.add_parser("latency-probe", help="receive time, user and events_seen of every vector, until SIGTERM")
     probe.add_argument("--out", type=Path, required=True)
@@ -240,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.app == "passthrough":
         return run_passthrough(s)
     if args.app in ("hop", "model-hop"):
-        return run_hop(s, model=args.app == "model-hop")
+        return run_hop(s, model=args.app == "model-hop", spin_us=getattr(args, "spin_us", None))
     return run_latency_probe(s, args.out)
 
 

@@ -603,6 +603,9 @@ def _bench_parser(sub: Any) -> None:
                     "others run once (default 3; --quick 1)")
     bp.add_argument("--sweep-model-hop", action="store_true", help="sweep: also run the model hop at every point "
                     "(the floor plus the worker's VectorUpdater in line: no Faust, RocksDB or changelog)")
+    bp.add_argument("--sweep-spin-hop", metavar="FIXED_US,PER_EVENT_US", type=_spin,
+                    help="sweep: also run the floor hop with a busy wait of FIXED + PER_EVENT x events µs per "
+                    "fetched batch (the model's CPU time, without the model) at every point")
     bp.add_argument("--warmup-s", type=float, help="sweep: seconds of warm-up per point (default 5)")
     bp.add_argument("--steady-s", type=float, help="sweep: seconds measured per point (default 30)")
     bp.add_argument("--intake", choices=("lean", "stream"), default="lean", help="drain only")
@@ -619,7 +622,8 @@ def _bench(args: argparse.Namespace, s: Settings) -> int:
     opts = {"partitions": s.kafka.partitions, "seed": args.seed, "freshness_rate": args.rate,
             "evicting_users": args.evicting_users, "throughput_reps": args.reps, "drain_rate": args.drain_rate,
             "sweep_loads": args.sweep_loads, "sweep_reps": args.sweep_reps, "sweep_warmup_s": args.warmup_s,
-            "sweep_steady_s": args.steady_s, "sweep_model_hop": args.sweep_model_hop or None, **sizes}
+            "sweep_steady_s": args.steady_s, "sweep_model_hop": args.sweep_model_hop or None,
+            "sweep_spin_hop": args.sweep_spin_hop, **sizes}
     opts = {k: v for k, v in opts.items() if v is not None}
     cfg = BenchConfig.quick(s.model_dir, **opts) if args.quick else BenchConfig(s.model_dir, **opts)
     if args.part == "drain":
@@ -656,6 +660,17 @@ def _percentages(text: str) -> tuple[float, ...]:
     return loads
 
 
+def _spin(text: str) -> str:
+    """``FIXED_US,PER_EVENT_US`` checked here (a clear argparse error), passed on as given."""
+    from ops.bench_apps import parse_spin
+
+    try:
+        parse_spin(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _bench_command(args: argparse.Namespace, cfg: Any) -> str:
     """The command that reproduces this run, spelled out (for the generated table)."""
     words = ["dupn bench", f"--part {args.part}", f"--users {cfg.users}", f"--events {cfg.events}"]
@@ -666,6 +681,7 @@ def _bench_command(args: argparse.Namespace, cfg: Any) -> str:
     if args.sweep_loads:
         words.append("--sweep-loads " + ",".join(f"{x:g}" for x in args.sweep_loads))
     words += ["--sweep-model-hop"] if args.sweep_model_hop else []
+    words += [f"--sweep-spin-hop {args.sweep_spin_hop}"] if args.sweep_spin_hop else []
     words += ["--quick"] if args.quick else []
     env = f"DUPN_PARTITIONS={cfg.partitions} " if cfg.partitions != 8 else ""
     return env + " ".join(words)

@@ -40,6 +40,7 @@ class BenchConfig:
     sweep_loads: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 75.0)  # % of the drain rate
     sweep_reps: int = 3  # repetitions of the 10 % and 25 % points (the others run once)
     sweep_model_hop: bool = False  # also run the model hop at every point (ops.bench.sweep)
+    sweep_spin_hop: str = ""  # "FIXED_US,PER_EVENT_US": also run the spin hop at every point (ops.bench_apps)
     sweep_warmup_s: float = 5.0
     sweep_steady_s: float = 30.0
     sweep_gap_s: float = 3.0  # rest between points, after the app has drained the previous one

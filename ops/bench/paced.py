@@ -31,11 +31,15 @@ from ops.harness import running_worker, worker_env
 PROBE_ARGV = ("-m", "ops.bench_apps", "latency-probe")
 HOP_ARGV = ("-m", "ops.bench_apps", "hop")
 MODEL_HOP_ARGV = ("-m", "ops.bench_apps", "model-hop")
-APPS = ("worker", "floor", "model-hop")  # what a point set runs: the worker under test or one of its controls
+APPS = ("worker", "floor", "spin-hop", "model-hop")  # what a point set runs: the worker under test or a control
 TICK_S = 0.005
 HOP_PATH = (
     "aiokafka consume -> orjson.loads -> produce a vector message of zeros in the worker's encoding per user per "
     "fetched batch, events_seen = the user's events consumed so far (ops.bench_apps hop)"
+)
+SPIN_HOP_PATH = (
+    "the floor hop holding its event loop in a busy wait of FIXED + PER_EVENT × events µs per fetched batch "
+    "before producing (ops.bench_apps hop --spin-us): the model hop's CPU time in line, without the model"
 )
 MODEL_HOP_PATH = (
     "the floor's aiokafka consume -> produce, with the worker's VectorUpdater.apply in line on each fetched batch "
@@ -146,12 +150,23 @@ def _app(cfg: BenchConfig, s: Settings, app: str) -> Iterator[None]:
         with running_worker(s, "worker", cfg.ready_timeout_s):
             yield
         return
-    proc = start_ready_process(s, MODEL_HOP_ARGV if app == "model-hop" else HOP_ARGV, app)
+    proc = start_ready_process(s, app_argv(cfg, app), app)
     try:
         yield
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def app_argv(cfg: BenchConfig, app: str) -> tuple[str, ...]:
+    """The control ``app``'s command line (every app but the worker)."""
+    if app == "model-hop":
+        return MODEL_HOP_ARGV
+    if app == "spin-hop":
+        if not cfg.sweep_spin_hop:
+            raise ValueError("the spin hop needs its busy wait: BenchConfig.sweep_spin_hop = 'FIXED_US,PER_EVENT_US'")
+        return (*HOP_ARGV, "--spin-us", cfg.sweep_spin_hop)
+    return HOP_ARGV
 
 
 def _start_probe(s: Settings) -> tuple[subprocess.Popen[bytes], Path]:

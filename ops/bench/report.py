@@ -71,6 +71,33 @@ def _sweep_lines(sw: dict[str, Any]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     if any("model_hop" in row for row in sw["loads"]):
         lines += _model_hop_lines(sw)
+    if any("spin_hop" in row for row in sw["loads"]):
+        lines += _spin_hop_lines(sw)
+    return lines
+
+
+def _spin_hop_lines(sw: dict[str, Any]) -> list[str]:
+    """Per load: floor, spin hop and model hop p50, and how much of the model hop's distance the spin explains."""
+    lines = [
+        "",
+        f"Spin hop at every point ({sw['spin_hop_path']}; FIXED,PER_EVENT = {sw['spin_hop_us']} µs), run right "
+        "after the floor in each pass. p50 receive − ts, median [min–max] over the reps, ms; differences of the "
+        "medians.",
+        "",
+        "| load | floor p50 | spin hop p50 | model hop p50 | spin hop − floor | model hop − spin hop "
+        "| idle CPU floor / spin hop |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in sw["loads"]:
+        if "spin_hop" not in row:
+            continue
+        f, sp = (row[k]["receive_minus_ts_ms"].get("p50") for k in ("floor", "spin_hop"))
+        m = row["model_hop"]["receive_minus_ts_ms"].get("p50") if "model_hop" in row else None
+        cells = [f"{row['load_percent']:g} %", _cell(f), _cell(sp), _cell(m)]
+        cells.append(_ms(sp["median"] - f["median"]) if f and sp else "—")
+        cells.append(_ms(m["median"] - sp["median"]) if m and sp else "—")
+        cells.append(f"{_idle(row['floor']['idle_cpu_percent'])} / {_idle(row['spin_hop']['idle_cpu_percent'])}")
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

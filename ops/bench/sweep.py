@@ -15,6 +15,10 @@ floor plus the worker's ``VectorUpdater`` in line, no Faust, RocksDB or changelo
 floor and before the worker, so each point splits the worker's extra time over the floor into
 the model and state work and the path around it (Faust's consumer thread, the encoder thread,
 RocksDB, the changelog). The targets stay worker against floor.
+
+With ``sweep_spin_hop`` ("FIXED_US,PER_EVENT_US") each pass also runs the spin hop right after the floor
+(``ops.bench_apps hop --spin-us``: the floor holding its loop for the model's in-process CPU time per batch),
+which tells the model hop's distance from the floor apart into that CPU time and the rest.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ops.bench.common import BenchConfig, Stream, note
-from ops.bench.paced import HOP_PATH, MODEL_HOP_PATH, EventSource, Timing, run_point_set
+from ops.bench.paced import HOP_PATH, MODEL_HOP_PATH, SPIN_HOP_PATH, EventSource, Timing, run_point_set
 from ops.bench.perevent import percentile_spread, spread
 
 REPEATED_LOADS = (10.0, 25.0)  # the loads the targets are set at: repeated for their spread
 KEYS = ("receive_minus_ts_ms", "publish_minus_ts_ms")
-SIDES = ("worker", "floor", "model_hop")  # a point's figures per app (model_hop only with sweep_model_hop)
+SIDES = ("worker", "floor", "spin_hop", "model_hop")  # a point's figures per app (the hops only when they ran)
 
 
 def schedule(loads: Sequence[float], reps: int) -> list[tuple[float, int]]:
@@ -52,7 +56,7 @@ def sweep(cfg: BenchConfig, stream: Stream, drain_rate: float) -> dict[str, Any]
     order = schedule(cfg.sweep_loads, cfg.sweep_reps)
     rates = [drain_rate * load / 100 for load, _ in order]
     timing = Timing(cfg.sweep_warmup_s, cfg.sweep_steady_s, cfg.sweep_gap_s)
-    apps = ("floor", "model-hop", "worker") if cfg.sweep_model_hop else ("floor", "worker")
+    apps = pass_apps(cfg)
     note(f"sweep: {len(order)} points of {timing.warmup_s:g}+{timing.steady_s:g}s, {' then '.join(apps)}")
     runs: dict[str, list[dict[str, Any]]] = {app: [] for app in apps}
     for rep in sorted({r for _, r in order}):
@@ -75,7 +79,16 @@ def sweep(cfg: BenchConfig, stream: Stream, drain_rate: float) -> dict[str, Any]
     }
     if cfg.sweep_model_hop:
         out["model_hop_path"] = MODEL_HOP_PATH
+    if cfg.sweep_spin_hop:
+        out["spin_hop_path"] = SPIN_HOP_PATH
+        out["spin_hop_us"] = cfg.sweep_spin_hop
     return out
+
+
+def pass_apps(cfg: BenchConfig) -> tuple[str, ...]:
+    """The apps of one sweep pass, in run order: the floor, the controls that are on, the worker last."""
+    controls = (("spin-hop",) if cfg.sweep_spin_hop else ()) + (("model-hop",) if cfg.sweep_model_hop else ())
+    return ("floor", *controls, "worker")
 
 
 def side(app: str) -> str:

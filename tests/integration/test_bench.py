@@ -21,7 +21,7 @@ def doc(broker_url: str, model_dir: Path) -> dict[str, Any]:
     cfg = BenchConfig.quick(
         model_dir, broker_url=broker_url, users=200, events=2000, freshness_rate=200.0, warmup_s=1.0, steady_s=3.0,
         query_rate=100.0, query_s=2.0, ready_timeout_s=240.0, drain_rate=800.0, sweep_loads=(25.0,),
-        sweep_model_hop=True,
+        sweep_model_hop=True, sweep_spin_hop="200,20",
     )
     return run_parts(cfg, NEW_PARTS, "dupn bench --quick")
 
@@ -49,11 +49,13 @@ def test_new_parts_report_sane_figures(doc: dict[str, Any]) -> None:
     assert sweep["drain_rate_source"] == "given (--drain-rate)"
     (point,) = sweep["points"]
     assert point["load_percent"] == 25.0 and point["worker"]["target_events_per_s"] == 200.0
-    for side in ("worker", "floor", "model_hop"):  # the model hop: the worker's updater without Faust or RocksDB
+    # the model hop: the worker's updater without Faust or RocksDB; the spin hop: the floor holding its loop
+    for side in ("worker", "floor", "spin_hop", "model_hop"):
         assert point[side]["events_measured"] > 0 and ordered(point[side]["receive_minus_ts_ms"])
         assert point[side]["events_uncovered"] == 0
     (row,) = sweep["loads"]
     assert row["reps"] == 1 and row["worker"]["receive_minus_ts_ms"]["p99"]["n"] == 1
+    assert "Spin hop at every point" in markdown(doc) and sweep["spin_hop_us"] == "200,20"
     assert [t["target"].startswith("at 25 % load") for t in doc["targets"]] == [True, True]
 
     rec = parts["recovery"]

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ops.bench.common import BenchConfig
+from ops.bench.paced import app_argv
 from ops.bench.perevent import (
     ReceivedVectors,
     SentEvents,
@@ -21,9 +23,10 @@ from ops.bench.perevent import (
 )
 from ops.bench.provenance import PACKAGES, provenance
 from ops.bench.report import markdown
-from ops.bench.sweep import by_load, schedule
+from ops.bench.sweep import by_load, pass_apps, schedule
 from ops.bench.targets import verdicts
 from ops.bench.throughput import median_run
+from ops.bench_apps import parse_spin, spin_us_for
 
 
 def sent(rows: list[tuple[int, int, int]]) -> SentEvents:
@@ -210,6 +213,42 @@ def test_the_model_hop_gets_its_own_spread_and_splits_the_worker_gap_in_the_repo
     # floor 58, model hop 66, worker 80 (medians): 8 ms of model and state work, 14 ms around it
     assert "| 10 % | 58.0 [57.0–60.0] | 66.0 [64.0–70.0] | 80.0 [78.0–84.0] | 8.0 | 14.0 |" in markdown(doc)
     assert [t["target"].split(":")[1].strip().split(" ")[0] for t in doc["targets"]] == ["worker", "worker"]
+
+
+def test_the_spin_hop_runs_after_the_floor_and_its_table_splits_the_model_hops_distance() -> None:
+    base = BenchConfig(Path("m"))
+    assert pass_apps(base) == ("floor", "worker")
+    both = BenchConfig(Path("m"), sweep_model_hop=True, sweep_spin_hop="900,95")
+    assert pass_apps(both) == ("floor", "spin-hop", "model-hop", "worker")
+    assert app_argv(both, "spin-hop")[-2:] == ("--spin-us", "900,95")
+    with pytest.raises(ValueError, match="busy wait"):
+        app_argv(base, "spin-hop")
+    points = [{"load_percent": 10.0, "rep": i + 1, "worker": point(w, 300), "floor": point(f, 200),
+               "spin_hop": point(sp, 220, idle=20.0), "model_hop": point(m, 250)}
+              for i, (w, f, sp, m) in enumerate([(80, 58, 61, 66), (84, 57, 62, 70), (78, 60, 63, 64)])]
+    loads = by_load(points)
+    sweep = {"drain_rate_source": "given", "drain_rate_events_per_s": 20_000, "warmup_s": 5, "steady_s": 30,
+             "gap_s": 3, "floor_path": "hop", "model_hop_path": "model hop", "spin_hop_path": "spin",
+             "spin_hop_us": "900,95", "loads": loads}
+    doc = {"command": "c", "started": "now", "model_version": "m",
+           "machine": {"cpus": 2, "loadavg_start": [0.1], "loadavg_end": [0.2]},
+           "stream": {"events": 10, "users": 2, "seed": 0}, "config": {"partitions": 8},
+           "parts": {"sweep": sweep}, "targets": [v.to_json() for v in verdicts({"sweep": sweep})]}
+    # floor 58, spin hop 62, model hop 66 (medians): the spin explains 4 of the model hop's 8 ms
+    row = "| 10 % | 58.0 [57.0–60.0] | 62.0 [61.0–63.0] | 66.0 [64.0–70.0] | 4.0 | 4.0 | 50 % / 20 % |"
+    assert row in markdown(doc)
+
+
+@pytest.mark.parametrize("text", ["900", "a,b", "1,2,3", "-1,5", "5,-1"])
+def test_a_bad_spin_is_refused_with_what_it_should_be(text: str) -> None:
+    with pytest.raises(ValueError, match="spin"):
+        parse_spin(text)
+
+
+def test_the_spin_is_fixed_plus_per_event_and_nothing_for_an_empty_fetch() -> None:
+    assert parse_spin("900,95.5") == (900.0, 95.5)
+    assert spin_us_for(32, 900.0, 95.0) == 900.0 + 32 * 95.0
+    assert spin_us_for(0, 900.0, 95.0) == 0.0
 
 
 def test_a_sweep_without_a_drain_rate_fails_before_any_part_runs() -> None:
