@@ -36,6 +36,7 @@ USERS = 300
 EVENTS = 24_000
 WARMUP = 3_000  # before the first query: every queried user has a state
 RATE = 250.0  # events/s for the rest: the load lasts through every membership change
+MIN_RIGHT_ANSWERS = 500  # 200 answers checked against the reference (2,303-2,877 seen in 4,200-4,700 answers)
 
 
 @dataclass
@@ -145,7 +146,10 @@ def _assert_answers_right_or_503(client: Client, reference: Reference) -> None:
     answers = client.answers
     statuses = Counter(a.status for a in answers)
     summary = f"{len(answers)} answers {dict(statuses)}, {client.refused} refused connections"
-    assert statuses[200] > len(answers) // 2, summary
+    # Not vacuous: many answers are checked below, and every worker that answered served some. (Not a share of
+    # 200s: that is an availability figure of the machine under churn, 50-67 % of answers measured on 2 cores.)
+    assert statuses[200] >= MIN_RIGHT_ANSWERS, summary
+    assert {a.worker for a in answers if a.status == 200} == {a.worker for a in answers}, summary
     others = [(a.status, a.body, a.worker, a.at) for a in answers if a.status not in (200, 503)]
     assert not others, f"{summary}: {others[:3]}"
     assert all(a.retry_after and a.retry_after.isdigit() for a in answers if a.status == 503), summary
