@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import sys
 import time
@@ -100,14 +101,15 @@ def run_hop(s: Settings, model: bool = False, spin_us: tuple[float, float] | Non
 
 
 def parse_spin(text: str) -> tuple[float, float]:
-    """``"FIXED,PER_EVENT"`` (µs, both ≥ 0) as a pair; a clear error otherwise."""
+    """``"FIXED,PER_EVENT"`` (µs, both finite and ≥ 0) as a pair; a clear error otherwise (``inf`` would
+    spin the hop forever, ``nan`` compares false with every deadline)."""
     parts = text.split(",")
     try:
         fixed, per_event = (float(p) for p in parts)
     except ValueError:
         raise ValueError(f"spin is FIXED_US,PER_EVENT_US (two numbers); got {text!r}") from None
-    if fixed < 0 or per_event < 0:
-        raise ValueError(f"spin times must be >= 0 µs; got {text!r}")
+    if not (math.isfinite(fixed) and math.isfinite(per_event)) or fixed < 0 or per_event < 0:
+        raise ValueError(f"spin times must be finite and >= 0 µs; got {text!r}")
     return fixed, per_event
 
 

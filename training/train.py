@@ -560,7 +560,7 @@ def fit(
             log.stopped_early = True
             break
     model.train(False)
-    log.task_weights = combiner.weights()
+    log.task_weights = {t: w * multipliers.get(t, 1.0) for t, w in combiner.weights().items()}
     log.seconds = time.perf_counter() - start
     return log
 

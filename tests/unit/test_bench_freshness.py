@@ -239,7 +239,7 @@ def test_the_spin_hop_runs_after_the_floor_and_its_table_splits_the_model_hops_d
     assert row in markdown(doc)
 
 
-@pytest.mark.parametrize("text", ["900", "a,b", "1,2,3", "-1,5", "5,-1"])
+@pytest.mark.parametrize("text", ["900", "a,b", "1,2,3", "-1,5", "5,-1", "inf,5", "5,nan"])
 def test_a_bad_spin_is_refused_with_what_it_should_be(text: str) -> None:
     with pytest.raises(ValueError, match="spin"):
         parse_spin(text)

@@ -207,6 +207,15 @@ def test_the_optimizer_choice_keeps_the_two_rate_groups() -> None:
         TrainConfig(optimizer="sgd")
 
 
+def test_the_logged_task_weights_include_task_weight(split: tuple) -> None:  # type: ignore[type-arg]
+    """The fit log's ``task_weights`` is each task's whole multiplier: the weighting's times ``task_weight``."""
+    _, prep = split
+    model = DUPN(TINY_ENC)
+    init_output_biases(model, prep, FOUR)
+    log = fit(model, prep, TrainConfig(tasks=FOUR, steps=2, batch_size=8, task_weight="ppp:0.25"), progress=False)
+    assert log.task_weights == {"ctr": 1.0, "l2r": 1.0, "talent": 1.0, "ppp": 0.25}
+
+
 def test_task_weight_is_checked() -> None:
     assert TrainConfig(task_weight="ppp:0.1, ctr:2").task_multipliers() == {"ppp": 0.1, "ctr": 2.0}
     for bad in ("ppp", "ppp:x", "nope:1", "ppp:-1"):
