@@ -346,9 +346,7 @@ def render_markdown(res: Mapping[str, Any]) -> str:
         out.append(f"| {c['experiment']} | {c['claim']} | {c['status']} | {c['numbers']} |")
     out += [
         "",
-        "*not run*: that experiment is not part of this command's budget (the DUPN ablations and the transfer "
-        "experiment "
-        "are switched off in the quick plan to fit 3 seeds at window 100 on 2 cores).",
+        _not_run_note(plan),
         "",
         "## 7. Attention by behavior type × age (DUPN-all, test users, every seed)",
         "",
@@ -371,6 +369,19 @@ def render_markdown(res: Mapping[str, Any]) -> str:
                 if METRIC_OF[t] in row:
                     out.append(f"| {name} | {t} | {_cell(row[METRIC_OF[t]])} |")
     return "\n".join(out) + "\n"
+
+
+def _not_run_note(plan: Mapping[str, Any]) -> str:
+    """Why a claim says *not run*, read from the plan (the quick plan switches both off; ``--set`` can too)."""
+    off = []
+    if not plan.get("variants"):
+        off.append("the DUPN ablations (`variants` false)")
+    if not plan.get("transfer_steps"):
+        off.append("the transfer experiment (`transfer_steps` 0)")
+    if not off:
+        return "*not run*: none of this plan's experiments is switched off."
+    return ("*not run*: that experiment is not part of this command's plan: " + " and ".join(off)
+            + " are switched off, to fit 3 seeds at window 100 on 2 cores.")
 
 
 def write_report(res: Mapping[str, Any], out_dir: Path) -> None:
