@@ -66,6 +66,9 @@ class EncoderConfig:
     # heads. interaction_dim k > 0 adds a factorised user×candidate term to the CTR and talent
     # heads (TaskHeads); 0, the default, is the concatenation-only head older checkpoints have
     interaction_dim: int = 0
+    # the item part (CTR candidates) reads its own embedding tables, [E'_item; E'_shop; ...], instead of
+    # the behavior sequence's: candidate rows then learn from the CTR loss alone (DUPN.item_vectors)
+    candidate_tables: bool = False
     n_ranking_features: int = 4
     n_talent_features: int = 3
     n_shop_features: int = 3
@@ -122,4 +125,5 @@ OMITTED_AT_DEFAULT: dict[str, object] = {
     "rep_tanh": True,
     "attention_norm": "softmax",
     "embedding_std": 0.05,
+    "candidate_tables": False,
 }

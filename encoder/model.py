@@ -357,6 +357,8 @@ class DUPN(nn.Module):
         self.rep = nn.Linear(cfg.pooled_dim + side, cfg.rep_dim)
         self.rep_dropout = nn.Dropout(cfg.dropout)
         self.heads = TaskHeads(cfg)
+        # created last, so that every other parameter draws the same initial values with or without it
+        self.candidates = ItemEmbedding(cfg) if cfg.candidate_tables else None
 
     # -- user part -------------------------------------------------------------------
     def run_lstm(
@@ -423,7 +425,22 @@ class DUPN(nn.Module):
 
     # -- item part --------------------------------------------------------------------
     def item_vectors(self, b: BehaviorTensors) -> Tensor:
-        return self.items(b)
+        """e_item of candidates: e = [E_item; E_shop; E_brand; E_cat; mean(E_tags)] from the behavior
+        sequence's tables, or from tables of their own with ``candidate_tables`` (see :func:`candidate_vectors`)."""
+        return candidate_vectors(self.items, self.candidates, b)
+
+
+def candidate_vectors(sequence: ItemEmbedding, own: ItemEmbedding | None, b: BehaviorTensors) -> Tensor:
+    """The candidate side's e_item: ``own`` tables if the model has them, else the sequence's.
+
+    Why separate tables (``EncoderConfig.candidate_tables``): with shared rows, an item's row is moved by
+    every task's gradient through every history it appears in (up to 100 LSTM steps back), and under
+    AdaGrad those gradients also fill the row's accumulator, so the CTR loss on the candidate side
+    steps it less. Own rows learn from the CTR loss alone, at the id rate, as a Wide model's
+    candidate rows do (its history is hashed features, not these tables). The serving split is
+    unchanged: e_item is the item part, computed per candidate.
+    """
+    return (sequence if own is None else own)(b)
 
 
 class TaskHeads(nn.Module):

@@ -22,7 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from encoder.config import EncoderConfig
-from encoder.model import DUPN, BehaviorTensors, ContextEmbedding, ItemEmbedding, TaskHeads, UserContext
+from encoder.model import (
+    DUPN,
+    BehaviorTensors,
+    ContextEmbedding,
+    ItemEmbedding,
+    TaskHeads,
+    UserContext,
+    candidate_vectors,
+)
 
 WIDE_BUCKETS = 1 << 15
 _MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)
@@ -44,9 +52,16 @@ class _BaselineBase(nn.Module):
         self.context = ContextEmbedding(cfg)
         self.rep_dropout = nn.Dropout(cfg.dropout)
         self.heads = TaskHeads(cfg)
+        self.candidates: ItemEmbedding | None = None
 
     def item_vectors(self, b: BehaviorTensors) -> Tensor:
-        return self.items(b)
+        return candidate_vectors(self.items, self.candidates, b)
+
+    def add_candidate_tables(self) -> None:
+        """With ``candidate_tables``: called at the end of a subclass's ``__init__``, so that its other
+        parameters draw the same initial values with or without the option (as in DUPN)."""
+        if self.cfg.candidate_tables:
+            self.candidates = ItemEmbedding(self.cfg)
 
     def encode(self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext) -> Tensor:
         raise NotImplementedError
@@ -117,6 +132,8 @@ class Wide(_BaselineBase):
     def __init__(self, cfg: EncoderConfig, buckets: int = WIDE_BUCKETS) -> None:
         super().__init__(cfg)
         self.wide = WideFeatures(cfg, buckets)
+        # no add_candidate_tables(): Wide's ``items`` tables serve the candidates alone already (its
+        # history is hashed feature rows), which is what ``candidate_tables`` gives the other models
 
     def encode(self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext) -> Tensor:
         return self.wide(b, mask, ctx)
@@ -135,6 +152,7 @@ class WideAndDeep(_BaselineBase):
         self.wide = WideFeatures(cfg, buckets)
         d_in = cfg.item_vec_dim + cfg.query_dim + cfg.profile_dim
         self.deep = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, cfg.rep_dim))
+        self.add_candidate_tables()
 
     def encode(self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext) -> Tensor:
         bag = _masked_mean(self.items(b), mask)
@@ -149,6 +167,7 @@ class CNNMax(_BaselineBase):
         super().__init__(cfg)
         self.conv = nn.Conv1d(cfg.item_vec_dim, channels, kernel, padding=kernel // 2)
         self.out = nn.Linear(channels + cfg.query_dim + cfg.profile_dim, cfg.rep_dim)
+        self.add_candidate_tables()
 
     def encode(self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext) -> Tensor:
         e = self.items(b) * mask.unsqueeze(-1)  # padded steps contribute zeros to the kernels
