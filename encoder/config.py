@@ -58,6 +58,9 @@ class EncoderConfig:
     # attention weights: "softmax" over the window (the talk) or "sigmoid": α_t = σ(s_t) / window,
     # unnormalised so the pooled vector keeps how much of the window matches (AttentionPooling.alpha)
     attention_norm: str = "softmax"
+    # attention heads H: each scores the window with its own w_h and pools its own Σ_t α_ht v_t, and W_o
+    # maps the H pooled values together (AttentionPooling); 1 = the talk's single attention
+    attention_heads: int = 1
     # initial std of the item and context embedding rows (an initialisation only: checkpoints carry
     # the trained rows, so the field changes what training starts from, never what a model serves)
     embedding_std: float = 0.05
@@ -126,4 +129,5 @@ OMITTED_AT_DEFAULT: dict[str, object] = {
     "attention_norm": "softmax",
     "embedding_std": 0.05,
     "candidate_tables": False,
+    "attention_heads": 1,
 }

@@ -102,7 +102,8 @@ class EncoderState:
             self.profile = profile
             self.score_age[:] = NO_SCORE
 
-    def push(self, key: np.ndarray, value: np.ndarray, ts: int, score: float, age: int) -> None:
+    def push(self, key: np.ndarray, value: np.ndarray, ts: int, score: float | np.ndarray, age: int) -> None:
+        """Write one behavior's row; ``score`` is one s_t, or the H heads' s_ht (``scores`` is (W, H))."""
         j = self.head
         self.keys[j], self.values[j], self.ts[j], self.scores[j], self.score_age[j] = key, value, ts, score, age
         cap = self.ts.shape[0]
@@ -154,7 +155,7 @@ class StreamingEncoder:
             keys=np.zeros((self.window, cfg.attention_dim), np.float32),
             values=np.zeros((self.window, cfg.value_dim), np.float32),
             ts=np.zeros(self.window, np.int64),
-            scores=np.zeros(self.window, np.float32),
+            scores=np.zeros((self.window, cfg.attention_heads)[: 1 if cfg.attention_heads == 1 else 2], np.float32),
             score_age=np.full(self.window, NO_SCORE, np.uint8),
             profile=profile,
         )
@@ -223,7 +224,7 @@ class StreamingEncoder:
             st, hi, count = states[i], int(ends[i]), int(lengths[i])
             st.h, st.c = h_np[rank].copy(), c_np[rank].copy()
             if count == 1:
-                st.push(k_np[hi - 1], v_np[hi - 1], int(ts[hi - 1]), float(s_np[hi - 1]), int(ages[hi - 1]))
+                st.push(k_np[hi - 1], v_np[hi - 1], int(ts[hi - 1]), s_np[hi - 1], int(ages[hi - 1]))
             elif count:
                 lo = hi - count
                 st.push_many(k_np[lo:hi], v_np[lo:hi], ts[lo:hi], s_np[lo:hi], ages[lo:hi])
@@ -246,11 +247,14 @@ class StreamingEncoder:
     def attention_weights(
         self, state: EncoderState, now_ms: int, context: UserContext | None = None
     ) -> np.ndarray:
-        """α over the window (oldest first), for explaining a vector."""
+        """α over the window (oldest first), for explaining a vector; with H heads, their mean
+        (1/H Σ_h α_ht, which sums to 1 over the window like one head's α)."""
         k, _, ts, mask = _stack_window([state], self.cfg.attention_dim, self.cfg.value_dim)
         projected, _ = self._context(context, [state])
         now = torch.tensor([now_ms], dtype=torch.int64)
         alpha = self.model.attention.weights_projected(k, ts, mask, now, projected)
+        if alpha.dim() == 3:
+            alpha = alpha.mean(-1)
         return alpha[0, mask[0]].numpy()[state.order()]
 
     def encode_window(
@@ -276,6 +280,11 @@ class StreamingEncoder:
         alpha = attention.alpha(torch.from_numpy(scores), torch.from_numpy(valid)).numpy()
         # Σ_t α_t v_t user by user, on each ring buffer in place: stacking B windows of values
         # into one (B, L, V) tensor first cost more than the sums themselves.
+        if alpha.ndim == 3:  # H heads: pooled = W_o [Σ_t α_1t v_t; …; Σ_t α_Ht v_t]
+            heads = np.empty((len(states), alpha.shape[2], self.cfg.value_dim), np.float32)
+            for i, st in enumerate(states):
+                np.dot(alpha[i, : st.size].T, st.values[: st.size], out=heads[i])
+            return attention.out(torch.from_numpy(heads.reshape(len(states), -1))), profile
         weighted = np.empty((len(states), self.cfg.value_dim), np.float32)
         for i, st in enumerate(states):
             np.dot(alpha[i, : st.size], st.values[: st.size], out=weighted[i])
@@ -284,7 +293,7 @@ class StreamingEncoder:
     def _kept_scores(
         self, states: Sequence[EncoderState], now: np.ndarray, projected: torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (B, L), valid mask (B, L)) as of ``now``: the kept scores, recomputed where a
+        """(scores (B, L) or (B, L, H), valid mask (B, L)) as of ``now``: the kept scores, recomputed where a
         behavior's age bucket is not the one its score was kept for (see :class:`EncoderState`)."""
         sizes = np.fromiter((st.size for st in states), np.int64, len(states))
         length = max(int(sizes.max()), 1)
