@@ -61,6 +61,11 @@ class EncoderConfig:
     # attention heads H: each scores the window with its own w_h and pools its own Σ_t α_ht v_t, and W_o
     # maps the H pooled values together (AttentionPooling); 1 = the talk's single attention
     attention_heads: int = 1
+    # towers G: the user part as G independent towers, each with hidden/G LSTM units, attention_dim/G key
+    # and value_dim/G value dims, its own attention head(s) and rep_dim/G of r (r = [r_1; …; r_G]); they
+    # share only the embeddings and the context. With ``TrainConfig.tower_tasks`` each tower learns from
+    # its own tasks. 1 = the talk's single encoder (DUPN.towers, encoder.model.tower_masks)
+    towers: int = 1
     # initial std of the item and context embedding rows (an initialisation only: checkpoints carry
     # the trained rows, so the field changes what training starts from, never what a model serves)
     embedding_std: float = 0.05
@@ -81,6 +86,11 @@ class EncoderConfig:
     @property
     def item_vec_dim(self) -> int:
         return self.item_dim + self.shop_dim + self.brand_dim + self.category_dim + self.tag_dim
+
+    @property
+    def score_heads(self) -> int:
+        """Attention scores per behavior: ``attention_heads`` per tower."""
+        return self.attention_heads * self.towers
 
     @property
     def prop_vec_dim(self) -> int:
@@ -130,4 +140,5 @@ OMITTED_AT_DEFAULT: dict[str, object] = {
     "embedding_std": 0.05,
     "candidate_tables": False,
     "attention_heads": 1,
+    "towers": 1,
 }

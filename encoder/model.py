@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from encoder.config import EncoderConfig
 from encoder.features import BEHAVIOR_DTYPE, N_TIME_BUCKETS, bucketize, time_bucket
@@ -225,7 +226,7 @@ class AttentionPooling(nn.Module):
         self.context = nn.Linear(cfg.query_dim + cfg.profile_dim, a, bias=False)
         if cfg.attention_heads < 1:
             raise ValueError(f"attention_heads must be at least 1, got {cfg.attention_heads}")
-        self.n_heads = cfg.attention_heads
+        self.n_heads = cfg.score_heads
         self.score = nn.Linear(a, self.n_heads, bias=False)
         self.out = nn.Linear(self.n_heads * cfg.value_dim, cfg.pooled_dim)
         self.value_skip = cfg.value_skip
@@ -382,6 +383,12 @@ class DUPN(nn.Module):
         self.heads = TaskHeads(cfg)
         # created last, so that every other parameter draws the same initial values with or without it
         self.candidates = ItemEmbedding(cfg) if cfg.candidate_tables else None
+        for name, mask in tower_masks(cfg).items():
+            parametrize.register_parametrization(self.get_submodule(name), "weight", _Masked(mask))
+
+    @property
+    def towers(self) -> int:
+        return self.cfg.towers
 
     # -- user part -------------------------------------------------------------------
     def run_lstm(
@@ -407,12 +414,13 @@ class DUPN(nn.Module):
         # L=100); unbind's backward stacks the L slices' gradients once.
         steps = x.unbind(1)
         outs = []
-        for t in range(length):
-            h_new, c_new = self.cell.recur(steps[t], h, c)
-            m = mask[:, t].unsqueeze(-1)
-            h = torch.where(m, h_new, h)
-            c = torch.where(m, c_new, c)
-            outs.append(h)
+        with parametrize.cached():  # towers: W_*h ⊙ M once per run, not once per step
+            for t in range(length):
+                h_new, c_new = self.cell.recur(steps[t], h, c)
+                m = mask[:, t].unsqueeze(-1)
+                h = torch.where(m, h_new, h)
+                c = torch.where(m, c_new, c)
+                outs.append(h)
         hs = torch.stack(outs, dim=1) if outs else torch.zeros(bsz, 0, hid)
         return hs, h, c
 
@@ -451,6 +459,68 @@ class DUPN(nn.Module):
         """e_item of candidates: e = [E_item; E_shop; E_brand; E_cat; mean(E_tags)] from the behavior
         sequence's tables, or from tables of their own with ``candidate_tables`` (see :func:`candidate_vectors`)."""
         return candidate_vectors(self.items, self.candidates, b)
+
+
+class _Masked(nn.Module):
+    """A weight parametrization W ⊙ M: the entries outside M stay zero in every use and get no gradient."""
+
+    mask: Tensor
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask
+
+
+def tower_masks(cfg: EncoderConfig) -> dict[str, Tensor]:
+    r"""Block masks that make the user part G = ``towers`` independent towers inside one set of tensors.
+
+    Tower g owns the g-th block of the LSTM units, of the key, value, pooled and r dimensions, and of
+    the attention heads (``attention_heads`` each). Every weight from one tower's block to another's is
+    masked to zero:
+
+        W_*h  (4H × H):   gate unit u ← hidden unit j           iff tower(u) = tower(j)
+        W_k   (A × H),  W_v (V × H): key / value dim ← unit j    iff same tower
+        w_h   (heads × A): head h ← key dim a                   iff tower(h) = tower(a)
+        W_o   (P × heads·V): pooled dim ← (head, value dim)      iff all three in one tower
+        W_r   (R × (P + side)): r dim ← pooled dim               iff same tower; ← [u; q] always
+
+    so r = [r_1; …; r_G] with r_g a function of tower g's LSTM states, attention and the shared
+    embeddings alone. The input projections (W_*e, W_*p), the key's property and age embeddings and
+    W_c [q; u] act per output dimension, so they split by tower without a mask. Why one set of tensors:
+    the stream worker's state, its numpy recurrence and its kept scores serve G towers unchanged
+    (H·G scores per behavior). Empty for G = 1.
+    """
+    g = cfg.towers
+    if g < 1:
+        raise ValueError(f"towers must be at least 1, got {g}")
+    if g == 1:
+        return {}
+    dims = {"hidden": cfg.hidden, "attention_dim": cfg.attention_dim, "value_dim": cfg.value_dim,
+            "pooled_dim": cfg.pooled_dim, "rep_dim": cfg.rep_dim}
+    bad = [f"{k}={v}" for k, v in dims.items() if v % g]
+    if bad:
+        raise ValueError(f"towers={g} must divide {', '.join(bad)}")
+
+    def tower(n: int) -> Tensor:
+        return torch.arange(n) // (n // g)
+
+    hid, key, val, pool, rep = (tower(n) for n in dims.values())
+    head = torch.arange(cfg.score_heads) // cfg.attention_heads
+    col_head = head.repeat_interleave(cfg.value_dim)  # W_o's input: head-major [Σ α_1 v; …; Σ α_H v]
+    col_val = val.repeat(cfg.score_heads)
+    side = torch.full((cfg.rep_dim, cfg.profile_dim + (cfg.query_dim if cfg.query_in_rep else 0)), True)
+    masks = {
+        "cell.from_hidden": hid.repeat(4)[:, None] == hid[None, :],
+        "attention.key": key[:, None] == hid[None, :],
+        "attention.value": val[:, None] == hid[None, :],
+        "attention.score": head[:, None] == key[None, :],
+        "attention.out": (pool[:, None] == col_head[None, :]) & (pool[:, None] == col_val[None, :]),
+        "rep": torch.cat([rep[:, None] == pool[None, :], side], dim=1),
+    }
+    return {name: m.to(torch.float32) for name, m in masks.items()}
 
 
 def candidate_vectors(sequence: ItemEmbedding, own: ItemEmbedding | None, b: BehaviorTensors) -> Tensor:

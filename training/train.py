@@ -126,6 +126,10 @@ class TrainConfig:
     # detached ("" = every task). Why: to tell whether a task helps or costs the shared representation
     # apart from whether its head can read what the others put there.
     encoder_tasks: str = ""
+    # "tasks;tasks;…", one group per tower of a DUPN with ``EncoderConfig.towers`` = G > 1: tower g learns
+    # from the tasks of group g only (each head reads all of r, the other towers' blocks detached); a task
+    # in no group trains every tower. "" = every task trains every tower. Models without towers ignore it.
+    tower_tasks: str = ""
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS or self.grad_mode not in GRAD_MODES or self.schedule not in SCHEDULES:
@@ -144,6 +148,9 @@ class TrainConfig:
             raise ValueError(f"task_weight: tasks among {TASKS} with weights >= 0 required, got {self.task_weight!r}")
         if not set(self.encoder_task_set()) <= set(self.tasks):
             raise ValueError(f"encoder_tasks must name tasks among {self.tasks}, got {self.encoder_tasks!r}")
+        named = {t for group in self.tower_task_groups() for t in group}
+        if not named <= set(TASKS):
+            raise ValueError(f"tower_tasks must name tasks among {TASKS}, got {self.tower_tasks!r}")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.l2 < 0 or self.max_history < 1:
             raise ValueError("steps >= 0, batch_size >= 1, lr > 0, l2 >= 0, max_history >= 1 required")
 
@@ -151,6 +158,12 @@ class TrainConfig:
         """``encoder_tasks`` parsed: the tasks whose gradients reach the encoder (every task when empty)."""
         named = tuple(t for t in (x.strip() for x in self.encoder_tasks.split(",")) if t)
         return named or tuple(self.tasks)
+
+    def tower_task_groups(self) -> tuple[frozenset[str], ...]:
+        """``tower_tasks`` parsed: one set of tasks per tower (empty when unset)."""
+        if not self.tower_tasks.strip():
+            return ()
+        return tuple(frozenset(t.strip() for t in g.split(",") if t.strip()) for g in self.tower_tasks.split(";"))
 
     def task_multipliers(self) -> dict[str, float]:
         """``task_weight`` parsed: {task: w} for the tasks it names."""
@@ -268,21 +281,41 @@ def drop_profile(ctx: UserContext, rate: float, gen: torch.Generator | None = No
 
 def batch_losses(
     model: TaskModel, batch: Batch, dropout: float, train_encoder: bool = True,
-    encoder_tasks: Sequence[str] | None = None,
+    encoder_tasks: Sequence[str] | None = None, tower_tasks: Sequence[frozenset[str]] = (),
 ) -> dict[str, Tensor]:
     """Per-task losses of one batch (one encoder pass over its distinct contexts).
 
     ``encoder_tasks``: the tasks whose loss reaches the encoder through r (None: every task); any other
-    task's head reads r detached, so it learns from r without changing it (``TrainConfig.encoder_tasks``)."""
+    task's head reads r detached, so it learns from r without changing it (``TrainConfig.encoder_tasks``).
+    ``tower_tasks`` (a DUPN with G towers; ``TrainConfig.tower_task_groups``): a task's head reads
+    r = [r_1; …; r_G] with the blocks of the towers whose group does not name it detached, so its
+    gradient reaches only its own towers (:func:`encoder.model.tower_masks` keeps the towers apart)."""
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         rep = encode_batch(model, batch)
     rep = F.dropout(rep, p=dropout, training=dropout > 0)
     detached = rep.detach()
+    routed = _tower_routing(model, tower_tasks)
 
     def rep_for(task: str) -> Tensor:
-        return rep if encoder_tasks is None or task in encoder_tasks else detached
+        if encoder_tasks is not None and task not in encoder_tasks:
+            return detached
+        if not routed or all(task not in group for group in tower_tasks):
+            return rep
+        blocks = zip(rep.chunk(len(tower_tasks), -1), detached.chunk(len(tower_tasks), -1), strict=True)
+        return torch.cat([live if task in group else dead for (live, dead), group in zip(blocks, tower_tasks,
+                                                                                          strict=True)], -1)
 
     return {p.task: part_loss(p, part_logits(model, rep_for(p.task), p)) for p in batch.parts}
+
+
+def _tower_routing(model: TaskModel, tower_tasks: Sequence[frozenset[str]]) -> bool:
+    """Whether ``tower_tasks`` applies to ``model``: a DUPN with as many towers as groups (else an error);
+    other models have no towers and ignore it."""
+    if not tower_tasks or not isinstance(model, DUPN):
+        return False
+    if model.towers != len(tower_tasks):
+        raise ValueError(f"tower_tasks names {len(tower_tasks)} groups for a model with {model.towers} tower(s)")
+    return True
 
 
 def init_output_biases(model: TaskModel, prep: Prepared, tasks: Sequence[str]) -> None:
@@ -529,6 +562,8 @@ def fit(
     n_tasks = len(cfg.tasks)
     multipliers = cfg.task_multipliers()
     encoder_tasks = cfg.encoder_task_set()  # every task when ``encoder_tasks`` is empty
+    tower_groups = cfg.tower_task_groups()
+    _tower_routing(model, tower_groups)  # a group count that does not fit the model fails before step 1
     if cfg.schedule == "round_robin":
         steps *= n_tasks
     model.train()
@@ -536,7 +571,7 @@ def fit(
     for step in bar:
         batch = next(batches) if cfg.schedule == "all" else batches.one_task((step - 1) % n_tasks)
         batch.context = drop_profile(batch.context, cfg.profile_dropout, gen)
-        losses = batch_losses(model, batch, dropout, train_encoder, encoder_tasks)
+        losses = batch_losses(model, batch, dropout, train_encoder, encoder_tasks, tower_groups)
         terms = combiner.weighted(losses)
         terms = {t: v * multipliers[t] if t in multipliers else v for t, v in terms.items()}
         total = torch.stack(list(terms.values())).sum()

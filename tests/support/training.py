@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 from encoder.config import EncoderConfig
-from training.simulator import SimConfig
+from training.data import Batch, MultiTaskBatches
+from training.simulator import SimConfig, Simulator, split_by_time
+from training.train import Prepared, TrainData, prepare
 
 TINY_ENC = EncoderConfig(
     item_buckets=1 << 10,
@@ -29,3 +33,17 @@ TINY_SIM = SimConfig(
     events_per_user=40,
     seed=3,
 )
+
+
+@functools.cache
+def tiny_prepared() -> Prepared:
+    """The tiny world's training examples, prepared once per test session (shared, read-only)."""
+    sim = Simulator(TINY_SIM).generate()
+    train_ex, _ = split_by_time(sim, 0.8)
+    return prepare(TrainData(sim.histories, sim.users, train_ex), TINY_ENC)
+
+
+def tiny_batch(cfg: EncoderConfig = TINY_ENC, size: int = 16) -> Batch:
+    """One seeded multi-task mini-batch (every task) of the tiny world, for a model with ``cfg``'s buckets."""
+    prep = tiny_prepared()
+    return next(MultiTaskBatches(prep.store, dict(prep.tables), cfg, size, seed=0))

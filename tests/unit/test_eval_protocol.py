@@ -260,15 +260,17 @@ def test_anchored_runs_are_the_policy_runs(split: tuple) -> None:  # type: ignor
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"value_skip": True, "interaction_dim": 8}, {"attention_norm": "sigmoid"}, {"attention_heads": 3}],
-    ids=["talk", "skip+dot", "sigmoid", "3-heads"],
+    [{}, {"value_skip": True, "interaction_dim": 8}, {"attention_norm": "sigmoid"}, {"attention_heads": 3},
+     {"towers": 2, "attention_heads": 2}],
+    ids=["talk", "skip+dot", "sigmoid", "3-heads", "2-towers"],
 )
 def test_served_path_scores_equal_the_offline_reference(
     sim: SimData, split: tuple, options: dict[str, object]  # type: ignore[type-arg]
 ) -> None:
     """With each user's profile on their events the worker serves the training function itself;
     without (the same states re-pooled with the profile unknown) the unknown-profile twin. The same
-    holds with the attention values' skip connection, the heads' interaction term and H attention heads."""
+    holds with the attention values' skip connection, the heads' interaction term, H attention heads and
+    G towers."""
     splits, prep = split
     torch.manual_seed(1)
     model = DUPN(dataclasses.replace(TINY_ENC, query_in_rep=True, **options))  # type: ignore[arg-type]
