@@ -148,7 +148,7 @@ class TrainConfig:
             raise ValueError(f"task_weight: tasks among {TASKS} with weights >= 0 required, got {self.task_weight!r}")
         if not set(self.encoder_task_set()) <= set(self.tasks):
             raise ValueError(f"encoder_tasks must name tasks among {self.tasks}, got {self.encoder_tasks!r}")
-        named = {t for group in self.tower_task_groups() for t in group}
+        named = {t.strip() for t in self.tower_tasks.replace(";", ",").split(",") if t.strip()}
         if not named <= set(TASKS):
             raise ValueError(f"tower_tasks must name tasks among {TASKS}, got {self.tower_tasks!r}")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.l2 < 0 or self.max_history < 1:
@@ -160,10 +160,13 @@ class TrainConfig:
         return named or tuple(self.tasks)
 
     def tower_task_groups(self) -> tuple[frozenset[str], ...]:
-        """``tower_tasks`` parsed: one set of tasks per tower (empty when unset)."""
+        """``tower_tasks`` parsed: the tasks that train each tower, among those this run trains (empty when
+        unset). A tower none of whose tasks is trained here is trained by every task of the run, so a
+        single-task run (multi- vs single-task rows) or a transfer run still trains the whole encoder."""
         if not self.tower_tasks.strip():
             return ()
-        return tuple(frozenset(t.strip() for t in g.split(",") if t.strip()) for g in self.tower_tasks.split(";"))
+        named = [frozenset(t.strip() for t in g.split(",") if t.strip()) for g in self.tower_tasks.split(";")]
+        return tuple((g & set(self.tasks)) or frozenset(self.tasks) for g in named)
 
     def task_multipliers(self) -> dict[str, float]:
         """``task_weight`` parsed: {task: w} for the tasks it names."""

@@ -76,7 +76,9 @@ def test_a_task_trains_only_the_towers_its_group_names() -> None:
     assert all(g.abs().sum() > 0 for g in _tower_rows(model, 1).values())
 
 
-def test_wrong_group_counts_and_sizes_fail_clearly() -> None:
+def test_runs_of_fewer_tasks_train_every_tower_and_wrong_groups_fail_clearly() -> None:
+    single = TrainConfig(tasks=("talent",), tower_tasks="ctr;talent,ppp").tower_task_groups()
+    assert single == (frozenset({"talent"}), frozenset({"talent"}))  # a single-task run trains every tower
     with pytest.raises(ValueError, match="tower_tasks must name tasks"):
         TrainConfig(tower_tasks="ctr;clicks")
     model = DUPN(dataclasses.replace(TINY_ENC, towers=2))
