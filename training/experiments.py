@@ -573,6 +573,9 @@ def run_curve(
                 "step": step,
                 **metrics,
                 "train_loss_last20": {t: round(log.mean_loss(t, last=20), 4) for t in FOUR_TASKS},
+                "grad_norm_median_last20": round(float(np.median(log.grad_norms[-20:])), 3) if log.grad_norms
+                else None,
+                "clipped_share_last20": round(log.clipped_share(cfg.clip_norm, 20), 3) if log.grad_norms else None,
                 "train_seconds": round(elapsed - score_seconds[0], 1),
             }
             res["rows"].append(row)

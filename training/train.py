@@ -371,6 +371,14 @@ class FitLog:
     seconds: float = 0.0
     stopped_early: bool = False
     task_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    # ‖g‖ of the summed gradient before the clip, per step (``grad_mode="global"``; empty otherwise): shows
+    # how often the one clip acts, and so how much it couples the tasks' step sizes
+    grad_norms: list[float] = dataclasses.field(default_factory=list)
+
+    def clipped_share(self, clip_norm: float, last: int) -> float:
+        """Share of the last ``last`` steps whose summed gradient the global clip scaled down."""
+        tail = self.grad_norms[-last:]
+        return float(np.mean([n > clip_norm for n in tail])) if tail else float("nan")
 
     def mean_loss(self, task: str, first: int | None = None, last: int | None = None) -> float:
         vals = [s[task] for s in self.losses if task in s]
@@ -581,7 +589,7 @@ def fit(
         opt.zero_grad(set_to_none=True)
         if cfg.grad_mode == "global" or len(terms) == 1:
             total.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_norm)
+            log.grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_norm)))
         else:
             lv = combiner.log_var
             lv_grad = torch.autograd.grad(total, [lv], retain_graph=True)[0] if lv is not None else None

@@ -68,6 +68,18 @@ def test_multitask_loss_falls(world: tuple[TrainData, Prepared]) -> None:
     assert last < 0.8 * first, (first, last)
 
 
+def test_the_log_records_each_steps_gradient_norm_and_how_often_the_clip_acted(
+    world: tuple[TrainData, Prepared],
+) -> None:
+    _, prep = world
+    for clip, share in ((1e-4, 1.0), (1e9, 0.0)):
+        torch.manual_seed(0)
+        log = fit(DUPN(TINY_ENC), prep, TrainConfig(tasks=FOUR, steps=3, batch_size=16, clip_norm=clip),
+                  progress=False)
+        assert len(log.grad_norms) == 3 and all(n > 1e-4 for n in log.grad_norms)
+        assert log.clipped_share(clip, 20) == share
+
+
 def test_train_accepts_a_data_tuple(world: tuple[TrainData, Prepared]) -> None:
     data, _ = world
     cfg = TrainConfig(tasks=("ppp",), steps=2, batch_size=16)
