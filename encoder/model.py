@@ -438,7 +438,8 @@ class DUPN(nn.Module):
         return torch.tanh(linear) if self.cfg.rep_tanh else linear
 
     def encode(
-        self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext, pool_mask: Tensor | None = None
+        self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext, pool_mask: Tensor | None = None,
+        items: Tensor | None = None,
     ) -> Tensor:
         """User representation of (B, L) left-padded runs as of ``now`` (B,) ms.
 
@@ -446,8 +447,10 @@ class DUPN(nn.Module):
         A run that starts before the window (the incremental policy's anchored run, see
         ``encoder.streaming.UpdatePolicy``) passes the last W positions as ``pool_mask``: its
         first steps only warm the state up, exactly as the stream worker computes it.
+        ``items``: the behaviors' item embeddings e_t if the caller has them (training passes them
+        detached for tasks that must not move the tables, ``TrainConfig.embedding_tasks``).
         """
-        e = self.items(b)
+        e = self.items(b) if items is None else items
         hs, _, _ = self.run_lstm(b, mask, items=e)
         k, v = self.attention.keys_values(hs, b.event_type, b.scenario, e)
         full_ctx, side = self.user_context(ctx, mask.shape[0])

@@ -193,10 +193,11 @@ class WideAndDUPN(DUPN):
         self.wide = WideFeatures(cfg, buckets)
 
     def encode(
-        self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext, pool_mask: Tensor | None = None
+        self, b: BehaviorTensors, mask: Tensor, now: Tensor, ctx: UserContext, pool_mask: Tensor | None = None,
+        items: Tensor | None = None,
     ) -> Tensor:
         window = mask if pool_mask is None else pool_mask
-        return super().encode(b, mask, now, ctx, pool_mask) + self.wide(b, window, ctx)
+        return super().encode(b, mask, now, ctx, pool_mask, items) + self.wide(b, window, ctx)
 
 
 #: research probes a learning curve may train besides DUPN-all and the baselines

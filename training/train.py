@@ -130,6 +130,10 @@ class TrainConfig:
     # from the tasks of group g only (each head reads all of r, the other towers' blocks detached); a task
     # in no group trains every tower. "" = every task trains every tower. Models without towers ignore it.
     tower_tasks: str = ""
+    # "task,..." whose gradients reach a DUPN's behavior item embedding tables (``DUPN.items``); the other
+    # tasks train everything else, through a second encoder pass on the embeddings detached ("" = every
+    # task). Models other than DUPN ignore it. Why: the tables are what towers still share.
+    embedding_tasks: str = ""
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS or self.grad_mode not in GRAD_MODES or self.schedule not in SCHEDULES:
@@ -149,8 +153,12 @@ class TrainConfig:
         if not set(self.encoder_task_set()) <= set(self.tasks):
             raise ValueError(f"encoder_tasks must name tasks among {self.tasks}, got {self.encoder_tasks!r}")
         named = {t.strip() for t in self.tower_tasks.replace(";", ",").split(",") if t.strip()}
+        named |= {t.strip() for t in self.embedding_tasks.split(",") if t.strip()}
         if not named <= set(TASKS):
-            raise ValueError(f"tower_tasks must name tasks among {TASKS}, got {self.tower_tasks!r}")
+            raise ValueError(
+                f"tower_tasks and embedding_tasks must name tasks among {TASKS}, got {self.tower_tasks!r}, "
+                f"{self.embedding_tasks!r}"
+            )
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.l2 < 0 or self.max_history < 1:
             raise ValueError("steps >= 0, batch_size >= 1, lr > 0, l2 >= 0, max_history >= 1 required")
 
@@ -255,7 +263,7 @@ def part_loss(part: TaskPart, logits: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, part.label)
 
 
-def encode_batch(model: TaskModel, batch: Batch) -> Tensor:
+def encode_batch(model: TaskModel, batch: Batch, items: Tensor | None = None) -> Tensor:
     """The model's representation of a batch's contexts.
 
     DUPN runs its LSTM over ``batch.mask`` (an anchored run may start before the window)
@@ -263,7 +271,7 @@ def encode_batch(model: TaskModel, batch: Batch) -> Tensor:
     only the window (``pool_mask``), so every model sees the same W behaviors.
     """
     if isinstance(model, DUPN):
-        return model.encode(batch.behaviors, batch.mask, batch.now, batch.context, batch.pool_mask)
+        return model.encode(batch.behaviors, batch.mask, batch.now, batch.context, batch.pool_mask, items)
     mask = batch.mask if batch.pool_mask is None else batch.pool_mask
     return model.encode(batch.behaviors, mask, batch.now, batch.context)
 
@@ -285,6 +293,7 @@ def drop_profile(ctx: UserContext, rate: float, gen: torch.Generator | None = No
 def batch_losses(
     model: TaskModel, batch: Batch, dropout: float, train_encoder: bool = True,
     encoder_tasks: Sequence[str] | None = None, tower_tasks: Sequence[frozenset[str]] = (),
+    embedding_tasks: Sequence[str] | None = None,
 ) -> dict[str, Tensor]:
     """Per-task losses of one batch (one encoder pass over its distinct contexts).
 
@@ -292,14 +301,32 @@ def batch_losses(
     task's head reads r detached, so it learns from r without changing it (``TrainConfig.encoder_tasks``).
     ``tower_tasks`` (a DUPN with G towers; ``TrainConfig.tower_task_groups``): a task's head reads
     r = [r_1; …; r_G] with the blocks of the towers whose group does not name it detached, so its
-    gradient reaches only its own towers (:func:`encoder.model.tower_masks` keeps the towers apart)."""
+    gradient reaches only its own towers (:func:`encoder.model.tower_masks` keeps the towers apart).
+    ``embedding_tasks`` (a DUPN; None: every task): the tasks whose gradient reaches the item embedding
+    tables; the others read an r computed on the embeddings detached (a second encoder pass), with the
+    same dropout mask."""
+    cut = embedding_tasks is not None and isinstance(model, DUPN) and {p.task for p in batch.parts} - set(
+        embedding_tasks
+    )
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
-        rep = encode_batch(model, batch)
-    rep = F.dropout(rep, p=dropout, training=dropout > 0)
-    detached = rep.detach()
+        if cut:
+            assert isinstance(model, DUPN)
+            e = model.items(batch.behaviors)
+            rep, rep_cut = encode_batch(model, batch, e), encode_batch(model, batch, e.detach())
+        else:
+            rep = rep_cut = encode_batch(model, batch)
+    if cut:  # one dropout mask for both
+        keep = F.dropout(torch.ones_like(rep), p=dropout, training=dropout > 0)
+        rep, rep_cut = rep * keep, rep_cut * keep
+    else:
+        rep = rep_cut = F.dropout(rep, p=dropout, training=dropout > 0)
     routed = _tower_routing(model, tower_tasks)
 
     def rep_for(task: str) -> Tensor:
+        return _route(rep if embedding_tasks is None or task in embedding_tasks else rep_cut, task)
+
+    def _route(rep: Tensor, task: str) -> Tensor:
+        detached = rep.detach()
         if encoder_tasks is not None and task not in encoder_tasks:
             return detached
         if not routed or all(task not in group for group in tower_tasks):
@@ -574,6 +601,7 @@ def fit(
     multipliers = cfg.task_multipliers()
     encoder_tasks = cfg.encoder_task_set()  # every task when ``encoder_tasks`` is empty
     tower_groups = cfg.tower_task_groups()
+    embedding_tasks = tuple(t.strip() for t in cfg.embedding_tasks.split(",") if t.strip()) or None
     _tower_routing(model, tower_groups)  # a group count that does not fit the model fails before step 1
     if cfg.schedule == "round_robin":
         steps *= n_tasks
@@ -582,7 +610,7 @@ def fit(
     for step in bar:
         batch = next(batches) if cfg.schedule == "all" else batches.one_task((step - 1) % n_tasks)
         batch.context = drop_profile(batch.context, cfg.profile_dropout, gen)
-        losses = batch_losses(model, batch, dropout, train_encoder, encoder_tasks, tower_groups)
+        losses = batch_losses(model, batch, dropout, train_encoder, encoder_tasks, tower_groups, embedding_tasks)
         terms = combiner.weighted(losses)
         terms = {t: v * multipliers[t] if t in multipliers else v for t, v in terms.items()}
         total = torch.stack(list(terms.values())).sum()

@@ -79,7 +79,7 @@ def test_a_task_trains_only_the_towers_its_group_names() -> None:
 def test_runs_of_fewer_tasks_train_every_tower_and_wrong_groups_fail_clearly() -> None:
     single = TrainConfig(tasks=("talent",), tower_tasks="ctr;talent,ppp").tower_task_groups()
     assert single == (frozenset({"talent"}), frozenset({"talent"}))  # a single-task run trains every tower
-    with pytest.raises(ValueError, match="tower_tasks must name tasks"):
+    with pytest.raises(ValueError, match="tower_tasks and embedding_tasks must name tasks"):
         TrainConfig(tower_tasks="ctr;clicks")
     model = DUPN(dataclasses.replace(TINY_ENC, towers=2))
     three = TrainConfig(tower_tasks="ctr;l2r;ppp").tower_task_groups()
@@ -107,3 +107,23 @@ def test_the_worker_serves_towers_unchanged_and_checkpoints_keep_the_masks(tmp_p
         np.testing.assert_allclose(loaded.model.encode(b, mask, now, UserContext()).numpy()[0], offline, rtol=1e-6)
     assert "towers" in OMITTED_AT_DEFAULT and "towers" not in json.loads(tiny_model(seed=4).cfg.to_json())
     assert not any("parametrizations" in k for k in tiny_model(seed=4).state_dict())
+
+
+def test_embedding_tasks_keep_the_other_tasks_gradients_out_of_the_item_tables() -> None:
+    """embedding_tasks "ctr": PPP's loss moves the LSTM but not the item embedding tables; CTR's moves both.
+    Without the option, PPP's loss reaches the tables (so the check can fail)."""
+    torch.manual_seed(5)
+    model = DUPN(TINY_ENC).train()
+    batch = tiny_batch(model.cfg)
+    for tasks, reaches in ((("ctr",), False), (None, True)):
+        model.zero_grad(set_to_none=True)
+        losses = batch_losses(model, batch, 0.2, embedding_tasks=tasks)
+        losses["ppp"].backward(retain_graph=True)
+        table = model.items.item.weight.grad
+        assert (table is not None and bool(table.abs().sum() > 0)) is reaches
+        assert model.cell.from_item.weight.grad is not None and model.cell.from_item.weight.grad.abs().sum() > 0
+        model.zero_grad(set_to_none=True)
+        losses["ctr"].backward()
+        assert model.items.item.weight.grad is not None and model.items.item.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="embedding_tasks"):
+        TrainConfig(embedding_tasks="clicks")
