@@ -325,13 +325,13 @@ def batch_losses(
     def rep_for(task: str) -> Tensor:
         return _route(rep if embedding_tasks is None or task in embedding_tasks else rep_cut, task)
 
-    def _route(rep: Tensor, task: str) -> Tensor:
-        detached = rep.detach()
+    def _route(r: Tensor, task: str) -> Tensor:
+        detached = r.detach()
         if encoder_tasks is not None and task not in encoder_tasks:
             return detached
         if not routed or all(task not in group for group in tower_tasks):
-            return rep
-        blocks = zip(rep.chunk(len(tower_tasks), -1), detached.chunk(len(tower_tasks), -1), strict=True)
+            return r
+        blocks = zip(r.chunk(len(tower_tasks), -1), detached.chunk(len(tower_tasks), -1), strict=True)
         return torch.cat([live if task in group else dead for (live, dead), group in zip(blocks, tower_tasks,
                                                                                           strict=True)], -1)
 
