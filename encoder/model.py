@@ -196,10 +196,11 @@ class AttentionPooling(nn.Module):
         α_h  = softmax_t(s_ht)
         pooled = W_o [Σ_t α_1t v_t; …; Σ_t α_Ht v_t]
 
-    Why: one softmax must choose which behaviors r hears about. Trained on four tasks it puts buys at
-    ~11× a uniform weight and clicks at ~0.5× (results/eval.md's attention table), which is what
-    purchasing power rewards; CTR, on its own, reaches +0.04 AUC more (results/screen13.md item 14).
-    H distributions let r carry both. Cost: H scores per behavior instead of one; the LSTM is unchanged.
+    Why it exists: one softmax must choose which behaviors r hears about. Trained on four tasks it puts
+    buys at ~11× a uniform weight and clicks at ~0.5× (results/eval.md's attention table), which is what
+    purchasing power rewards, and CTR trained alone reaches +0.04 AUC more (results/screen13.md item 14);
+    the hypothesis was that H distributions let r carry both. Measured (item 16): H = 2, 4, 8 move
+    validation CTR by < 1 SE, so it stays off by default. Cost: H scores per behavior instead of one.
 
     q is the query embedding (learned default when there is no query, the
     streaming case) and u the user-profile vector. Without
@@ -494,7 +495,8 @@ def tower_masks(cfg: EncoderConfig) -> dict[str, Tensor]:
     embeddings alone. The input projections (W_*e, W_*p), the key's property and age embeddings and
     W_c [q; u] act per output dimension, so they split by tower without a mask. Why one set of tensors:
     the stream worker's state, its numpy recurrence and its kept scores serve G towers unchanged
-    (H·G scores per behavior). Empty for G = 1.
+    (H·G scores per behavior). Empty for G = 1. Measured (results/screen13.md items 17–19): a CTR tower
+    beside one the other tasks train reaches the shared encoder's CTR, not CTR-only training's; off by default.
     """
     g = cfg.towers
     if g < 1:
@@ -534,7 +536,8 @@ def candidate_vectors(sequence: ItemEmbedding, own: ItemEmbedding | None, b: Beh
     AdaGrad those gradients also fill the row's accumulator, so the CTR loss on the candidate side
     steps it less. Own rows learn from the CTR loss alone, at the id rate, as a Wide model's
     candidate rows do (its history is hashed features, not these tables). The serving split is
-    unchanged: e_item is the item part, computed per candidate.
+    unchanged: e_item is the item part, computed per candidate. Measured (results/screen13.md item 15):
+    no model's validation CTR rises with it, so it is off by default.
     """
     return (sequence if own is None else own)(b)
 
