@@ -516,6 +516,8 @@ def _validate_curve(args: argparse.Namespace) -> int:
 
     if args.choices or args.singles:
         raise SystemExit("--curve trains --models under one --choice; --choices/--singles are for the grid")
+    if any(item.partition("=")[0] == "query_in_rep" for item in args.set or []):  # run_curve sets it from the choice
+        raise SystemExit("--set query_in_rep: a learning curve takes query_in_rep from its --choice; pick the choice")
     report = args.report or args.out.with_suffix(".md")
     if not args.render_only:
         choice = args.choice or EVAL_CHOICE

@@ -186,6 +186,8 @@ def test_cli_renders_the_report_and_the_figure_from_the_json(tmp_path: Path) -> 
             main(["validate", *flag, "--out", str(out)])
     with pytest.raises(SystemExit, match="--choices/--singles"):
         main(["validate", "--curve", "--choices", "norm", "--out", str(out)])
+    with pytest.raises(SystemExit, match="query_in_rep from its --choice"):  # it would be silently overridden
+        main(["validate", "--curve", "--set", "query_in_rep=false", "--out", str(out)])
 
 
 def test_set_routes_each_field_to_the_plan_training_or_encoder() -> None:
