@@ -155,7 +155,7 @@ class StreamingEncoder:
             keys=np.zeros((self.window, cfg.attention_dim), np.float32),
             values=np.zeros((self.window, cfg.value_dim), np.float32),
             ts=np.zeros(self.window, np.int64),
-            scores=np.zeros((self.window,) if cfg.score_heads == 1 else (self.window, cfg.score_heads), np.float32),
+            scores=np.zeros((self.window, cfg.score_heads)[: 1 if cfg.score_heads == 1 else 2], np.float32),
             score_age=np.full(self.window, NO_SCORE, np.uint8),
             profile=profile,
         )
